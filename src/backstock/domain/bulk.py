@@ -1,0 +1,182 @@
+"""The catalog-variant bulk update request: decoded straight from bytes, stored as one payload.
+
+Fast path: msgspec decodes and type-checks the whole body in one pass (``parse_bulk_update``).
+Only when it refuses does the slow path run, walking the parsed JSON to report *every* problem
+with its pointer; the two agree on what is valid (a property test holds them to it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from backstock.domain import attributes as rules
+from backstock.domain.documents import id_problem, load_json, members, type_problem
+from backstock.domain.errors import InvalidBody, Problem
+from backstock.domain.ids import ExternalId, InvalidCompoundId, parse_compound_id
+
+MAX_VARIANTS = 100
+JOB_TYPE = "catalog-variant-bulk-update-job"
+Shape = Literal["array", "data"]
+"""``array``: ``variants: [...]`` (2023-02-22); ``data``: ``variants: {data: [...]}`` (later)."""
+
+
+class VariantChanges(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """The attributes one update sets; UNSET members are left as they are."""
+
+    title: str | UnsetType | None = UNSET
+    description: str | UnsetType | None = UNSET
+    sku: str | UnsetType | None = UNSET
+    inventory_policy: Literal[0, 1, 2] | UnsetType | None = UNSET
+    inventory_quantity: float | UnsetType | None = UNSET
+    price: float | UnsetType | None = UNSET
+    url: str | UnsetType | None = UNSET
+    image_full_url: str | UnsetType | None = UNSET
+    image_thumbnail_url: str | UnsetType | None = UNSET
+    images: list[str] | UnsetType | None = UNSET
+    custom_metadata: dict[str, Any] | UnsetType | None = UNSET
+    published: bool | UnsetType | None = UNSET
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            name: value
+            for name in self.__struct_fields__
+            if (value := getattr(self, name)) is not UNSET
+        }
+
+
+class _Variant(msgspec.Struct, forbid_unknown_fields=True):
+    type: Literal["catalog-variant"]
+    id: str
+    attributes: VariantChanges
+
+
+_Variants = Annotated[list[_Variant], msgspec.Meta(min_length=1, max_length=MAX_VARIANTS)]
+
+
+class _VariantData(msgspec.Struct, forbid_unknown_fields=True):
+    data: _Variants
+
+
+class _JobAttributes(msgspec.Struct, forbid_unknown_fields=True):
+    variants: _Variants | _VariantData
+
+
+class _JobData(msgspec.Struct, forbid_unknown_fields=True):
+    type: Literal["catalog-variant-bulk-update-job"]
+    attributes: _JobAttributes
+
+
+class _Document(msgspec.Struct, forbid_unknown_fields=True):
+    data: _JobData
+
+
+_DECODER = msgspec.json.Decoder(_Document)
+_PAYLOAD_DECODER = msgspec.json.Decoder(list[tuple[str, VariantChanges]])
+_ENCODER = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class BulkUpdate:
+    """A valid request: what the job stores and what its 202 shows."""
+
+    shape: Shape
+    external_ids: list[ExternalId]
+    payload: bytes
+    """``[[external_id, {changes}], ...]`` as JSON, decoded by the worker with ``load_payload``."""
+
+
+def parse_bulk_update(body: bytes) -> BulkUpdate:
+    try:
+        document = _DECODER.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise InvalidBody(_slow_problems(body, exc)) from None
+    variants = document.data.attributes.variants
+    shape: Shape = "array" if isinstance(variants, list) else "data"
+    items = variants if isinstance(variants, list) else variants.data
+    base = variants_pointer(shape)
+    problems: list[Problem] = []
+    external_ids: list[ExternalId] = []
+    for index, item in enumerate(items):
+        try:
+            external_ids.append(parse_compound_id(item.id))
+        except InvalidCompoundId as exc:
+            problems.append(Problem(str(exc), f"{base}/{index}/id"))
+        metadata = item.attributes.custom_metadata
+        if isinstance(metadata, dict) and (detail := rules.metadata_problem(metadata)):
+            problems.append(Problem(detail, f"{base}/{index}/attributes/custom_metadata"))
+    if problems:
+        raise InvalidBody(problems)
+    payload = _ENCODER.encode([(ext, item.attributes) for ext, item in zip(external_ids, items, strict=True)])
+    return BulkUpdate(shape, external_ids, payload)
+
+
+def load_payload(payload: bytes) -> list[tuple[str, VariantChanges]]:
+    return _PAYLOAD_DECODER.decode(payload)
+
+
+def variants_pointer(shape: Shape) -> str:
+    suffix = "" if shape == "array" else "/data"
+    return f"/data/attributes/variants{suffix}"
+
+
+def _slow_problems(body: bytes, exc: Exception) -> list[Problem]:
+    doc = load_json(body)
+    problems = _document_problems(doc)
+    if not problems:
+        # The walk found nothing msgspec refused: report msgspec's own words.
+        problems = [Problem(str(exc), _pointer_of(str(exc)))]
+    return problems
+
+
+def _document_problems(doc: Any) -> list[Problem]:
+    problems = members(doc, "", ["data"])
+    if problems:
+        return problems
+    data = doc["data"]
+    problems = members(data, "/data", ["type", "attributes"])
+    if problems:
+        return problems
+    problems = type_problem(data["type"], JOB_TYPE, "/data/type")
+    attributes = data["attributes"]
+    found = members(attributes, "/data/attributes", ["variants"])
+    if found:
+        return problems + found
+    return problems + _variants_problems(attributes["variants"])
+
+
+def _variants_problems(variants: Any) -> list[Problem]:
+    pointer = "/data/attributes/variants"
+    if isinstance(variants, dict):
+        found = members(variants, pointer, ["data"])
+        if found:
+            return found
+        variants, pointer = variants["data"], pointer + "/data"
+    if not isinstance(variants, list):
+        return [Problem("'variants' must be an array of catalog variants", pointer)]
+    if not 1 <= len(variants) <= MAX_VARIANTS:
+        detail = f"A job takes 1 to {MAX_VARIANTS} variants; this one has {len(variants)}"
+        return [Problem(detail, pointer)]
+    problems: list[Problem] = []
+    for index, item in enumerate(variants):
+        problems += _item_problems(item, f"{pointer}/{index}")
+    return problems
+
+
+def _item_problems(item: Any, pointer: str) -> list[Problem]:
+    problems = members(item, pointer, ["type", "id", "attributes"])
+    if problems:
+        return problems
+    problems = type_problem(item["type"], "catalog-variant", f"{pointer}/type")
+    problems += id_problem(item["id"], f"{pointer}/id")
+    return problems + rules.VARIANT_UPDATE.problems(item["attributes"], f"{pointer}/attributes")
+
+
+def _pointer_of(message: str) -> str:
+    """``… - at `$.data.attributes.variants[3].price``` → ``/data/attributes/variants/3/price``."""
+    _, _, path = message.partition(" - at `$")
+    path = path.rstrip("`")
+    return path.replace("[", ".").replace("]", "").replace(".", "/")

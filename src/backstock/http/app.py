@@ -1,0 +1,153 @@
+"""The ASGI application: routes, one error renderer for every failure, health endpoints."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from backstock.domain.errors import (
+    BackstockError,
+    BadRequest,
+    MethodNotAllowed,
+    NotFound,
+)
+from backstock.http import catalog_routes, job_routes
+from backstock.http.jsonapi import document, error_response
+from backstock.services.container import Services
+
+log = logging.getLogger("backstock.http")
+
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
+
+
+def create_app(
+    services: Services,
+    on_startup: Callable[[], None] | None = None,
+    on_shutdown: Callable[[], None] | None = None,
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if on_startup:
+            on_startup()
+        try:
+            yield
+        finally:
+            if on_shutdown:
+                on_shutdown()
+
+    app = FastAPI(
+        title="Backstock",
+        version="0.1.0",
+        lifespan=lifespan,
+        redirect_slashes=False,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.services = services
+    app.include_router(catalog_routes.router)
+    app.include_router(job_routes.router)
+    _health_routes(app, services)
+    _error_handlers(app)
+    app.add_middleware(EdgeMiddleware)
+    return app
+
+
+class EdgeMiddleware:
+    """Route on the raw path, so an id's ``%2F`` is not taken for a separator, and without one
+    trailing slash, so both spellings of every path are served directly (no redirects).
+    Also adds the ``RateLimit-*`` headers of the request's tightest window to the response,
+    and turns any unhandled exception into a JSON:API 500 without a stack trace."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            raw = scope.get("raw_path")
+            path = raw.decode("latin-1").partition("?")[0] if raw else scope["path"]
+            if len(path) > 1 and path.endswith("/"):
+                path = path[:-1]
+            scope["path"] = path
+            send = _with_limit_headers(scope, send)
+        started = False
+
+        async def tracking_send(message: MutableMapping[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            # Rendered here, not re-raised: one log line, no stack trace to the client.
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if started or scope["type"] != "http":
+                raise
+            await error_response(BackstockError())(scope, receive, send)
+
+
+def _with_limit_headers(scope: Scope, send: Any) -> Any:
+    async def sender(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            state = scope.get("state", {}).get("limit")
+            if state is not None:
+                extra = [(k.encode(), v.encode()) for k, v in state.headers().items()]
+                message["headers"] = [*message.get("headers", []), *extra]
+        await send(message)
+
+    return sender
+
+
+def _health_routes(app: FastAPI, services: Services) -> None:
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> Response:
+        return document({"status": "ok"})
+
+    @app.get("/readyz", include_in_schema=False)
+    def readyz() -> Response:
+        checks: dict[str, str] = {}
+        try:
+            with services.db.read() as conn:
+                conn.exec_driver_sql("SELECT 1")
+            checks["database"] = "ok"
+        except Exception as exc:  # noqa: BLE001
+            checks["database"] = f"unavailable: {type(exc).__name__}"
+        if services.limiter.enabled and services.settings.redis_url:
+            ok = services.limiter.check()
+            checks["rate_limits"] = "ok" if ok else "redis unreachable: failing open"
+        ready = checks["database"] == "ok"
+        return document(
+            {"status": "ready" if ready else "unavailable", "checks": checks}, 200 if ready else 503
+        )
+
+
+def _error_handlers(app: FastAPI) -> None:
+    async def backstock_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, BackstockError)
+        return error_response(exc)
+
+    async def http_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            return error_response(NotFound("No such endpoint."))
+        if exc.status_code == 405:
+            return error_response(MethodNotAllowed("This method is not allowed on this path."))
+        error = BackstockError(str(exc.detail))
+        error.status = exc.status_code  # type: ignore[misc]
+        return error_response(error)
+
+    async def validation_error(_request: Request, exc: Exception) -> Response:
+        return error_response(BadRequest(str(exc)))
+
+    app.add_exception_handler(BackstockError, backstock_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)

@@ -1,0 +1,91 @@
+"""What every API operation does around its service call: conventions, auth, scope, and the
+hop to a worker thread for the (blocking) database work."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import unquote
+
+from anyio import to_thread
+from starlette.requests import Request
+
+from backstock.domain.errors import NotFound
+from backstock.domain.ids import ExternalId, InvalidCompoundId, parse_compound_id
+from backstock.http import conventions
+from backstock.http.jsonapi import Renderer, parse_fields
+from backstock.services.accounts import Principal, authenticate
+from backstock.services.container import Services
+
+READ = "catalogs:read"
+WRITE = "catalogs:write"
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Call:
+    request: Request
+    services: Services
+    scope: str
+    operation: str
+    query: dict[str, str]
+    render: Renderer
+
+    async def run(self, operation: Callable[..., T], *args: Any) -> T:
+        """Authenticate, check the scope and the rate limit, then run ``operation(who, *args)``
+        on a worker thread."""
+        authorization = self.request.headers.get("authorization")
+
+        def work() -> T:
+            who = authenticate(self.services.db, authorization)
+            who.require(self.scope)
+            self.request.state.limit = self.services.limiter.hit(
+                who.account_id, self.operation, self.scope
+            )
+            return operation(who, *args)
+
+        return await to_thread.run_sync(work)
+
+    async def body(self) -> bytes:
+        return await conventions.read_body(self.request, self.services.settings.max_body_bytes)
+
+
+def begin(
+    request: Request,
+    operation: str,
+    scope: str,
+    allowed: tuple[str, ...] = (),
+    fields: Mapping[str, frozenset[str]] | None = None,
+) -> Call:
+    """Check the revision, the Accept header and the query before any work is done."""
+    revision = conventions.revision(request)
+    conventions.check_accept(request)
+    query = dict(request.query_params)
+    conventions.check_query(query, allowed)
+    services: Services = request.app.state.services
+    base = services.settings.base_url or _base_url(request)
+    sparse = parse_fields(query, fields or {})
+    render = Renderer(base, sparse, omit_nulls=revision < conventions.NULLABLE_SINCE)
+    return Call(request, services, scope, operation, query, render)
+
+
+def _base_url(request: Request) -> str:
+    scope = request.scope
+    host = request.headers.get("host")
+    if host is None:
+        server = scope.get("server") or ("localhost", 80)
+        host = f"{server[0]}:{server[1]}"
+    return f"{scope.get('scheme', 'http')}://{host}{scope.get('root_path', '')}"
+
+
+def path_id(raw: str) -> ExternalId:
+    """A compound id from the (still percent-encoded) path segment; 404 if it cannot exist."""
+    compound = unquote(raw)
+    try:
+        return parse_compound_id(compound)
+    except InvalidCompoundId as exc:
+        raise NotFound(str(exc)) from exc
+
+
+__all__ = ["READ", "WRITE", "Call", "Principal", "begin", "path_id"]

@@ -1,0 +1,170 @@
+"""Catalog-variant bulk update jobs: accepting them (the API) and running them (the worker)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from backstock.domain import bulk
+from backstock.domain.clock import now_us
+from backstock.domain.errors import NotFound
+from backstock.domain.ids import ExternalId, JobId, compound_id, new_job_id
+from backstock.domain.pagination import Page, PageRequest
+from backstock.services.accounts import Principal
+from backstock.settings import Settings
+from backstock.storage import catalog as catalog_store
+from backstock.storage import jobs as store
+from backstock.storage.database import Database
+from backstock.storage.jobs import ClaimedJob, JobRecord
+
+STATUSES = ("queued", "processing", "complete", "cancelled")
+
+
+class JobSignal:
+    """Wakes this process's workers when this process accepts a job (the SQLite path; on
+    PostgreSQL the ``NOTIFY`` sent with the job wakes every worker everywhere)."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._pending = False
+
+    def notify(self) -> None:
+        with self._condition:
+            self._pending = True
+            self._condition.notify_all()
+
+    def wait(self, timeout: float) -> bool:
+        with self._condition:
+            if not self._pending:
+                self._condition.wait(timeout)
+            woken, self._pending = self._pending, False
+            return woken
+
+
+@dataclass(frozen=True, slots=True)
+class JobService:
+    db: Database
+    settings: Settings
+    signal: JobSignal
+
+    # ---- the API's side ----------------------------------------------------------------------
+
+    def spawn_update_job(self, who: Principal, body: bytes) -> JobRecord:
+        """Validate the body and commit the job, queued, in one transaction."""
+        request = bulk.parse_bulk_update(body)
+        with self.db.write() as conn:
+            job = store.insert_job(
+                conn,
+                who.account_id,
+                new_job_id(),
+                request.shape,
+                request.external_ids,
+                request.payload,
+                now_us(),
+                self.settings.max_jobs_in_progress,
+            )
+        self.signal.notify()
+        return job
+
+    def get_job(self, who: Principal, job_id: str) -> JobRecord:
+        with self.db.read() as conn:
+            job = store.get_job(conn, who.account_id, job_id, now_us())
+        if job is None:
+            raise NotFound(f"No catalog-variant-bulk-update-job with id '{job_id}'")
+        return job
+
+    def list_jobs(self, who: Principal, status: str | None, page: PageRequest) -> Page[JobRecord]:
+        with self.db.read() as conn:
+            return store.list_jobs(conn, who.account_id, status, page, now_us())
+
+    def job_variants(self, who: Principal, external_ids: list[str]) -> list[dict[str, Any]]:
+        """The job's variants that exist, in the order the request named them."""
+        with self.db.read() as conn:
+            found = {
+                record["external_id"]: record
+                for record in catalog_store.get_variants(conn, who.account_id, external_ids)
+            }
+        seen: set[str] = set()
+        ordered = []
+        for external in external_ids:
+            if external in found and external not in seen:
+                seen.add(external)
+                ordered.append(found[external])
+        return ordered
+
+    # ---- the worker's side -------------------------------------------------------------------
+
+    def claim(self, owner: str) -> ClaimedJob | None:
+        with self.db.write() as conn:
+            return store.claim_next_job(conn, owner, now_us(), self._lease_us)
+
+    def run_batch(self, job: ClaimedJob) -> bool | None:
+        """Apply the next batch of ``job``; ``True`` when the job is complete, ``False`` when
+        more remain, ``None`` when the lease was lost (another worker has the job now)."""
+        changes = bulk.load_payload(job.payload)
+        start = job.next_index
+        end = min(start + self.settings.worker_batch_size, job.total_count)
+        batch = changes[start:end]
+        base = bulk.variants_pointer("array" if job.shape == "array" else "data")
+        with self.db.write() as conn:
+            now = now_us()
+            if not store.renew_lease(conn, job, now, self._lease_us):
+                return None
+            present = store.existing_variants(conn, job.account_id, [ext for ext, _ in batch])
+            applied = [(ext, c.as_dict()) for ext, c in batch if ext in present]
+            store.apply_variant_changes(conn, job.account_id, applied, now)
+            errors = [
+                _missing_variant(ext, f"{base}/{index}")
+                for index, (ext, _) in enumerate(batch, start)
+                if ext not in present
+            ]
+            job.errors.extend(errors)
+            done = store.record_progress(
+                conn, job, end, len(applied), len(errors), now, self._retention_us
+            )
+        job.next_index = end
+        job.completed_count += len(applied)
+        job.failed_count += len(errors)
+        return done
+
+    def release(self, job: ClaimedJob) -> None:
+        with self.db.write() as conn:
+            store.release_job(conn, job)
+
+    def delete_expired(self) -> int:
+        with self.db.write() as conn:
+            return store.delete_expired_jobs(conn, now_us())
+
+    def seconds_to_next_lapse(self) -> float | None:
+        with self.db.read() as conn:
+            expiry = store.next_lease_expiry(conn)
+        return None if expiry is None else max(0.0, (expiry - now_us()) / 1_000_000)
+
+    @property
+    def _lease_us(self) -> int:
+        return int(self.settings.lease_seconds * 1_000_000)
+
+    @property
+    def _retention_us(self) -> int:
+        return int(self.settings.job_retention.total_seconds() * 1_000_000)
+
+
+def _missing_variant(external: ExternalId | str, pointer: str) -> dict[str, Any]:
+    return {
+        "id": store.new_error_id(),
+        "code": "not_found",
+        "title": "Catalog variant not found.",
+        "detail": f"The catalog variant '{compound_id(external)}' does not exist.",
+        "source": {"pointer": pointer},
+    }
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+__all__ = ["STATUSES", "JobId", "JobService", "JobSignal"]

@@ -1,0 +1,111 @@
+"""Per-account, per-operation rate limits: a burst window and a steady window at once.
+
+Built on the ``limits`` library with moving windows (exact: a burst that straddles a second
+boundary is still held to the burst limit). Memory storage serves one process; with
+``BACKSTOCK_REDIS_URL`` every API process shares one Redis, so N processes admit what one would.
+
+If Redis cannot be reached the limiter **fails open**: requests are served unlimited, the log
+says so once per outage, and ``/readyz`` reports it. Refusing all traffic because a counter
+store is down would turn a Redis outage into a full outage of the catalog.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+from limits import RateLimitItem, parse_many
+from limits.storage import MemoryStorage, Storage, storage_from_string
+from limits.strategies import MovingWindowRateLimiter
+
+from backstock.domain.errors import Throttled
+from backstock.domain.ids import AccountId
+from backstock.settings import Settings
+
+log = logging.getLogger("backstock.limits")
+
+
+@dataclass(frozen=True, slots=True)
+class LimitState:
+    """The tightest window after this request: what the ``RateLimit-*`` headers say."""
+
+    limit: int
+    remaining: int
+    reset_seconds: int
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(self.reset_seconds),
+        }
+
+
+class Limiter:
+    def __init__(self, settings: Settings, storage: Storage | None = None) -> None:
+        self.enabled = settings.rate_limits == "on"
+        self._windows = {
+            "catalogs:write": parse_many(settings.write_limits),
+            "catalogs:read": parse_many(settings.read_limits),
+        }
+        if storage is None:
+            url = settings.redis_url
+            storage = storage_from_string(url) if url else MemoryStorage()
+        self.storage = storage
+        self._strategy = MovingWindowRateLimiter(storage)
+        self.degraded = False
+
+    def hit(self, account: AccountId, operation: str, scope: str) -> LimitState | None:
+        """Count one request; raise ``Throttled`` (429) if a window is full."""
+        if not self.enabled:
+            return None
+        try:
+            return self._hit(self._windows[scope], str(account), operation)
+        except Throttled:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any storage failure means fail open
+            self._fail_open(exc)
+            return None
+
+    def _hit(self, windows: list[RateLimitItem], account: str, operation: str) -> LimitState:
+        # Test every window before counting in any, so a refused request counts nowhere.
+        for window in windows:
+            if not self._strategy.test(window, account, operation):
+                self._refuse(window, account, operation)
+        states = []
+        for window in windows:
+            if not self._strategy.hit(window, account, operation):
+                self._refuse(window, account, operation)  # lost a race with another process
+            reset, remaining = self._strategy.get_window_stats(window, account, operation)
+            states.append(LimitState(window.amount, remaining, _seconds_until(reset)))
+        if self.degraded:
+            self.degraded = False
+            log.warning("rate-limit storage is reachable again; limits are enforced")
+        return min(states, key=lambda s: (s.remaining, -s.reset_seconds))
+
+    def _refuse(self, window: RateLimitItem, account: str, operation: str) -> None:
+        reset, _ = self._strategy.get_window_stats(window, account, operation)
+        wait = _seconds_until(reset)
+        raise Throttled(
+            f"Rate limit of {window} exceeded for this operation; retry in {wait} s.",
+            retry_after=wait,
+        )
+
+    def _fail_open(self, exc: Exception) -> None:
+        if not self.degraded:
+            log.error("rate-limit storage unreachable (%s); serving without limits", exc)
+        self.degraded = True
+
+    def check(self) -> bool:
+        """Whether the storage answers (for ``/readyz``)."""
+        try:
+            return bool(self.storage.check())
+        except Exception:  # noqa: BLE001
+            return False
+
+
+def _seconds_until(reset: float) -> int:
+    """Whole seconds, at least 1: Klaviyo's SDK parses ``Retry-After`` with ``int()``."""
+    return max(1, math.ceil(reset - time.time()))

@@ -1,0 +1,81 @@
+"""Typed settings, read from ``BACKSTOCK_*`` environment variables and validated at start-up."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BACKSTOCK_", frozen=True, extra="ignore")
+
+    database_url: str = "sqlite:///backstock.db"
+    """``sqlite:///path`` (the default: a file in the working directory) or ``postgresql://…``."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    """API processes started by ``backstock serve``."""
+
+    run_worker: bool = True
+    """Whether ``serve`` runs a job worker inside each API process."""
+
+    worker_concurrency: int = Field(default=1, ge=1, le=64)
+    worker_batch_size: int = Field(default=100, ge=1, le=100)
+    """Variant updates applied per transaction; progress counters move once per batch."""
+
+    lease_seconds: float = Field(default=30.0, gt=0)
+    """How long a claimed job stays with its worker without a renewal."""
+
+    idle_check_seconds: float = Field(default=5.0, gt=0)
+    """Longest an idle worker waits before it looks for lapsed leases and expired jobs."""
+
+    job_retention_days: float = Field(default=7.0, gt=0)
+    max_jobs_in_progress: int = Field(default=500, ge=1)
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+
+    pool_size: int = Field(default=10, ge=1)
+    pool_max_overflow: int = Field(default=10, ge=0)
+    pool_timeout_seconds: float = Field(default=10.0, gt=0)
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    """``FULL`` survives power loss; ``NORMAL`` (WAL) survives process crashes only."""
+
+    rate_limits: str = "on"
+    """``on`` or ``off``."""
+    write_limits: str = "75/second;700/minute"
+    read_limits: str = "350/second;3500/minute"
+    redis_url: str | None = None
+
+    base_url: str | None = None
+    """Public base URL for ``links``; defaults to the URL of each request."""
+
+    log_level: str = "info"
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:", "postgres:")):
+            raise ValueError("BACKSTOCK_DATABASE_URL must be sqlite:///… or postgresql://…")
+        return value
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _on_off(cls, value: str) -> str:
+        if value not in ("on", "off"):
+            raise ValueError("BACKSTOCK_RATE_LIMITS must be 'on' or 'off'")
+        return value
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def lease(self) -> timedelta:
+        return timedelta(seconds=self.lease_seconds)
+
+    @property
+    def job_retention(self) -> timedelta:
+        return timedelta(days=self.job_retention_days)

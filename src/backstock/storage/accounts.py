@@ -1,0 +1,88 @@
+"""Accounts and API keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from backstock.domain.errors import Conflict
+from backstock.domain.ids import AccountId
+from backstock.storage.schema import accounts, api_keys
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    id: str
+    account_id: AccountId
+    account_name: str
+    secret_hash: str
+    scopes: frozenset[str]
+    created_at: int
+    revoked_at: int | None
+
+
+def insert_account(conn: Connection, name: str, now: int) -> AccountId:
+    try:
+        result = conn.execute(
+            insert(accounts).values(name=name, created_at=now).returning(accounts.c.id)
+        )
+    except IntegrityError as exc:
+        raise Conflict(f"An account named '{name}' already exists") from exc
+    return AccountId(result.scalar_one())
+
+
+def find_account(conn: Connection, name: str) -> AccountId | None:
+    found = conn.execute(select(accounts.c.id).where(accounts.c.name == name)).scalar()
+    return None if found is None else AccountId(found)
+
+
+def insert_key(
+    conn: Connection, key_id: str, account: AccountId, secret_hash: str, scopes: str, now: int
+) -> None:
+    conn.execute(
+        insert(api_keys).values(
+            id=key_id, account_id=account, secret_hash=secret_hash, scopes=scopes, created_at=now
+        )
+    )
+
+
+_KEY_COLUMNS = (
+    api_keys.c.id,
+    api_keys.c.account_id,
+    accounts.c.name,
+    api_keys.c.secret_hash,
+    api_keys.c.scopes,
+    api_keys.c.created_at,
+    api_keys.c.revoked_at,
+)
+_KEYS = select(*_KEY_COLUMNS).join(accounts, accounts.c.id == api_keys.c.account_id)
+
+
+def _record(row: tuple[str, int, str, str, str, int, int | None]) -> KeyRecord:
+    key_id, account, name, secret_hash, scopes, created, revoked = row
+    return KeyRecord(
+        key_id, AccountId(account), name, secret_hash, frozenset(scopes.split()), created, revoked
+    )
+
+
+def find_key(conn: Connection, key_id: str) -> KeyRecord | None:
+    row = conn.execute(_KEYS.where(api_keys.c.id == key_id)).first()
+    return None if row is None else _record(row._tuple())
+
+
+def list_keys(conn: Connection, account: AccountId) -> list[KeyRecord]:
+    rows = conn.execute(
+        _KEYS.where(api_keys.c.account_id == account).order_by(api_keys.c.created_at)
+    )
+    return [_record(row._tuple()) for row in rows]
+
+
+def revoke_key(conn: Connection, key_id: str, now: int) -> bool:
+    result = conn.execute(
+        update(api_keys)
+        .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+    return result.rowcount == 1

@@ -1,0 +1,328 @@
+"""The job table is the queue.
+
+Acceptance inserts one row holding the validated payload, in the same transaction as the
+account's open-job counter (the 500-jobs cap) and, on PostgreSQL, a ``NOTIFY``.
+
+A worker claims the *head* of an account's queue: the oldest unfinished job of that account,
+when it is queued or its lease has lapsed. So jobs of one account run one at a time, in
+acceptance order, whichever worker runs them; jobs of different accounts run in parallel.
+
+Each batch of items is applied in one transaction that first fences on the lease (owner and
+``next_index``), then writes the variants, then moves ``next_index`` and the counters. A batch
+commits whole or not at all, so a resumed job never applies or counts an item twice.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, and_, delete, func, select, text, update
+from sqlalchemy.engine import Row
+
+from backstock.domain.errors import TooManyJobs
+from backstock.domain.ids import AccountId, JobId
+from backstock.domain.pagination import Cursor, Page, PageRequest
+from backstock.storage.catalog import encode_columns
+from backstock.storage.schema import accounts, catalog_variants, jobs
+
+NOTIFY_CHANNEL = "backstock_jobs"
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    pk: int
+    id: JobId
+    status: str
+    shape: str
+    total_count: int
+    completed_count: int
+    failed_count: int
+    created_at: int
+    completed_at: int | None
+    expires_at: int | None
+    errors: str
+    """The job's ``errors`` array as JSON text."""
+    variant_ids: str
+    """The external ids of the request, in order, as a JSON array."""
+
+
+_JOB_NAMES = (
+    "pk", "id", "status", "shape", "total_count", "completed_count", "failed_count",
+    "created_at", "completed_at", "expires_at", "errors", "variant_ids",
+)  # fmt: skip
+_JOB_SELECT = select(*(jobs.c[name] for name in _JOB_NAMES))
+
+
+def _job(row: Row[Any]) -> JobRecord:
+    return JobRecord(*row)
+
+
+def insert_job(
+    conn: Connection,
+    account: AccountId,
+    job_id: JobId,
+    shape: str,
+    external_ids: Sequence[str],
+    payload: bytes,
+    now: int,
+    max_open: int,
+) -> JobRecord:
+    taken = conn.execute(
+        update(accounts)
+        .where(accounts.c.id == account, accounts.c.open_jobs < max_open)
+        .values(open_jobs=accounts.c.open_jobs + 1)
+    )
+    if taken.rowcount != 1:
+        raise TooManyJobs(
+            f"This account already has {max_open} jobs queued or processing; "
+            "wait for some to complete.",
+            retry_after=1,
+        )
+    variant_ids = orjson.dumps(external_ids).decode()
+    pk = conn.execute(
+        jobs.insert()
+        .values(
+            id=job_id, account_id=account, status="queued", shape=shape,
+            total_count=len(external_ids), payload=payload, variant_ids=variant_ids,
+            errors="[]", created_at=now,
+        )
+        .returning(jobs.c.pk)
+    ).scalar_one()  # fmt: skip
+    if conn.dialect.name == "postgresql":
+        # Delivered at commit, to every worker LISTENing on the channel.
+        conn.execute(text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')"))
+    return JobRecord(
+        pk, job_id, "queued", shape, len(external_ids), 0, 0, now, None, None, "[]", variant_ids
+    )
+
+
+def _visible(account: AccountId, now: int) -> Any:
+    """The account's jobs that have not expired (expired ones await the reaper)."""
+    return and_(jobs.c.account_id == account, func.coalesce(jobs.c.expires_at, now + 1) > now)
+
+
+def get_job(conn: Connection, account: AccountId, job_id: str, now: int) -> JobRecord | None:
+    row = conn.execute(_JOB_SELECT.where(jobs.c.id == job_id, _visible(account, now))).first()
+    return None if row is None else _job(row)
+
+
+def list_jobs(
+    conn: Connection, account: AccountId, status: str | None, page: PageRequest, now: int
+) -> Page[JobRecord]:
+    """Newest first, keyset-paginated on ``pk``."""
+    query = _JOB_SELECT.where(_visible(account, now))
+    if status is not None:
+        query = query.where(jobs.c.status == status)
+    backwards = page.cursor is not None and page.cursor.direction == "before"
+    if page.cursor is not None:
+        query = query.where(
+            jobs.c.pk > page.cursor.position if backwards else jobs.c.pk < page.cursor.position
+        )
+    query = query.order_by(jobs.c.pk.asc() if backwards else jobs.c.pk.desc()).limit(page.size + 1)
+    rows = [_job(row) for row in conn.execute(query)]
+    more = len(rows) > page.size
+    rows = rows[: page.size]
+    if backwards:
+        rows.reverse()
+    if not rows:
+        return Page(rows, None, None)
+    has_next = True if backwards else more
+    has_prev = more if backwards else page.cursor is not None
+    return Page(
+        rows,
+        Cursor("after", rows[-1].pk) if has_next else None,
+        Cursor("before", rows[0].pk) if has_prev else None,
+    )
+
+
+# ---- the worker's side -----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ClaimedJob:
+    pk: int
+    id: JobId
+    account_id: AccountId
+    shape: str
+    total_count: int
+    completed_count: int
+    failed_count: int
+    next_index: int
+    payload: bytes
+    errors: list[dict[str, Any]]
+    owner: str
+
+
+_CLAIM_SQLITE = text("""
+UPDATE jobs
+   SET status = 'processing', lease_owner = :owner, lease_expires_at = :expires,
+       attempts = attempts + 1
+ WHERE pk = (
+       SELECT j.pk FROM jobs AS j
+        WHERE j.status IN ('queued', 'processing')
+          AND (j.status = 'queued' OR j.lease_expires_at < :now)
+          -- only the head of its account's queue: ordering per account
+          AND NOT EXISTS (SELECT 1 FROM jobs AS e
+                           WHERE e.account_id = j.account_id
+                             AND e.status IN ('queued', 'processing') AND e.pk < j.pk)
+        ORDER BY j.pk LIMIT 1)
+RETURNING pk, id, account_id, shape, total_count, completed_count, failed_count,
+          next_index, payload, errors
+""")
+
+_CLAIM_POSTGRES = text("""
+UPDATE jobs
+   SET status = 'processing', lease_owner = :owner, lease_expires_at = :expires,
+       attempts = attempts + 1
+ WHERE pk = (
+       SELECT j.pk FROM jobs AS j
+        WHERE j.status IN ('queued', 'processing')
+          AND (j.status = 'queued' OR j.lease_expires_at < :now)
+          -- only the head of its account's queue: ordering per account
+          AND NOT EXISTS (SELECT 1 FROM jobs AS e
+                           WHERE e.account_id = j.account_id
+                             AND e.status IN ('queued', 'processing') AND e.pk < j.pk)
+        ORDER BY j.pk LIMIT 1
+        -- a head another worker is claiming right now is skipped, not waited for
+        FOR UPDATE SKIP LOCKED)
+   AND status IN ('queued', 'processing')
+RETURNING pk, id, account_id, shape, total_count, completed_count, failed_count,
+          next_index, payload, errors
+""")
+
+
+def claim_next_job(conn: Connection, owner: str, now: int, lease_us: int) -> ClaimedJob | None:
+    claim = _CLAIM_POSTGRES if conn.dialect.name == "postgresql" else _CLAIM_SQLITE
+    row = conn.execute(claim, {"owner": owner, "now": now, "expires": now + lease_us}).first()
+    if row is None:
+        return None
+    pk, job_id, account, shape, total, done, failed, next_index, payload, errors = row
+    return ClaimedJob(
+        pk, JobId(job_id), AccountId(account), shape, total, done, failed, next_index,
+        bytes(payload), orjson.loads(errors), owner,
+    )  # fmt: skip
+
+
+def renew_lease(conn: Connection, job: ClaimedJob, now: int, lease_us: int) -> bool:
+    """Extend the lease if this worker still holds it at the position it believes; this is
+    also the fence at the start of every batch transaction (it takes the job's row lock)."""
+    result = conn.execute(
+        update(jobs)
+        .where(
+            jobs.c.pk == job.pk,
+            jobs.c.lease_owner == job.owner,
+            jobs.c.next_index == job.next_index,
+            jobs.c.status == "processing",
+        )
+        .values(lease_expires_at=now + lease_us)
+    )
+    return result.rowcount == 1
+
+
+def existing_variants(conn: Connection, account: AccountId, externals: Sequence[str]) -> set[str]:
+    query = select(catalog_variants.c.external_id).where(
+        catalog_variants.c.account_id == account,
+        catalog_variants.c.external_id.in_(set(externals)),
+    )
+    if conn.dialect.name == "postgresql":
+        # Hold the rows so a concurrent delete cannot slip between this check and the update.
+        query = query.with_for_update()
+    return {row[0] for row in conn.execute(query)}
+
+
+_UPDATE_CACHE: dict[tuple[str, ...], Any] = {}
+
+
+def _update_statement(columns: tuple[str, ...]) -> Any:
+    statement = _UPDATE_CACHE.get(columns)
+    if statement is None:
+        sets = ", ".join(f"{name} = :{name}" for name in columns)
+        statement = text(
+            f"UPDATE catalog_variants SET {sets}{', ' if sets else ''}"  # noqa: S608 - names are ours
+            "updated = :updated, update_count = update_count + 1 "
+            "WHERE account_id = :account AND external_id = :external"
+        )
+        _UPDATE_CACHE[columns] = statement
+    return statement
+
+
+def apply_variant_changes(
+    conn: Connection, account: AccountId, changes: Sequence[tuple[str, dict[str, Any]]], now: int
+) -> None:
+    """Apply partial updates in order: consecutive updates that set the same attributes share
+    one ``executemany``."""
+    run: list[dict[str, Any]] = []
+    run_columns: tuple[str, ...] | None = None
+    for external, attributes in changes:
+        columns = tuple(attributes)
+        if columns != run_columns and run:
+            conn.execute(_update_statement(run_columns or ()), run)
+            run = []
+        run_columns = columns
+        run.append(
+            encode_columns(attributes) | {"updated": now, "account": account, "external": external}
+        )
+    if run:
+        conn.execute(_update_statement(run_columns or ()), run)
+
+
+def record_progress(
+    conn: Connection,
+    job: ClaimedJob,
+    end: int,
+    completed: int,
+    failed: int,
+    now: int,
+    retention_us: int,
+) -> bool:
+    """Move the job past a batch; completes it (and frees its slot) when it was the last."""
+    values: dict[str, Any] = {
+        "next_index": end,
+        "completed_count": jobs.c.completed_count + completed,
+        "failed_count": jobs.c.failed_count + failed,
+    }
+    if failed:
+        values["errors"] = orjson.dumps(job.errors).decode()
+    done = end >= job.total_count
+    if done:
+        values |= {
+            "status": "complete", "completed_at": now, "expires_at": now + retention_us,
+            "lease_owner": None, "lease_expires_at": None,
+        }  # fmt: skip
+    conn.execute(update(jobs).where(jobs.c.pk == job.pk).values(values))
+    if done:
+        conn.execute(
+            update(accounts)
+            .where(accounts.c.id == job.account_id)
+            .values(open_jobs=accounts.c.open_jobs - 1)
+        )
+    return done
+
+
+def release_job(conn: Connection, job: ClaimedJob) -> None:
+    """Hand a job back (graceful shutdown): queued again, at the position it reached."""
+    conn.execute(
+        update(jobs)
+        .where(jobs.c.pk == job.pk, jobs.c.lease_owner == job.owner, jobs.c.status == "processing")
+        .values(status="queued", lease_owner=None, lease_expires_at=None)
+    )
+
+
+def delete_expired_jobs(conn: Connection, now: int, limit: int = 1000) -> int:
+    doomed = select(jobs.c.pk).where(jobs.c.expires_at < now).limit(limit).scalar_subquery()
+    return conn.execute(delete(jobs).where(jobs.c.pk.in_(doomed))).rowcount
+
+
+def next_lease_expiry(conn: Connection) -> int | None:
+    """When the earliest lease of a processing job lapses (the worker's idle wake-up)."""
+    query = select(func.min(jobs.c.lease_expires_at)).where(jobs.c.status == "processing")
+    found = conn.execute(query).scalar()
+    return None if found is None else int(found)
+
+
+def new_error_id() -> str:
+    return str(uuid.uuid4())

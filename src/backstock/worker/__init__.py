@@ -1,0 +1,105 @@
+"""The job worker: claims jobs from the job table and applies them batch by batch."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+
+from backstock.domain.errors import BackstockError
+from backstock.services.jobs import JobService
+from backstock.storage.jobs import ClaimedJob
+
+log = logging.getLogger("backstock.worker")
+
+REAP_EVERY_SECONDS = 60.0
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Worker:
+    """``concurrency`` threads, each claiming and running one job at a time.
+
+    A thread sleeps only when there was nothing to claim, until a signal says a job arrived
+    or until the earliest lease of a running job lapses (capped at ``idle_check_seconds``).
+    """
+
+    def __init__(self, jobs: JobService, concurrency: int = 1) -> None:
+        self.jobs = jobs
+        self.concurrency = concurrency
+        self.stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._last_reap = 0.0
+
+    def start(self) -> None:
+        for index in range(self.concurrency):
+            thread = threading.Thread(
+                target=self._loop, name=f"backstock-worker-{index}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Finish the current batch, hand the job back, and return."""
+        self.stop.set()
+        self.jobs.signal.notify()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def run_forever(self) -> None:
+        self.start()
+        while not self.stop.wait(1.0):
+            pass
+        self.shutdown()
+
+    def _loop(self) -> None:
+        owner = worker_name()
+        backoff = 0.1
+        while not self.stop.is_set():
+            try:
+                job = self.jobs.claim(owner)
+                if job is None:
+                    self._idle()
+                else:
+                    self._run(job)
+                backoff = 0.1
+            except BackstockError as exc:
+                log.warning("worker: %s; retrying in %.1f s", exc.detail, backoff)
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except Exception:
+                log.exception("worker: unexpected error; retrying in %.1f s", backoff)
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _run(self, job: ClaimedJob) -> None:
+        log.debug("worker: running job %s from item %d", job.id, job.next_index)
+        while True:
+            done = self.jobs.run_batch(job)
+            if done is None:
+                log.warning("worker: lost the lease on job %s; another worker has it", job.id)
+                return
+            if done:
+                return
+            if self.stop.is_set():
+                self.jobs.release(job)
+                return
+
+    def _idle(self) -> None:
+        now = time.monotonic()
+        if now - self._last_reap > REAP_EVERY_SECONDS:
+            self._last_reap = now
+            deleted = self.jobs.delete_expired()
+            if deleted:
+                log.info("worker: deleted %d expired jobs", deleted)
+        wait = self.jobs.settings.idle_check_seconds
+        lapse = self.jobs.seconds_to_next_lapse()
+        if lapse is not None:
+            wait = min(wait, lapse + 0.01)
+        self.jobs.signal.wait(wait)
