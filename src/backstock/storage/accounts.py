@@ -69,14 +69,14 @@ def _record(row: tuple[str, int, str, str, str, int, int | None]) -> KeyRecord:
 
 def find_key(conn: Connection, key_id: str) -> KeyRecord | None:
     row = conn.execute(_KEYS.where(api_keys.c.id == key_id)).first()
-    return None if row is None else _record(row._tuple())
+    return None if row is None else _record(tuple(row))
 
 
 def list_keys(conn: Connection, account: AccountId) -> list[KeyRecord]:
     rows = conn.execute(
         _KEYS.where(api_keys.c.account_id == account).order_by(api_keys.c.created_at)
     )
-    return [_record(row._tuple()) for row in rows]
+    return [_record(tuple(row)) for row in rows]
 
 
 def revoke_key(conn: Connection, key_id: str, now: int) -> bool:
