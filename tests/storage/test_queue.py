@@ -139,7 +139,11 @@ def test_a_worker_that_lost_its_lease_cannot_commit(services: Services) -> None:
 def test_missing_variants_fail_alone_with_pointers(services: Services) -> None:
     who = principal(services)
     externals = seed(services, who, 2)
-    job_id = spawn(services, who, [(externals[0], {"sku": "A"}), ("GONE", {"sku": "B"}), (externals[1], {"sku": "C"})])
+    job_id = spawn(
+        services,
+        who,
+        [(externals[0], {"sku": "A"}), ("GONE", {"sku": "B"}), (externals[1], {"sku": "C"})],
+    )
     drain(services)
     row = job_row(services, job_id)
     assert (row.completed_count, row.failed_count, row.status) == (2, 1, "complete")
@@ -237,7 +241,9 @@ def test_postgres_listen_notify_wakes_a_worker_in_another_process(pg_url: str) -
         worker_side.close()
 
 
-def test_many_threads_apply_every_update_exactly_once_in_order(services_for: Callable[..., Services]) -> None:
+def test_many_threads_apply_every_update_exactly_once_in_order(
+    services_for: Callable[..., Services],
+) -> None:
     """Four workers, two accounts, overlapping jobs: the final catalog equals applying the
     jobs one by one in acceptance order, and each update lands exactly once."""
     services = services_for(worker_batch_size=3)
@@ -248,7 +254,10 @@ def test_many_threads_apply_every_update_exactly_once_in_order(services_for: Cal
     for n in range(40):
         who = people[n % 2]
         externals = catalogs[who.account_id]
-        updates = [(externals[(n + k) % 6], {"price": float(n * 10 + k), "sku": f"{n}-{k}"}) for k in range(4)]
+        updates = [
+            (externals[(n + k) % 6], {"price": float(n * 10 + k), "sku": f"{n}-{k}"})
+            for k in range(4)
+        ]
         spawn(services, who, updates)
         for external, changes in updates:  # acceptance order = spawn order here
             expected[(who.account_id, external)] = changes
@@ -260,7 +269,9 @@ def test_many_threads_apply_every_update_exactly_once_in_order(services_for: Cal
         thread.join(30)
     with services.db.read() as conn:
         rows = conn.execute(select(catalog_variants)).all()
-        states = conn.execute(select(jobs.c.status, jobs.c.completed_count, jobs.c.total_count)).all()
+        states = conn.execute(
+            select(jobs.c.status, jobs.c.completed_count, jobs.c.total_count)
+        ).all()
     assert {s.status for s in states} == {"complete"}
     assert all(s.completed_count == s.total_count for s in states)
     for row in rows:

@@ -44,7 +44,9 @@ async def get_catalog_variants(request: Request) -> Response:
         request, "get_catalog_variants", READ, (*_LIST, "fields[catalog-variant]"), _VARIANT_FIELDS
     )
     conditions, page = _list_request(call, VARIANT_FILTERS)
-    result = await call.run(catalog.list_variants, call.services.db, conditions, page)
+    result = await call.run(
+        lambda who: catalog.list_variants(call.services.db, who, conditions, page)
+    )
     return document({
         "data": [call.render.variant(r) for r in result.rows],
         "links": call.render.page_links("/api/catalog-variants", call.query, result),
@@ -118,7 +120,7 @@ async def _render_items(call: Call, records: list[dict[str, Any]]) -> tuple[list
 async def get_catalog_items(request: Request) -> Response:
     call = begin(request, "get_catalog_items", READ, _item_params(False), _ITEM_FIELDS)
     conditions, page = _list_request(call, ITEM_FILTERS)
-    result = await call.run(catalog.list_items, call.services.db, conditions, page)
+    result = await call.run(lambda who: catalog.list_items(call.services.db, who, conditions, page))
     data, included = await _render_items(call, result.rows)
     body: dict[str, Any] = {
         "data": data,

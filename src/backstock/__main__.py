@@ -1,0 +1,3 @@
+from backstock.cli import main
+
+main()

@@ -1,0 +1,104 @@
+"""Real processes: ``backstock serve`` and ``backstock worker`` started as a user would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+BACKSTOCK = [sys.executable, "-m", "backstock"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Cluster:
+    """API and worker processes sharing one database."""
+
+    env: dict[str, str]
+    workdir: Path
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    base_url: str = ""
+
+    def cli(self, *args: str) -> str:
+        done = subprocess.run(
+            [*BACKSTOCK, *args],
+            env=self.env,
+            cwd=self.workdir,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr.decode()
+        return done.stdout.decode().strip()
+
+    def start(self, *args: str, log: str) -> subprocess.Popen[bytes]:
+        with (self.workdir / log).open("wb") as out:  # the child keeps its own descriptor
+            process = subprocess.Popen(
+                [*BACKSTOCK, *args],
+                env=self.env,
+                cwd=self.workdir,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        self.processes.append(process)
+        return process
+
+    def serve(self, *args: str) -> None:
+        port = free_port()
+        self.start("serve", "--port", str(port), *args, log=f"serve-{port}.log")
+        self.base_url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, (self.workdir / f"serve-{port}.log").read_text()
+            time.sleep(0.1)
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@pytest.fixture
+def cluster_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKSTOCK_")}
+    env |= {"BACKSTOCK_RATE_LIMITS": "off", "BACKSTOCK_LOG_LEVEL": "warning"}
+    return env
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path, cluster_env: dict[str, str]) -> Iterator[object]:
+    made: list[Cluster] = []
+
+    def make(**settings: str) -> Cluster:
+        env = cluster_env | {f"BACKSTOCK_{k.upper()}": v for k, v in settings.items()}
+        cluster = Cluster(env, tmp_path)
+        made.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.stop_all()
