@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     write_limits: str = "75/second;700/minute"
     read_limits: str = "350/second;3500/minute"
     redis_url: str | None = None
+    """Shared rate-limit counters for several API processes (``redis://host:6379/0``)."""
+    redis_key_prefix: str = "backstock"
+    redis_timeout_seconds: float = Field(default=0.25, gt=0)
 
     base_url: str | None = None
     """Public base URL for ``links``; defaults to the URL of each request."""

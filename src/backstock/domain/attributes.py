@@ -93,7 +93,7 @@ class AttributeRules:
         if not isinstance(attributes, dict):
             return [Problem("'attributes' must be an object", pointer)]
         found = [
-            Problem(f"'{name}' is required", pointer)
+            Problem(f"'{name}' is required", f"{pointer}/{escape_pointer(name)}")
             for name in sorted(self.required - attributes.keys())
         ]
         for name, value in attributes.items():

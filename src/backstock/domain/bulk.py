@@ -138,14 +138,16 @@ def _document_problems(doc: Any) -> list[Problem]:
         return problems
     data = doc["data"]
     problems = members(data, "/data", ["type", "attributes"])
-    if problems:
+    if not isinstance(data, dict):
         return problems
-    problems = type_problem(data["type"], JOB_TYPE, "/data/type")
-    attributes = data["attributes"]
-    found = members(attributes, "/data/attributes", ["variants"])
-    if found:
-        return problems + found
-    return problems + _variants_problems(attributes["variants"])
+    if "type" in data:
+        problems += type_problem(data["type"], JOB_TYPE, "/data/type")
+    if "attributes" in data:
+        attributes = data["attributes"]
+        problems += members(attributes, "/data/attributes", ["variants"])
+        if isinstance(attributes, dict) and "variants" in attributes:
+            problems += _variants_problems(attributes["variants"])
+    return problems
 
 
 def _variants_problems(variants: Any) -> list[Problem]:
@@ -167,12 +169,17 @@ def _variants_problems(variants: Any) -> list[Problem]:
 
 
 def _item_problems(item: Any, pointer: str) -> list[Problem]:
+    """Every problem of one variant: a missing member does not hide the others' problems."""
     problems = members(item, pointer, ["type", "id", "attributes"])
-    if problems:
+    if not isinstance(item, dict):
         return problems
-    problems = type_problem(item["type"], "catalog-variant", f"{pointer}/type")
-    problems += id_problem(item["id"], f"{pointer}/id")
-    return problems + rules.VARIANT_UPDATE.problems(item["attributes"], f"{pointer}/attributes")
+    if "type" in item:
+        problems += type_problem(item["type"], "catalog-variant", f"{pointer}/type")
+    if "id" in item:
+        problems += id_problem(item["id"], f"{pointer}/id")
+    if "attributes" in item:
+        problems += rules.VARIANT_UPDATE.problems(item["attributes"], f"{pointer}/attributes")
+    return problems
 
 
 def _pointer_of(message: str) -> str:

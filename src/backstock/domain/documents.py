@@ -22,6 +22,8 @@ class VariantDraft:
     external_id: ExternalId
     item_external_id: ExternalId
     attributes: dict[str, Any]
+    item_pointer: str = "/data/relationships/item/data/id"
+    """Where the parent item's id sits in the request, for a 404 when it does not exist."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,18 +92,33 @@ def _data(doc: Any) -> dict[str, Any]:
     return data
 
 
+def _resource_problems(
+    data: dict[str, Any], resource_type: str, attribute_rules: rules.AttributeRules
+) -> list[Problem]:
+    """``type`` and ``attributes`` when present (``members`` reports them when missing)."""
+    problems: list[Problem] = []
+    if "type" in data:
+        problems += type_problem(data["type"], resource_type, "/data/type")
+    if "attributes" in data:
+        problems += attribute_rules.problems(data["attributes"], "/data/attributes")
+    return problems
+
+
 def parse_variant_create(doc: Any) -> VariantDraft:
     data = _data(doc)
     problems = members(data, "/data", ["type", "attributes"], ["relationships"])
-    problems += type_problem(data.get("type"), "catalog-variant", "/data/type")
-    problems += rules.VARIANT_CREATE.problems(data.get("attributes"), "/data/attributes")
+    problems += _resource_problems(data, "catalog-variant", rules.VARIANT_CREATE)
     item_id, more = _parent_item(data.get("relationships"))
     _raise_if(problems + more)
     attributes = dict(data["attributes"])
     external = ExternalId(attributes.pop("external_id"))
     attributes.pop("integration_type", None)
     attributes.pop("catalog_type", None)
-    return VariantDraft(external, item_id, {**rules.VARIANT_DEFAULTS, **_not_null(attributes)})
+    seed_era = "item" not in data["relationships"]
+    pointer = "/data/relationships/" + ("items/data/0/id" if seed_era else "item/data/id")
+    return VariantDraft(
+        external, item_id, {**rules.VARIANT_DEFAULTS, **_not_null(attributes)}, pointer
+    )
 
 
 def _not_null(attributes: dict[str, Any]) -> dict[str, Any]:
@@ -148,8 +165,7 @@ def _linkage(value: Any, pointer: str, *, many: bool) -> tuple[ExternalId, list[
 def parse_item_create(doc: Any) -> ItemDraft:
     data = _data(doc)
     problems = members(data, "/data", ["type", "attributes"], ["relationships"])
-    problems += type_problem(data.get("type"), "catalog-item", "/data/type")
-    problems += rules.ITEM_CREATE.problems(data.get("attributes"), "/data/attributes")
+    problems += _resource_problems(data, "catalog-item", rules.ITEM_CREATE)
     categories, more = _categories(data.get("relationships"))
     _raise_if(problems + more)
     attributes = dict(data["attributes"])
@@ -210,7 +226,7 @@ def _update_problems(
     data: Any, resource_type: str, path_id: str, update_rules: rules.AttributeRules
 ) -> list[Problem]:
     problems = members(data, "/data", ["type", "id", "attributes"], ["relationships"])
-    problems += type_problem(data.get("type"), resource_type, "/data/type")
+    problems += _resource_problems(data, resource_type, update_rules)
     if "id" in data and data["id"] != path_id:
         problems.append(Problem("'id' must equal the id in the URL", "/data/id"))
-    return problems + update_rules.problems(data.get("attributes"), "/data/attributes")
+    return problems

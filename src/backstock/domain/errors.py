@@ -50,6 +50,7 @@ class BackstockError(Exception):
         parameter: str | None = None,
         problems: list[Problem] | None = None,
         retry_after: int | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.detail = detail or self.default_detail
         super().__init__(self.detail)
@@ -58,6 +59,7 @@ class BackstockError(Exception):
         else:
             self.problems = [Problem(self.detail, pointer=pointer, parameter=parameter)]
         self.retry_after = retry_after
+        self.headers = headers or {}
 
 
 class BadRequest(BackstockError):

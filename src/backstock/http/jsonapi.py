@@ -174,7 +174,7 @@ def error_response(exc: BackstockError, headers: Mapping[str, str] | None = None
         if source:
             error["source"] = source
         errors.append(error)
-    all_headers = dict(headers or {})
+    all_headers = exc.headers | dict(headers or {})
     if exc.retry_after is not None:
         all_headers["Retry-After"] = str(int(exc.retry_after))
     return Response(

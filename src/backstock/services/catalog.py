@@ -81,7 +81,7 @@ def create_variant(db: Database, who: Principal, document: Any) -> Record:
         if parent is None:
             raise NotFound(
                 f"No catalog item with id '{compound_id(draft.item_external_id)}'",
-                pointer="/data/relationships/item/data/id",
+                pointer=draft.item_pointer,
             )
         return store.insert_variant(
             conn, who.account_id, draft.external_id, parent, draft.attributes, now_us()

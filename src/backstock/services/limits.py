@@ -6,7 +6,8 @@ boundary is still held to the burst limit). Memory storage serves one process; w
 
 If Redis cannot be reached the limiter **fails open**: requests are served unlimited, the log
 says so once per outage, and ``/readyz`` reports it. Refusing all traffic because a counter
-store is down would turn a Redis outage into a full outage of the catalog.
+store is down would turn a Redis outage into a full outage of the catalog. While Redis is down
+it is tried again at most every ``RETRY_SECONDS``, so requests do not each wait for a timeout.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from backstock.domain.ids import AccountId
 from backstock.settings import Settings
 
 log = logging.getLogger("backstock.limits")
+RETRY_SECONDS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,15 +53,15 @@ class Limiter:
             "catalogs:read": parse_many(settings.read_limits),
         }
         if storage is None:
-            url = settings.redis_url
-            storage = storage_from_string(url) if url else MemoryStorage()
+            storage = _storage(settings)
         self.storage = storage
         self._strategy = MovingWindowRateLimiter(storage)
         self.degraded = False
+        self._retry_at = 0.0
 
     def hit(self, account: AccountId, operation: str, scope: str) -> LimitState | None:
         """Count one request; raise ``Throttled`` (429) if a window is full."""
-        if not self.enabled:
+        if not self.enabled or (self.degraded and time.monotonic() < self._retry_at):
             return None
         try:
             return self._hit(self._windows[scope], str(account), operation)
@@ -91,12 +93,14 @@ class Limiter:
         raise Throttled(
             f"Rate limit of {window} exceeded for this operation; retry in {wait} s.",
             retry_after=wait,
+            headers=LimitState(window.amount, 0, wait).headers(),
         )
 
     def _fail_open(self, exc: Exception) -> None:
         if not self.degraded:
             log.error("rate-limit storage unreachable (%s); serving without limits", exc)
         self.degraded = True
+        self._retry_at = time.monotonic() + RETRY_SECONDS
 
     def check(self) -> bool:
         """Whether the storage answers (for ``/readyz``)."""
@@ -104,6 +108,18 @@ class Limiter:
             return bool(self.storage.check())
         except Exception:  # noqa: BLE001
             return False
+
+
+def _storage(settings: Settings) -> Storage:
+    if not settings.redis_url:
+        return MemoryStorage()
+    timeout = settings.redis_timeout_seconds
+    return storage_from_string(
+        settings.redis_url,
+        key_prefix=settings.redis_key_prefix,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+    )
 
 
 def _seconds_until(reset: float) -> int:

@@ -1,0 +1,365 @@
+"""Every way a write can be refused: status, code, exact ``source``, and nothing written."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.api.catalog.conftest import (
+    all_item_ids,
+    all_variant_ids,
+    assert_error,
+    item_path,
+    ok,
+    variant_path,
+)
+from tests.conftest import Api, cid, item_body, variant_body
+
+BIG_METADATA = {"blob": "x" * (100 * 1024)}
+
+BAD_VARIANT_ATTRIBUTES = [
+    ("price", "9.5"),
+    ("price", True),
+    ("price", [1]),
+    ("inventory_quantity", "3"),
+    ("inventory_quantity", False),
+    ("inventory_policy", 3),
+    ("inventory_policy", -1),
+    ("inventory_policy", 1.5),
+    ("inventory_policy", True),
+    ("inventory_policy", "1"),
+    ("images", "https://cdn.example/1.png"),
+    ("images", [1, 2]),
+    ("images", [["nested"]]),
+    ("images", {"0": "x"}),
+    ("custom_metadata", {"nested": {"a": 1}}),
+    ("custom_metadata", {"list_of_objects": [{"a": 1}]}),
+    ("custom_metadata", BIG_METADATA),
+    ("custom_metadata", ["not", "an", "object"]),
+    ("custom_metadata", "{}"),
+    ("published", "true"),
+    ("published", 1),
+    ("title", 5),
+    ("title", None),
+    ("sku", None),
+    ("price", None),
+    ("url", {"href": "x"}),
+    ("external_id", ""),
+    ("external_id", 7),
+    ("external_id", "x" * 513),
+    ("integration_type", "$shopify"),
+    ("catalog_type", "other"),
+    ("color", "red"),
+    ("id", "x"),
+]
+
+
+def _item(api: Api, external: str = "I") -> None:
+    ok(api.post("/api/catalog-items", item_body(external)), 201)
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_VARIANT_ATTRIBUTES)
+def test_bad_variant_attribute_on_create(api: Api, name: str, value: Any) -> None:
+    _item(api)
+    response = api.post("/api/catalog-variants", variant_body("V", "I", **{name: value}))
+    assert_error(response, 400, "invalid", pointer=f"/data/attributes/{name}")
+    assert all_variant_ids(api) == []
+
+
+_UPDATABLE = {"external_id", "integration_type", "catalog_type", "color", "id"}
+BAD_UPDATES = [(n, v) for n, v in BAD_VARIANT_ATTRIBUTES if v is not None]
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_UPDATES)
+def test_bad_variant_attribute_on_patch(api: Api, name: str, value: Any) -> None:
+    _item(api)
+    before = ok(api.post("/api/catalog-variants", variant_body("V", "I")), 201)["data"]
+    body = {"data": {"type": "catalog-variant", "id": cid("V"), "attributes": {name: value}}}
+    response = api.patch(variant_path(cid("V")), body)
+    assert_error(response, 400, "invalid", pointer=f"/data/attributes/{name}")
+    assert ok(api.get(variant_path(cid("V"))))["data"] == before
+
+
+@pytest.mark.parametrize(
+    "name", ["external_id", "title", "description", "sku", "inventory_quantity", "price", "url"]
+)
+def test_missing_required_variant_attribute(api: Api, name: str) -> None:
+    _item(api)
+    body = variant_body("V", "I")
+    del body["data"]["attributes"][name]
+    response = api.post("/api/catalog-variants", body)
+    errors = assert_error(response, 400, "invalid", pointer=f"/data/attributes/{name}")
+    assert name in errors[0]["detail"]
+    assert all_variant_ids(api) == []
+
+
+@pytest.mark.parametrize("name", ["external_id", "title", "description", "url"])
+def test_missing_required_item_attribute(api: Api, name: str) -> None:
+    body = item_body("I")
+    del body["data"]["attributes"][name]
+    response = api.post("/api/catalog-items", body)
+    assert_error(response, 400, "invalid", pointer=f"/data/attributes/{name}")
+    assert all_item_ids(api) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("price", "42"),
+        ("price", False),
+        ("images", "x"),
+        ("custom_metadata", {"a": {"b": 1}}),
+        ("custom_metadata", BIG_METADATA),
+        ("published", "no"),
+        ("sku", "S"),
+        ("inventory_policy", 0),
+        ("inventory_quantity", 1),
+        ("title", None),
+    ],
+)
+def test_bad_item_attribute_on_create(api: Api, name: str, value: Any) -> None:
+    response = api.post("/api/catalog-items", item_body("I", **{name: value}))
+    assert_error(response, 400, "invalid", pointer=f"/data/attributes/{name}")
+    assert all_item_ids(api) == []
+
+
+def test_every_problem_is_reported_at_once(api: Api) -> None:
+    _item(api)
+    body = variant_body("V", "I", price="1", inventory_policy=7, color="red")
+    del body["data"]["attributes"]["sku"]
+    response = api.post("/api/catalog-variants", body)
+    assert_error(
+        response,
+        400,
+        "invalid",
+        pointer=[
+            "/data/attributes/price",
+            "/data/attributes/inventory_policy",
+            "/data/attributes/color",
+            "/data/attributes/sku",
+        ],
+    )
+
+
+def test_metadata_just_under_the_limit_is_accepted(api: Api) -> None:
+    _item(api)
+    overhead = len(orjson.dumps({"blob": ""}))
+    metadata = {"blob": "x" * (100 * 1024 - overhead)}
+    body = variant_body("V", "I", custom_metadata=metadata)
+    data = ok(api.post("/api/catalog-variants", body), 201)["data"]
+    assert data["attributes"]["custom_metadata"] == metadata
+
+
+# ---- the document around the attributes ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mutate", "pointer"),
+    [
+        (lambda d: d["data"].update(type="catalog-item"), "/data/type"),
+        (lambda d: d["data"].update(type="catalog-variants"), "/data/type"),
+        (lambda d: d["data"].pop("type"), "/data/type"),
+        (lambda d: d["data"].pop("attributes"), "/data/attributes"),
+        (lambda d: d["data"].update(attributes=[]), "/data/attributes"),
+        (lambda d: d["data"].update(id=cid("V")), "/data/id"),
+        (lambda d: d["data"].pop("relationships"), "/data/relationships"),
+        (lambda d: d["data"].update(relationships={}), "/data/relationships/item"),
+        (lambda d: d["data"]["relationships"].update(other={}), "/data/relationships/other"),
+        (lambda d: d["data"]["relationships"]["item"].pop("data"), "/data/relationships/item/data"),
+        (
+            lambda d: d["data"]["relationships"]["item"]["data"].update(type="catalog-variant"),
+            "/data/relationships/item/data/type",
+        ),
+        (
+            lambda d: d["data"]["relationships"]["item"]["data"].update(id="I"),
+            "/data/relationships/item/data/id",
+        ),
+        (lambda d: d.update(data=[]), "/data"),
+        (lambda d: d.pop("data"), "/data"),
+    ],
+)
+def test_malformed_variant_document(api: Api, mutate: Any, pointer: str) -> None:
+    _item(api)
+    body = variant_body("V", "I")
+    mutate(body)
+    assert_error(api.post("/api/catalog-variants", body), 400, "invalid", pointer=pointer)
+    assert all_variant_ids(api) == []
+
+
+def test_wrong_type_on_item_create(api: Api) -> None:
+    body = item_body("I")
+    body["data"]["type"] = "catalog-variant"
+    assert_error(api.post("/api/catalog-items", body), 400, "invalid", pointer="/data/type")
+    assert all_item_ids(api) == []
+
+
+@pytest.mark.parametrize(
+    ("data", "pointer"),
+    [
+        ({"type": "catalog-variant", "id": cid("OTHER"), "attributes": {"price": 1}}, "/data/id"),
+        ({"type": "catalog-variant", "attributes": {"price": 1}}, "/data/id"),
+        ({"type": "catalog-item", "id": cid("V"), "attributes": {"price": 1}}, "/data/type"),
+        ({"id": cid("V"), "attributes": {"price": 1}}, "/data/type"),
+        ({"type": "catalog-variant", "id": cid("V")}, "/data/attributes"),
+    ],
+)
+def test_malformed_variant_patch(api: Api, data: dict[str, Any], pointer: str) -> None:
+    _item(api)
+    ok(api.post("/api/catalog-variants", variant_body("OTHER", "I")), 201)
+    before = ok(api.post("/api/catalog-variants", variant_body("V", "I")), 201)["data"]
+    response = api.patch(variant_path(cid("V")), {"data": data})
+    assert_error(response, 400, "invalid", pointer=pointer)
+    assert ok(api.get(variant_path(cid("V"))))["data"] == before
+    assert ok(api.get(variant_path(cid("OTHER"))))["data"]["attributes"]["price"] == 9.5
+
+
+def test_item_patch_id_mismatch(api: Api) -> None:
+    _item(api, "A")
+    before = ok(api.get(item_path(cid("A"))))["data"]
+    body = {"data": {"type": "catalog-item", "id": cid("B"), "attributes": {"title": "x"}}}
+    assert_error(api.patch(item_path(cid("A")), body), 400, "invalid", pointer="/data/id")
+    assert ok(api.get(item_path(cid("A"))))["data"] == before
+
+
+@pytest.mark.parametrize("shape", ["item", "items"])
+def test_missing_parent_item_is_404(api: Api, shape: str) -> None:
+    body = variant_body("V", "NOPE")
+    if shape == "items":
+        body["data"]["relationships"] = {
+            "items": {"data": [{"type": "catalog-item", "id": cid("NOPE")}]}
+        }
+    pointer = f"/data/relationships/{shape}/data" + ("/0" if shape == "items" else "") + "/id"
+    assert_error(api.post("/api/catalog-variants", body), 404, "not_found", pointer=pointer)
+    assert all_variant_ids(api) == []
+
+
+def test_duplicate_variant_is_409(api: Api) -> None:
+    _item(api)
+    ok(api.post("/api/catalog-variants", variant_body("V", "I", title="first")), 201)
+    response = api.post("/api/catalog-variants", variant_body("V", "I", title="second"))
+    assert_error(response, 409, "duplicate", pointer="/data/attributes/external_id")
+    assert all_variant_ids(api) == [cid("V")]
+    assert ok(api.get(variant_path(cid("V"))))["data"]["attributes"]["title"] == "first"
+
+
+def test_duplicate_item_is_409(api: Api) -> None:
+    ok(api.post("/api/catalog-items", item_body("I", title="first")), 201)
+    response = api.post("/api/catalog-items", item_body("I", title="second"))
+    assert_error(response, 409, "duplicate", pointer="/data/attributes/external_id")
+    assert all_item_ids(api) == [cid("I")]
+    assert ok(api.get(item_path(cid("I"))))["data"]["attributes"]["title"] == "first"
+
+
+def test_an_item_and_a_variant_may_share_an_external_id(api: Api) -> None:
+    _item(api, "SAME")
+    ok(api.post("/api/catalog-variants", variant_body("SAME", "SAME")), 201)
+
+
+# ---- the body as bytes -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"{", b"not json", b'{"data": NaN}', b"\xff\xfe", b"", b"   ", b'{"data": {}} trailing'],
+)
+@pytest.mark.parametrize("method", ["POST", "PATCH"])
+def test_malformed_json_is_400(api: Api, content: bytes, method: str) -> None:
+    _item(api)
+    path = "/api/catalog-variants" if method == "POST" else item_path(cid("I"))
+    response = api.client.request(method, path, content=content, headers=api._headers(None))
+    assert_error(response, 400, "invalid")
+    assert all_variant_ids(api) == []
+
+
+@pytest.mark.parametrize("content", [b"[]", b"null", b'"data"', b"1"])
+def test_json_that_is_not_an_object_is_400(api: Api, content: bytes) -> None:
+    response = api.post("/api/catalog-items", content=content)
+    assert_error(response, 400, "invalid")
+    assert all_item_ids(api) == []
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
+def test_wrong_content_type_is_415(api: Api, content_type: str) -> None:
+    _item(api)
+    headers = {"Content-Type": content_type}
+    response = api.post("/api/catalog-variants", variant_body("V", "I"), headers=headers)
+    assert_error(response, 415, "unsupported_media_type")
+    body = {"data": {"type": "catalog-item", "id": cid("I"), "attributes": {"title": "x"}}}
+    assert_error(api.patch(item_path(cid("I")), body, headers=headers), 415)
+    assert all_variant_ids(api) == []
+    assert ok(api.get(item_path(cid("I"))))["data"]["attributes"]["title"] == "Item I"
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/vnd.api+json", "application/json", "application/json; charset=utf-8"],
+)
+def test_both_media_types_are_accepted(api: Api, content_type: str) -> None:
+    response = api.post("/api/catalog-items", item_body("I"), headers={"Content-Type": content_type})
+    ok(response, 201)
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/api/catalog-items"), ("POST", "/api/catalog-items")])
+def test_unacceptable_accept_is_406(api: Api, method: str, path: str) -> None:
+    response = api.client.request(
+        method, path, json=item_body("I"), headers=api._headers({"Accept": "text/html"})
+    )
+    assert_error(response, 406, "not_acceptable")
+    assert all_item_ids(api) == []
+
+
+@pytest.mark.parametrize(
+    "accept", ["application/json", "*/*", "application/*", "text/html, application/vnd.api+json"]
+)
+def test_acceptable_accept(api: Api, accept: str) -> None:
+    ok(api.get("/api/catalog-items", headers={"Accept": accept}))
+
+
+def test_body_over_4_mb_is_413(api: Api) -> None:
+    _item(api)
+    body = variant_body("V", "I", description="x" * (4 * 1024 * 1024))
+    response = api.post("/api/catalog-variants", body)
+    assert_error(response, 413, "payload_too_large")
+    assert all_variant_ids(api) == []
+
+
+def test_streamed_body_over_4_mb_is_413(api: Api) -> None:
+    chunk = b"x" * (1024 * 1024)
+
+    def stream() -> Any:
+        yield b'{"data": "'
+        for _ in range(5):
+            yield chunk
+        yield b'"}'
+
+    response = api.post("/api/catalog-items", content=stream())
+    assert_error(response, 413, "payload_too_large")
+
+
+@pytest.mark.parametrize(
+    ("path", "parameter"),
+    [
+        ("/api/catalog-variants?foo=1", "foo"),
+        ("/api/catalog-variants?page[number]=2", "page[number]"),
+        ("/api/catalog-variants?include=item", "include"),
+        ("/api/catalog-variants?fields[catalog-item]=title", "fields[catalog-item]"),
+        ("/api/catalog-items?fields[catalog-items]=title", "fields[catalog-items]"),
+        ("/api/catalog-items?Filter=x", "Filter"),
+        (f"{variant_path(cid('V'))}?include=variants", "include"),
+        (f"{item_path(cid('I'))}?sort=created", "sort"),
+        (f"{item_path(cid('I'))}/relationships/variants?fields[catalog-variant]=sku", "fields[catalog-variant]"),
+    ],
+)
+def test_unknown_query_parameter_is_400_naming_it(api: Api, path: str, parameter: str) -> None:
+    errors = assert_error(api.get(path), 400, "invalid", parameter=parameter)
+    assert parameter in errors[0]["detail"]
+
+
+def test_unknown_query_parameter_on_write_writes_nothing(api: Api) -> None:
+    response = api.post("/api/catalog-items?dry_run=1", item_body("I"))
+    assert_error(response, 400, "invalid", parameter="dry_run")
+    assert all_item_ids(api) == []
+    response = api.delete(item_path(cid("X")) + "?force=true")
+    assert_error(response, 400, "invalid", parameter="force")
