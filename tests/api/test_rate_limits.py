@@ -68,7 +68,9 @@ def limited(app_factory: Callable[..., TestClient], key: str, **settings: Any) -
 
 
 def spawn(api: Api, external: str) -> Any:
-    return api.post("/api/catalog-variant-bulk-update-jobs", bulk_body([(external, {"price": 1.0})]))
+    return api.post(
+        "/api/catalog-variant-bulk-update-jobs", bulk_body([(external, {"price": 1.0})])
+    )
 
 
 def test_a_burst_of_200_spawns_admits_75(
@@ -104,7 +106,12 @@ def test_headers_on_admitted_and_refused_requests(
 def test_operations_and_accounts_have_their_own_buckets(
     app_factory: Callable[..., TestClient], key_for: Callable[..., str], clock: FakeClock
 ) -> None:
-    api = limited(app_factory, key_for("acme"), write_limits="1/second;10/minute", read_limits="1/second;10/minute")
+    api = limited(
+        app_factory,
+        key_for("acme"),
+        write_limits="1/second;10/minute",
+        read_limits="1/second;10/minute",
+    )
     other = api.as_key(key_for("globex"))
     assert spawn(api, "V").status_code == 202
     assert spawn(api, "V").status_code == 429
@@ -134,13 +141,19 @@ def test_the_steady_window_holds_over_a_minute(clock: FakeClock) -> None:
 def test_rate_limits_off_admits_everything(
     app_factory: Callable[..., TestClient], key_for: Callable[..., str]
 ) -> None:
-    api = Api(app_factory(rate_limits="off", run_worker=False, write_limits="1/second;1/minute"), key_for())
+    api = Api(
+        app_factory(rate_limits="off", run_worker=False, write_limits="1/second;1/minute"),
+        key_for(),
+    )
     assert [spawn(api, "V").status_code for _ in range(3)] == [202] * 3
 
 
 @pytest.mark.redis
 def test_two_processes_sharing_redis_admit_what_one_would(
-    app_factory: Callable[..., TestClient], key_for: Callable[..., str], clock: FakeClock, redis_url: str
+    app_factory: Callable[..., TestClient],
+    key_for: Callable[..., str],
+    clock: FakeClock,
+    redis_url: str,
 ) -> None:
     prefix = f"test-{uuid.uuid4().hex}"
     key = key_for()
@@ -153,7 +166,9 @@ def test_two_processes_sharing_redis_admit_what_one_would(
 def test_unreachable_redis_fails_open_and_says_so(
     app_factory: Callable[..., TestClient], key_for: Callable[..., str]
 ) -> None:
-    api = limited(app_factory, key_for(), redis_url="redis://127.0.0.1:1/0", write_limits="1/second;1/minute")
+    api = limited(
+        app_factory, key_for(), redis_url="redis://127.0.0.1:1/0", write_limits="1/second;1/minute"
+    )
     assert [spawn(api, "V").status_code for _ in range(3)] == [202] * 3
     ready = api.client.get("/readyz")
     assert ready.status_code == 200

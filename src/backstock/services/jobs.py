@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,7 +74,14 @@ class JobService:
             raise NotFound(f"No catalog-variant-bulk-update-job with id '{job_id}'")
         return job
 
-    def list_jobs(self, who: Principal, status: str | None, page: PageRequest) -> Page[JobRecord]:
+    def list_jobs(
+        self, who: Principal, statuses: frozenset[str], page: PageRequest
+    ) -> Page[JobRecord]:
+        """The account's jobs, newest first; those with every status in ``statuses`` (AND-ed
+        filter conditions: two different statuses match nothing)."""
+        if len(statuses) > 1:
+            return Page([], None, None)
+        status = next(iter(statuses), None)
         with self.db.read() as conn:
             return store.list_jobs(conn, who.account_id, status, page, now_us())
 
@@ -105,14 +110,14 @@ class JobService:
         """Apply the next batch of ``job``; ``True`` when the job is complete, ``False`` when
         more remain, ``None`` when the lease was lost (another worker has the job now)."""
         changes = bulk.load_payload(job.payload)
-        start = job.next_index
-        end = min(start + self.settings.worker_batch_size, job.total_count)
-        batch = changes[start:end]
         base = bulk.variants_pointer("array" if job.shape == "array" else "data")
         with self.db.write() as conn:
             now = now_us()
-            if not store.renew_lease(conn, job, now, self._lease_us):
+            if not store.fence(conn, job, now, self._lease_us):
                 return None
+            start = job.next_index
+            end = min(start + self.settings.worker_batch_size, job.total_count)
+            batch = changes[start:end]
             present = store.existing_variants(conn, job.account_id, [ext for ext, _ in batch])
             applied = [(ext, c.as_dict()) for ext, c in batch if ext in present]
             store.apply_variant_changes(conn, job.account_id, applied, now)
@@ -121,14 +126,9 @@ class JobService:
                 for index, (ext, _) in enumerate(batch, start)
                 if ext not in present
             ]
-            job.errors.extend(errors)
-            done = store.record_progress(
-                conn, job, end, len(applied), len(errors), now, self._retention_us
+            return store.record_progress(
+                conn, job, end, len(applied), errors, now, self._retention_us
             )
-        job.next_index = end
-        job.completed_count += len(applied)
-        job.failed_count += len(errors)
-        return done
 
     def release(self, job: ClaimedJob) -> None:
         with self.db.write() as conn:
@@ -160,11 +160,3 @@ def _missing_variant(external: ExternalId | str, pointer: str) -> dict[str, Any]
         "detail": f"The catalog variant '{compound_id(external)}' does not exist.",
         "source": {"pointer": pointer},
     }
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
-
-
-__all__ = ["STATUSES", "JobId", "JobService", "JobSignal"]

@@ -207,20 +207,23 @@ def claim_next_job(conn: Connection, owner: str, now: int, lease_us: int) -> Cla
     )  # fmt: skip
 
 
-def renew_lease(conn: Connection, job: ClaimedJob, now: int, lease_us: int) -> bool:
-    """Extend the lease if this worker still holds it at the position it believes; this is
-    also the fence at the start of every batch transaction (it takes the job's row lock)."""
-    result = conn.execute(
+def fence(conn: Connection, job: ClaimedJob, now: int, lease_us: int) -> bool:
+    """Renew the lease if this worker still holds it, and reload the job's progress from the
+    row: the database, not the worker's memory, says where the job stands (a batch whose
+    commit outcome the worker never learned is then neither lost nor applied twice).
+
+    Run first in every batch transaction; the UPDATE takes the job's row lock."""
+    row = conn.execute(
         update(jobs)
-        .where(
-            jobs.c.pk == job.pk,
-            jobs.c.lease_owner == job.owner,
-            jobs.c.next_index == job.next_index,
-            jobs.c.status == "processing",
-        )
+        .where(jobs.c.pk == job.pk, jobs.c.lease_owner == job.owner, jobs.c.status == "processing")
         .values(lease_expires_at=now + lease_us)
-    )
-    return result.rowcount == 1
+        .returning(jobs.c.next_index, jobs.c.completed_count, jobs.c.failed_count, jobs.c.errors)
+    ).first()
+    if row is None:
+        return False
+    job.next_index, job.completed_count, job.failed_count, errors = row
+    job.errors = orjson.loads(errors)
+    return True
 
 
 def existing_variants(conn: Connection, account: AccountId, externals: Sequence[str]) -> set[str]:
@@ -275,7 +278,7 @@ def record_progress(
     job: ClaimedJob,
     end: int,
     completed: int,
-    failed: int,
+    errors: list[dict[str, Any]],
     now: int,
     retention_us: int,
 ) -> bool:
@@ -283,10 +286,10 @@ def record_progress(
     values: dict[str, Any] = {
         "next_index": end,
         "completed_count": jobs.c.completed_count + completed,
-        "failed_count": jobs.c.failed_count + failed,
+        "failed_count": jobs.c.failed_count + len(errors),
     }
-    if failed:
-        values["errors"] = orjson.dumps(job.errors).decode()
+    if errors:
+        values["errors"] = orjson.dumps([*job.errors, *errors]).decode()
     done = end >= job.total_count
     if done:
         values |= {

@@ -8,6 +8,8 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from typing import TypeVar
 
 from backstock.domain.errors import BackstockError
 from backstock.services.jobs import JobService
@@ -16,6 +18,7 @@ from backstock.storage.jobs import ClaimedJob
 log = logging.getLogger("backstock.worker")
 
 REAP_EVERY_SECONDS = 60.0
+T = TypeVar("T")
 
 
 def worker_name() -> str:
@@ -60,36 +63,42 @@ class Worker:
 
     def _loop(self) -> None:
         owner = worker_name()
-        backoff = 0.1
         while not self.stop.is_set():
-            try:
-                job = self.jobs.claim(owner)
-                if job is None:
-                    self._idle()
-                else:
-                    self._run(job)
-                backoff = 0.1
-            except BackstockError as exc:
-                log.warning("worker: %s; retrying in %.1f s", exc.detail, backoff)
-                self.stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-            except Exception:
-                log.exception("worker: unexpected error; retrying in %.1f s", backoff)
-                self.stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+            job = self._retrying(lambda: self.jobs.claim(owner))
+            if job is None:
+                self._retrying(self._idle)
+            else:
+                self._run(job)
 
     def _run(self, job: ClaimedJob) -> None:
-        log.debug("worker: running job %s from item %d", job.id, job.next_index)
+        """Run ``job`` batch by batch; a failed batch is retried (its transaction rolled back
+        or its outcome unknown: the fence at the start of the next try sorts that out)."""
+        log.debug("worker: running job %s", job.id)
         while True:
-            done = self.jobs.run_batch(job)
+            done = self._retrying(lambda: self.jobs.run_batch(job), give_up=None)
             if done is None:
-                log.warning("worker: lost the lease on job %s; another worker has it", job.id)
+                log.info("worker: job %s is no longer ours (lease lost or shutting down)", job.id)
                 return
             if done:
                 return
             if self.stop.is_set():
-                self.jobs.release(job)
+                self._retrying(lambda: self.jobs.release(job))
                 return
+
+    def _retrying(self, action: Callable[[], T], give_up: T | None = None) -> T | None:
+        """Run ``action`` until it succeeds, backing off while the database is away; return
+        ``give_up`` if the worker is stopped meanwhile."""
+        backoff = 0.05
+        while not self.stop.is_set():
+            try:
+                return action()
+            except BackstockError as exc:
+                log.warning("worker: %s; retrying in %.2f s", exc.detail, backoff)
+            except Exception:
+                log.exception("worker: unexpected error; retrying in %.2f s", backoff)
+            self.stop.wait(backoff)
+            backoff = min(backoff * 2, 2.0)
+        return give_up
 
     def _idle(self) -> None:
         now = time.monotonic()
