@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
+import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -93,6 +96,14 @@ def serve(
         log_access=False,
         respawn_failed_workers=True,
     ).serve()
+
+
+def _self_command() -> str:
+    """How the user can run this CLI again (``.venv/bin/backstock`` after ``make serve``)."""
+    here = Path(sys.argv[0])
+    if here.name == "backstock" and here.exists() and shutil.which("backstock") != str(here.resolve()):
+        return os.path.relpath(here)
+    return "backstock"
 
 
 def _redact(url: str) -> str:
