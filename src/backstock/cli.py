@@ -18,6 +18,7 @@ from backstock.bootstrap import Runtime, build_services, migrate_database
 from backstock.domain.clock import to_iso
 from backstock.domain.errors import BackstockError
 from backstock.services import accounts
+from backstock.services.container import Services
 from backstock.settings import Settings
 
 app = typer.Typer(
@@ -101,7 +102,8 @@ def serve(
 def _self_command() -> str:
     """How the user can run this CLI again (``.venv/bin/backstock`` after ``make serve``)."""
     here = Path(sys.argv[0])
-    if here.name == "backstock" and here.exists() and shutil.which("backstock") != str(here.resolve()):
+    on_path = shutil.which("backstock")
+    if here.name == "backstock" and here.exists() and on_path != str(here.resolve()):
         return os.path.relpath(here)
     return "backstock"
 
@@ -138,9 +140,8 @@ def worker(
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     runtime.start()
-    err.print(
-        f"Worker running ({settings.worker_concurrency} at once) on {_redact(settings.database_url)}"
-    )
+    where = _redact(settings.database_url)
+    err.print(f"Worker running ({settings.worker_concurrency} at once) on {where}")
     while not runtime.worker.stop.wait(0.5):
         pass
     runtime.stop()
@@ -215,7 +216,7 @@ def keys_revoke(key_id: str) -> None:
     err.print(f"Revoked {key_id}")
 
 
-def _services():  # type: ignore[no-untyped-def]
+def _services() -> Services:
     settings = _settings()
     if settings.is_sqlite:
         migrate_database(settings)

@@ -9,7 +9,7 @@ from typing import Any
 from backstock.domain import bulk
 from backstock.domain.clock import now_us
 from backstock.domain.errors import NotFound
-from backstock.domain.ids import ExternalId, JobId, compound_id, new_job_id
+from backstock.domain.ids import ExternalId, compound_id, new_job_id
 from backstock.domain.pagination import Page, PageRequest
 from backstock.services.accounts import Principal
 from backstock.settings import Settings

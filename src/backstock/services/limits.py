@@ -114,12 +114,14 @@ def _storage(settings: Settings) -> Storage:
     if not settings.redis_url:
         return MemoryStorage()
     timeout = settings.redis_timeout_seconds
-    return storage_from_string(
+    storage = storage_from_string(
         settings.redis_url,
         key_prefix=settings.redis_key_prefix,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
     )
+    assert isinstance(storage, Storage)
+    return storage
 
 
 def _seconds_until(reset: float) -> int:

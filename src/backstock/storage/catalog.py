@@ -173,7 +173,7 @@ def _item_condition(condition: Condition) -> ColumnElement[bool]:
 
 def _external_ids(value: object) -> list[str]:
     values = value if isinstance(value, tuple) else (value,)
-    found = []
+    found: list[str] = []
     for compound in values:
         try:
             found.append(parse_compound_id(str(compound)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Connection, create_engine, event
 from sqlalchemy.engine import Engine
@@ -101,7 +101,7 @@ class _translate_errors:  # noqa: N801 - used as a context manager like contextl
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind: Any, exc: BaseException | None, _tb: Any) -> bool:
+    def __exit__(self, kind: Any, exc: BaseException | None, _tb: Any) -> Literal[False]:
         if isinstance(exc, PoolTimeout):
             raise Unavailable("The database is busy; retry later.", retry_after=1) from exc
         if isinstance(exc, OperationalError | DBAPIError) and _is_disconnect(exc):

@@ -58,7 +58,7 @@ _JOB_SELECT = select(*(jobs.c[name] for name in _JOB_NAMES))
 
 
 def _job(row: Row[Any]) -> JobRecord:
-    return JobRecord(*row)
+    return JobRecord(*row)  # type: ignore[call-arg]
 
 
 def insert_job(
