@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
+import msgspec
 
 from backstock.domain.errors import Problem
 
@@ -64,7 +64,7 @@ def metadata_problem(value: Mapping[str, Any], name: str = "custom_metadata") ->
             isinstance(member, list) and any(isinstance(v, dict | list) for v in member)
         ):
             return f"'{name}' must be a flat object; '{key}' is nested"
-    if len(orjson.dumps(value)) > MAX_METADATA_BYTES:
+    if len(msgspec.json.encode(value)) > MAX_METADATA_BYTES:  # any int size, unlike orjson
         return f"'{name}' must not exceed 100 KB"
     return None
 

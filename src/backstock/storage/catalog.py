@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import msgspec
 import orjson
 from sqlalchemy import (
     ColumnElement,
@@ -17,6 +18,7 @@ from sqlalchemy import (
     and_,
     delete,
     false,
+    func,
     insert,
     select,
     update,
@@ -48,7 +50,10 @@ _VARIANT_ATTRS = (*_ITEM_ATTRS, "sku", "inventory_policy", "inventory_quantity")
 
 def encode_columns(attributes: dict[str, Any]) -> dict[str, Any]:
     return {
-        name: orjson.dumps(value).decode() if name in JSON_COLUMNS and value is not None else value
+        # msgspec, not orjson: JSON allows integers beyond 64 bits and so do we
+        name: msgspec.json.encode(value).decode()
+        if name in JSON_COLUMNS and value is not None
+        else value
         for name, value in attributes.items()
     }
 
@@ -154,18 +159,18 @@ def list_items(
 ) -> Page[Record]:
     query = _ITEM_SELECT.where(catalog_items.c.account_id == account)
     for condition in conditions:
-        query = query.where(_item_condition(condition))
+        query = query.where(_item_condition(condition, conn.dialect.name))
     return _paginate(conn, query, catalog_items.c.pk, page, _item)
 
 
-def _item_condition(condition: Condition) -> ColumnElement[bool]:
+def _item_condition(condition: Condition, dialect: str) -> ColumnElement[bool]:
     c = catalog_items.c
     if condition.field == "ids":
         return c.external_id.in_(_external_ids(condition.value))
     if condition.field in ("category.id", "category"):
-        return c.categories.contains(orjson.dumps(condition.value).decode(), autoescape=True)
+        return _contains(c.categories, orjson.dumps(condition.value).decode(), dialect)
     if condition.field == "title":
-        return c.title.contains(str(condition.value), autoescape=True)
+        return _contains(c.title, str(condition.value), dialect)
     if condition.field == "published":
         return c.published == condition.value
     raise BadRequest(f"Unsupported filter field '{condition.field}'", parameter="filter")
@@ -176,10 +181,30 @@ def _external_ids(value: object) -> list[str]:
     found: list[str] = []
     for compound in values:
         try:
-            found.append(parse_compound_id(str(compound)))
+            external = parse_compound_id(str(compound))
         except InvalidCompoundId:
             continue
+        if _storable(external):
+            found.append(external)
     return found
+
+
+def _storable(text: str) -> bool:
+    """No stored text holds NUL (PostgreSQL cannot; the API refuses it on SQLite too), and a
+    NUL in a query parameter fails on PostgreSQL and cuts LIKE patterns short on SQLite."""
+    return "\x00" not in text
+
+
+def _equals(column: Any, text: str) -> ColumnElement[bool]:
+    return column == text if _storable(text) else false()
+
+
+def _contains(column: Any, text: str, dialect: str) -> ColumnElement[bool]:
+    """Exact, case-sensitive substring on both databases (SQLite's LIKE ignores ASCII case)."""
+    if not _storable(text):
+        return false()
+    position = func.instr(column, text) if dialect == "sqlite" else func.strpos(column, text)
+    return position > 0
 
 
 def variant_ids_of_item(conn: Connection, account: AccountId, pk: int) -> list[str]:
@@ -263,20 +288,20 @@ def list_variants(
     if parent_pk is not None:
         query = query.where(_V.c.item_pk == parent_pk)
     for condition in conditions:
-        query = query.where(_variant_condition(condition))
+        query = query.where(_variant_condition(condition, conn.dialect.name))
     return _paginate(conn, query, _V.c.pk, page, _variant)
 
 
-def _variant_condition(condition: Condition) -> ColumnElement[bool]:
+def _variant_condition(condition: Condition, dialect: str) -> ColumnElement[bool]:
     if condition.field == "ids":
         return _V.c.external_id.in_(_external_ids(condition.value))
     if condition.field in ("item.id", "item"):
         ids = _external_ids(condition.value)
         return catalog_items.c.external_id == ids[0] if ids else false()
     if condition.field == "sku":
-        return _V.c.sku == condition.value
+        return _equals(_V.c.sku, str(condition.value))
     if condition.field == "title":
-        return _V.c.title.contains(str(condition.value), autoescape=True)
+        return _contains(_V.c.title, str(condition.value), dialect)
     if condition.field == "published":
         return _V.c.published == condition.value
     raise BadRequest(f"Unsupported filter field '{condition.field}'", parameter="filter")
