@@ -1,0 +1,114 @@
+"""Every endpoint: a key without the operation's scope gets 403, another account's key gets
+404 for anything addressed by id (exactly as if it did not exist), a revoked key gets 401 in
+every API process at once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from backstock.bootstrap import build_services
+from backstock.services import accounts
+from backstock.settings import Settings
+from tests.conftest import Api, bulk_body, cid, item_body, variant_body, wait_for_job
+
+ITEM = cid("ITEM")
+VARIANT = cid("ITEM-V")
+ENC = {
+    "item": "%24custom%3A%3A%3A%24default%3A%3A%3AITEM",
+    "variant": "%24custom%3A%3A%3A%24default%3A%3A%3AITEM-V",
+}
+
+
+def endpoints(job_id: str) -> list[tuple[str, str, Any, str, bool]]:
+    """(method, path, body, scope, addressed by id)."""
+    return [
+        ("GET", "/api/catalog-items", None, "read", False),
+        ("POST", "/api/catalog-items", item_body("NEW"), "write", False),
+        ("GET", f"/api/catalog-items/{ENC['item']}", None, "read", True),
+        (
+            "PATCH",
+            f"/api/catalog-items/{ENC['item']}",
+            {"data": {"type": "catalog-item", "id": ITEM, "attributes": {"title": "x"}}},
+            "write",
+            True,
+        ),
+        ("GET", f"/api/catalog-items/{ENC['item']}/variants", None, "read", True),
+        ("GET", f"/api/catalog-items/{ENC['item']}/relationships/variants", None, "read", True),
+        ("GET", "/api/catalog-variants", None, "read", False),
+        ("GET", f"/api/catalog-variants/{ENC['variant']}", None, "read", True),
+        (
+            "PATCH",
+            f"/api/catalog-variants/{ENC['variant']}",
+            {"data": {"type": "catalog-variant", "id": VARIANT, "attributes": {"price": 1}}},
+            "write",
+            True,
+        ),
+        (
+            "POST",
+            "/api/catalog-variant-bulk-update-jobs",
+            bulk_body([("ITEM-V", {"price": 2.0})]),
+            "write",
+            False,
+        ),
+        ("GET", "/api/catalog-variant-bulk-update-jobs", None, "read", False),
+        ("GET", f"/api/catalog-variant-bulk-update-jobs/{job_id}", None, "read", True),
+        ("DELETE", f"/api/catalog-variants/{ENC['variant']}", None, "write", True),
+        ("DELETE", f"/api/catalog-items/{ENC['item']}", None, "write", True),
+    ]
+
+
+@pytest.fixture
+def owner(api: Api) -> tuple[Api, str]:
+    assert api.post("/api/catalog-items", item_body("ITEM")).status_code == 201
+    assert api.post("/api/catalog-variants", variant_body("ITEM-V", "ITEM")).status_code == 201
+    job = api.post("/api/catalog-variant-bulk-update-jobs", bulk_body([("ITEM-V", {"price": 3.0})]))
+    job_id = job.json()["data"]["id"]
+    wait_for_job(api, job_id)
+    return api, job_id
+
+
+def call(api: Api, method: str, path: str, body: Any) -> Any:
+    return api.client.request(method, path, headers=api._headers(None), json=body)
+
+
+def test_scopes_and_tenancy_on_every_endpoint(
+    owner: tuple[Api, str], key_for: Callable[..., str]
+) -> None:
+    api, job_id = owner
+    read_only = api.as_key(key_for("acme", ("catalogs:read",)))
+    write_only = api.as_key(key_for("acme", ("catalogs:write",)))
+    stranger = api.as_key(key_for("globex"))
+    for method, path, body, scope, by_id in endpoints(job_id):
+        wrong_scope = write_only if scope == "read" else read_only
+        denied = call(wrong_scope, method, path, body)
+        assert denied.status_code == 403, (method, path, denied.text)
+        assert denied.json()["errors"][0]["code"] == "permission_denied"
+        if by_id:
+            hidden = call(stranger, method, path, body)
+            assert hidden.status_code == 404, (method, path, hidden.text)
+    # nothing the stranger did changed the owner's data
+    variant = api.get(f"/api/catalog-variants/{ENC['variant']}").json()["data"]["attributes"]
+    assert variant["price"] == 3.0
+    listed = stranger.get("/api/catalog-variants").json()["data"]
+    assert listed == []
+    assert stranger.get("/api/catalog-variant-bulk-update-jobs").json()["data"] == []
+
+
+def test_revoked_key_stops_working_in_every_process_at_once(
+    settings_for: Callable[..., Settings], app_factory: Callable[..., TestClient]
+) -> None:
+    settings = settings_for()
+    services = build_services(settings)
+    key = accounts.create_key(services.db, "acme", ["catalogs:read"])
+    first, second = Api(app_factory(), key.key), Api(app_factory(), key.key)
+    assert first.get("/api/catalog-variants").status_code == 200
+    assert second.get("/api/catalog-variants").status_code == 200
+    accounts.revoke_key(services.db, key.key_id)
+    services.close()
+    for api in (first, second):
+        response = api.get("/api/catalog-variants")
+        assert response.status_code == 401 and "revoked" in response.json()["errors"][0]["detail"]
