@@ -50,7 +50,8 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     """Shared rate-limit counters for several API processes (``redis://host:6379/0``)."""
     redis_key_prefix: str = "backstock"
-    redis_timeout_seconds: float = Field(default=0.25, gt=0)
+    redis_timeout_seconds: float = Field(default=0.5, gt=0)
+    """A Redis call slower than this fails open (requests are served, unlimited)."""
 
     base_url: str | None = None
     """Public base URL for ``links``; defaults to the URL of each request."""

@@ -157,8 +157,10 @@ def test_two_processes_sharing_redis_admit_what_one_would(
 ) -> None:
     prefix = f"test-{uuid.uuid4().hex}"
     key = key_for()
-    one = limited(app_factory, key, redis_url=redis_url, redis_key_prefix=prefix)
-    two = limited(app_factory, key, redis_url=redis_url, redis_key_prefix=prefix)
+    # A generous timeout: on a loaded machine a slow Redis answer would fail open (by design).
+    shared = {"redis_url": redis_url, "redis_key_prefix": prefix, "redis_timeout_seconds": 5.0}
+    one = limited(app_factory, key, **shared)
+    two = limited(app_factory, key, **shared)
     statuses = [spawn(one if n % 2 else two, "V").status_code for n in range(200)]
     assert statuses.count(202) == 75
 

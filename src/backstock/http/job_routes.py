@@ -57,15 +57,13 @@ async def get_update_variants_job(request: Request, job_id: str) -> Response:
 async def get_update_variants_jobs(request: Request) -> Response:
     allowed = (f"fields[{JOB_TYPE}]", "filter", "page[cursor]")
     call = begin(request, "get_update_variants_jobs", READ, allowed, _JOB_FIELDS)
-    status = None
+    statuses: frozenset[str] = frozenset()
     if "filter" in call.query:
         conditions = parse_filter(call.query["filter"], JOB_FILTERS)
-        status = str(conditions[0].value) if conditions else None
-        if len({str(c.value) for c in conditions}) > 1:
-            status = "\0"  # two different statuses at once: nothing matches
+        statuses = frozenset(str(condition.value) for condition in conditions)
     cursor = decode_cursor(call.query["page[cursor]"]) if "page[cursor]" in call.query else None
     page = PageRequest(100, cursor, descending=True)
-    result = await call.run(call.services.jobs.list_jobs, status, page)
+    result = await call.run(call.services.jobs.list_jobs, statuses, page)
     return document({
         "data": [call.render.job(job) for job in result.rows],
         "links": call.render.page_links(PATH, call.query, result),

@@ -1,43 +1,56 @@
-"""Helpers of the bulk update job API tests: paths, a worker-less API, job and error readers."""
+"""Fixtures and helpers of the bulk update job API tests.
+
+Most tests need no settings of their own, so a module shares one app per database engine
+(``idle_api``: no worker, jobs stay queued; ``worker_api``: with its worker) and every test gets
+a fresh account on it: its own catalog, its own job list. That spares a database and an app
+start-up and shut-down per test. Tests that need other settings use ``app_factory``.
+"""
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+import uvicorn
 from starlette.testclient import TestClient
 
 from backstock.bootstrap import build_app
 from backstock.services import accounts
 from backstock.settings import Settings
 from backstock.storage import migrate
-from tests.conftest import PG_ADMIN, Api, _pg_url, bulk_body
+from tests.conftest import PG_ADMIN, Api, LiveServer, _pg_url, bulk_body
 
 JOBS = "/api/catalog-variant-bulk-update-jobs"
 JOB_TYPE = "catalog-variant-bulk-update-job"
 SEED_REVISION = "2023-02-22"
+BOTH_SCOPES = ("catalogs:read", "catalogs:write")
+KeyFactory = Callable[..., str]
 
 
-@pytest.fixture
-def idle_api(app_factory: Callable[..., TestClient], key_for: Callable[..., str]) -> Api:
-    """An API without a worker: accepted jobs stay queued, nothing is processed."""
-    return Api(app_factory(run_worker=False), key_for())
+# ---- one database and app per module and engine ------------------------------------------
 
 
 @pytest.fixture(
     scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 )
-def module_database(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """One database per module and engine, for the tests that leave no trace (refused requests):
-    hundreds of them then cost one database, not one each."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{Path(tmp_path_factory.mktemp('jobs')) / 'backstock.db'}"
+def engine(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@contextmanager
+def _database(engine: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A migrated database of its own: a SQLite file, or a clone of the PostgreSQL template."""
+    if engine == "sqlite":
+        folder: Path = request.getfixturevalue("tmp_path_factory").mktemp("jobs")
+        url = f"sqlite:///{folder / 'backstock.db'}"
         migrate.upgrade(url)
         yield url
         return
@@ -45,33 +58,98 @@ def module_database(
     name = f"backstock_m_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-    yield _pg_url(name)
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield _pg_url(name)
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(scope="module")
-def module_client(module_database: str) -> Iterator[TestClient]:
-    """A worker-less app shared by a module's tests."""
-    settings = Settings(database_url=module_database, rate_limits="off", run_worker=False)
-    with TestClient(build_app(settings), raise_server_exceptions=False) as client:
+def _settings(url: str, **overrides: Any) -> Settings:
+    values = {"database_url": url, "rate_limits": "off", "idle_check_seconds": 0.5}
+    return Settings(**(values | overrides))
+
+
+@contextmanager
+def _client(engine: str, request: pytest.FixtureRequest, **overrides: Any) -> Iterator[TestClient]:
+    with (
+        _database(engine, request) as url,
+        TestClient(build_app(_settings(url, **overrides)), raise_server_exceptions=False) as client,
+    ):
         yield client
 
 
 @pytest.fixture(scope="module")
-def module_key(module_client: TestClient) -> Callable[..., str]:
-    def make(
-        account: str = "acme", scopes: tuple[str, ...] = ("catalogs:read", "catalogs:write")
-    ) -> str:
-        return accounts.create_key(module_client.app.state.services.db, account, scopes).key
+def idle_client(engine: str, request: pytest.FixtureRequest) -> Iterator[TestClient]:
+    with _client(engine, request, run_worker=False) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def worker_client(engine: str, request: pytest.FixtureRequest) -> Iterator[TestClient]:
+    with _client(engine, request) as client:
+        yield client
+
+
+def _key_factory(client: TestClient) -> KeyFactory:
+    """Keys of a fresh account; ``make("other")`` is a key of a second fresh account."""
+    account = f"acme-{uuid.uuid4().hex[:12]}"
+    db = client.app.state.services.db  # type: ignore[attr-defined]
+
+    def make(suffix: str = "", scopes: tuple[str, ...] = BOTH_SCOPES) -> str:
+        return accounts.create_key(db, f"{account}-{suffix}", scopes).key
 
     return make
 
 
 @pytest.fixture
-def shared_api(module_client: TestClient, module_key: Callable[..., str]) -> Api:
-    """An API on the module's shared app, with a fresh key of the account ``acme``."""
-    return Api(module_client, module_key())
+def idle_key(idle_client: TestClient) -> KeyFactory:
+    return _key_factory(idle_client)
+
+
+@pytest.fixture
+def idle_api(idle_client: TestClient, idle_key: KeyFactory) -> Api:
+    """A fresh account on the module's app without a worker: accepted jobs stay queued."""
+    return Api(idle_client, idle_key())
+
+
+@pytest.fixture
+def worker_key(worker_client: TestClient) -> KeyFactory:
+    return _key_factory(worker_client)
+
+
+@pytest.fixture
+def worker_api(worker_client: TestClient, worker_key: KeyFactory) -> Api:
+    """A fresh account on the module's app with its worker running."""
+    return Api(worker_client, worker_key())
+
+
+@pytest.fixture(scope="module")
+def module_live_server(engine: str, request: pytest.FixtureRequest) -> Iterator[LiveServer]:
+    """The app under uvicorn (worker included) on a free loopback port, for Klaviyo's SDK."""
+    with _database(engine, request) as url:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        app = build_app(_settings(url))
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.01)
+        db = app.state.services.db
+        yield LiveServer(
+            f"http://127.0.0.1:{port}",
+            lambda: accounts.create_key(db, f"sdk-{uuid.uuid4().hex[:12]}", BOTH_SCOPES).key,
+        )
+        server.should_exit = True
+        thread.join(10)
+
+
+# ---- helpers ---------------------------------------------------------------------------------
 
 
 def spawn(api: Api, updates: list[tuple[str, dict[str, Any]]], shape: str = "data") -> str:

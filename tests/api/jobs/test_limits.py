@@ -21,8 +21,8 @@ def padded_body(size: int) -> bytes:
     return body + b" " * (size - len(body))
 
 
-def test_a_body_of_exactly_4_mb_is_accepted(shared_api: Api) -> None:
-    response = shared_api.post(JOBS, content=padded_body(LIMIT))
+def test_a_body_of_exactly_4_mb_is_accepted(idle_api: Api) -> None:
+    response = idle_api.post(JOBS, content=padded_body(LIMIT))
     assert response.status_code == 202, response.text
 
 
@@ -32,20 +32,19 @@ def _chunks(body: bytes) -> Iterator[bytes]:
 
 
 @pytest.mark.parametrize("length", ["declared", "understated", "absent"])
-def test_a_body_over_4_mb_is_413(shared_api: Api, length: str) -> None:
+def test_a_body_over_4_mb_is_413(idle_api: Api, length: str) -> None:
     body = padded_body(LIMIT + 1)
-    before = listed_ids(shared_api)
     if length == "declared":
-        response = shared_api.post(JOBS, content=body)
+        response = idle_api.post(JOBS, content=body)
     elif length == "understated":
-        response = shared_api.post(JOBS, content=body, headers={"Content-Length": "1000"})
+        response = idle_api.post(JOBS, content=body, headers={"Content-Length": "1000"})
     else:  # chunked transfer encoding
-        response = shared_api.post(JOBS, content=_chunks(body))
+        response = idle_api.post(JOBS, content=_chunks(body))
         assert response.request.headers["transfer-encoding"] == "chunked"
 
     [error] = errors_of(response, 413)
     assert "4 MB" in error["detail"]
-    assert listed_ids(shared_api) == before
+    assert listed_ids(idle_api) == []
 
 
 def test_too_many_jobs_in_progress_is_429_for_that_account_only(
@@ -66,8 +65,7 @@ def test_too_many_jobs_in_progress_is_429_for_that_account_only(
     spawn(other, [("V9", {"price": 1.0})])
 
     # Once a worker completes the account's jobs, their slots are free again.
-    worker = api.as_key(api.key)
-    worker.client = app_factory(max_jobs_in_progress=3)
+    worker = Api(app_factory(max_jobs_in_progress=3), api.key)
     for job_id in accepted:
         wait_for_job(worker, job_id)
     spawn(api, [("V9", {"price": 1.0})])

@@ -10,7 +10,16 @@ import pytest
 from starlette.testclient import TestClient
 
 from tests.api.jobs.conftest import JOB_TYPE, JOBS, SEED_REVISION, spawn
-from tests.conftest import REVISION, Api, bulk_body, cid, seed_catalog, wait_for_job
+from tests.conftest import (
+    REVISION,
+    Api,
+    bulk_body,
+    cid,
+    item_body,
+    seed_catalog,
+    variant_body,
+    wait_for_job,
+)
 
 EVERY_ATTRIBUTE: dict[str, Any] = {
     "title": "Ocean Blue Shirt (Sample) Variant Medium",
@@ -51,7 +60,8 @@ def check_accepted(response: Any, externals: list[str], revision: str) -> dict[s
     data = document["data"]
     attributes = data["attributes"]
     assert data["type"] == JOB_TYPE
-    assert isinstance(data["id"], str) and data["id"]
+    assert isinstance(data["id"], str)
+    assert data["id"]
     assert attributes["job_id"] == data["id"]
     assert attributes["status"] == "queued"
     created = datetime.fromisoformat(attributes["created_at"])
@@ -61,9 +71,11 @@ def check_accepted(response: Any, externals: list[str], revision: str) -> dict[s
     assert attributes["failed_count"] == 0
     assert attributes["errors"] == []
     if revision == SEED_REVISION:  # nothing was nullable then: absent, not null
-        assert "completed_at" not in attributes and "expires_at" not in attributes
+        assert "completed_at" not in attributes
+        assert "expires_at" not in attributes
     else:
-        assert attributes["completed_at"] is None and attributes["expires_at"] is None
+        assert attributes["completed_at"] is None
+        assert attributes["expires_at"] is None
     linkage = [{"type": "catalog-variant", "id": cid(external)} for external in externals]
     assert data["relationships"]["variants"]["data"] == linkage
     assert data["links"]["self"] == f"http://testserver{JOBS}/{data['id']}"
@@ -83,63 +95,90 @@ def check_completed(job: dict[str, Any], total: int) -> None:
 
 
 @pytest.mark.parametrize(("slash", "shape", "revision"), SPELLINGS)
-def test_one_variant_every_attribute(api: Api, slash: str, shape: str, revision: str) -> None:
-    [external, untouched] = seed_catalog(api, variants=2)
-    before = variant_attributes(api, untouched)
+def test_one_variant_every_attribute(
+    worker_api: Api, slash: str, shape: str, revision: str
+) -> None:
+    [external, untouched] = seed_catalog(worker_api, variants=2)
+    before = variant_attributes(worker_api, untouched)
     seed_era = revision == SEED_REVISION
     media = "application/json" if seed_era else "application/vnd.api+json"
-    api.revision = revision
-    api.headers = {"Accept": media, "Content-Type": media}
+    worker_api.revision = revision
+    worker_api.headers = {"Accept": media, "Content-Type": media}
 
-    response = api.post(JOBS + slash, bulk_body([(external, EVERY_ATTRIBUTE)], shape))
+    response = worker_api.post(JOBS + slash, bulk_body([(external, EVERY_ATTRIBUTE)], shape))
 
     job = check_accepted(response, [external], revision)
-    got = api.get(f"{JOBS}/{job['id']}{slash}")
+    got = worker_api.get(f"{JOBS}/{job['id']}{slash}")
     assert got.status_code == 200, got.text
     assert got.json()["data"]["id"] == job["id"]
-    api.revision = REVISION  # read the finished job with nulls shown
-    check_completed(wait_for_job(api, job["id"]), 1)
-    after = variant_attributes(api, external)
+    worker_api.revision = REVISION  # read the finished job with nulls shown
+    check_completed(wait_for_job(worker_api, job["id"]), 1)
+    after = variant_attributes(worker_api, external)
     assert {name: after[name] for name in EVERY_ATTRIBUTE} == EVERY_ATTRIBUTE
     assert after["updated"] > after["created"]
-    assert variant_attributes(api, untouched) == before
+    assert variant_attributes(worker_api, untouched) == before
 
 
-def test_a_hundred_variants_in_either_shape(api: Api) -> None:
-    externals = seed_catalog(api, variants=100)
+def test_a_hundred_variants_in_either_shape(worker_api: Api) -> None:
+    externals = seed_catalog(worker_api, variants=100)
     array = [(e, {"price": i + 0.25, "sku": f"NEW-{i}"}) for i, e in enumerate(externals)]
     data = [(e, {"title": f"Title {i}"}) for i, e in enumerate(reversed(externals))]
 
-    first = api.post(JOBS, bulk_body(array, "array"))
-    second = api.post(JOBS + "/", bulk_body(data, "data"))
+    first = worker_api.post(JOBS, bulk_body(array, "array"))
+    second = worker_api.post(JOBS + "/", bulk_body(data, "data"))
 
     first_job = check_accepted(first, externals, REVISION)
     second_job = check_accepted(second, externals[::-1], REVISION)
-    check_completed(wait_for_job(api, first_job["id"]), 100)
-    check_completed(wait_for_job(api, second_job["id"]), 100)
+    check_completed(wait_for_job(worker_api, first_job["id"]), 100)
+    check_completed(wait_for_job(worker_api, second_job["id"]), 100)
     for index, external in enumerate(externals):
-        attributes = variant_attributes(api, external)
+        attributes = variant_attributes(worker_api, external)
         assert attributes["price"] == index + 0.25
         assert attributes["sku"] == f"NEW-{index}"
         assert attributes["title"] == f"Title {99 - index}"
 
 
-def test_null_clears_an_attribute(api: Api) -> None:
-    [external] = seed_catalog(api, variants=1)
+def test_null_clears_an_attribute(worker_api: Api) -> None:
+    [external] = seed_catalog(worker_api, variants=1)
     cleared = {"image_full_url": None, "images": None, "custom_metadata": None, "price": None}
-    job = spawn(api, [(external, EVERY_ATTRIBUTE), (external, cleared)])
+    job = spawn(worker_api, [(external, EVERY_ATTRIBUTE), (external, cleared)])
 
-    check_completed(wait_for_job(api, job), 2)
-    attributes = variant_attributes(api, external)
+    check_completed(wait_for_job(worker_api, job), 2)
+    attributes = variant_attributes(worker_api, external)
     assert {name: attributes[name] for name in cleared} == cleared
     assert attributes["sku"] == EVERY_ATTRIBUTE["sku"]
 
 
-@pytest.mark.parametrize("batch_size", [1, 100])
-def test_updates_apply_in_request_order(
-    app_factory: Callable[..., TestClient], key_for: Callable[..., str], batch_size: int
-) -> None:
-    api = Api(app_factory(worker_batch_size=batch_size), key_for())
+def test_awkward_ids_and_values_round_trip(worker_api: Api) -> None:
+    external = "SKU 1/a:::b%2F é"
+    assert worker_api.post("/api/catalog-items", item_body("PARENT")).status_code == 201
+    assert (
+        worker_api.post("/api/catalog-variants", variant_body(external, "PARENT")).status_code
+        == 201
+    )
+    awkward = {
+        "title": 'Ünïcødé 🚀 "quoted" \\ back\nslash',
+        "custom_metadata": {"nul": "a\x00b", "big": 2**62, "tiny": 5e-324, "k\x00ey": [None]},
+        "price": 1.7976931348623157e308,
+        "inventory_quantity": -0.5,
+        "images": [""],
+    }
+
+    job = wait_for_job(worker_api, spawn(worker_api, [(external, awkward)]))
+
+    assert job["relationships"]["variants"]["data"] == [
+        {"type": "catalog-variant", "id": cid(external)}
+    ]
+    assert (job["attributes"]["completed_count"], job["attributes"]["failed_count"]) == (1, 0)
+    included = worker_api.get(f"{JOBS}/{job['id']}", params={"include": "variants"}).json()[
+        "included"
+    ]
+    assert [resource["id"] for resource in included] == [cid(external)]
+    stored = worker_api.get(included[0]["links"]["self"]).json()["data"]["attributes"]
+    assert {name: stored[name] for name in awkward} == awkward
+
+
+def check_request_order(api: Api) -> None:
     [a, b] = seed_catalog(api, variants=2)
     updates: list[tuple[str, dict[str, Any]]] = [
         (a, {"price": 1.0}),
@@ -153,15 +192,19 @@ def test_updates_apply_in_request_order(
     job = wait_for_job(api, spawn(api, updates))
 
     assert (job["attributes"]["completed_count"], job["attributes"]["failed_count"]) == (6, 0)
-    assert [job["attributes"]["total_count"], len(job["relationships"]["variants"]["data"])] == [
-        6,
-        6,
-    ]
-    assert {k: variant_attributes(api, a)[k] for k in ("price", "title")} == {
-        "price": 3.0,
-        "title": "kept",
-    }
-    assert {k: variant_attributes(api, b)[k] for k in ("price", "title")} == {
-        "price": 20.0,
-        "title": "b",
-    }
+    assert job["attributes"]["total_count"] == 6
+    assert len(job["relationships"]["variants"]["data"]) == 6
+    got = {external: variant_attributes(api, external) for external in (a, b)}
+    assert (got[a]["price"], got[a]["title"]) == (3.0, "kept")
+    assert (got[b]["price"], got[b]["title"]) == (20.0, "b")
+
+
+def test_updates_apply_in_request_order(worker_api: Api) -> None:
+    """All six in one batch (the default batch size, 100)."""
+    check_request_order(worker_api)
+
+
+def test_updates_apply_in_request_order_one_per_batch(
+    app_factory: Callable[..., TestClient], key_for: Callable[..., str]
+) -> None:
+    check_request_order(Api(app_factory(worker_batch_size=1), key_for()))

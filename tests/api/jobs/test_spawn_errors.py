@@ -1,7 +1,7 @@
 """Refused bulk update requests: 400, one error per problem at its exact pointer, no job.
 
-All cases share one worker-less app per database (``shared_api``): a refused request leaves
-nothing behind, and every case checks that the job list did not grow.
+Every case runs on a fresh account of the module's worker-less app (``idle_api``) and checks
+that the account's job list stayed empty.
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ def member(path: str, value: Any) -> Callable[[Body], None]:
         *parents, name = path.split("/")
         target: Any = body
         for part in parents:
-            target = items(body) if part == "items" else target[int(part) if part.isdigit() else part]
+            target = (
+                items(body) if part == "items" else target[int(part) if part.isdigit() else part]
+            )
         key: Any = int(name) if name.isdigit() else name
         if value is ...:
             del target[key]
@@ -63,7 +65,9 @@ def both(*mutations: Callable[[Body], None]) -> Callable[[Body], None]:
 def variant_count(count: int) -> Callable[[Body], None]:
     def mutate(body: Body) -> None:
         listed = items(body)
-        listed[:] = [{"type": "catalog-variant", "id": cid(f"N{i}"), "attributes": {}} for i in range(count)]
+        listed[:] = [
+            {"type": "catalog-variant", "id": cid(f"N{i}"), "attributes": {}} for i in range(count)
+        ]
 
     return mutate
 
@@ -90,18 +94,41 @@ CASES: dict[str, tuple[Callable[[Body], None], list[str]]] = {
     "id of another integration": (member("items/0/id", "$shopify:::$default:::X"), ["{v}/0/id"]),
     "id of another catalog": (member("items/0/id", "$custom:::$other:::X"), ["{v}/0/id"]),
     "id with empty external id": (member("items/0/id", "$custom:::$default:::"), ["{v}/0/id"]),
+    "id with a 513-character external id": (member("items/3/id", cid("x" * 513)), ["{v}/3/id"]),
+    "id with a NUL": (member("items/2/id", cid("A\x00B")), ["{v}/2/id"]),
+    "title with a NUL": (attributes(0, title="a\x00b"), ["{v}/0/attributes/title"]),
+    "image with a NUL": (attributes(1, images=["ok", "\x00"]), ["{v}/1/attributes/images"]),
+    "NUL and a wrong type": (
+        both(attributes(1, sku="\x00", price="1"), attributes(2, title="\x00")),
+        ["{v}/1/attributes/sku", "{v}/1/attributes/price", "{v}/2/attributes/title"],
+    ),
     "unknown attribute": (attributes(0, colour="blue"), ["{v}/0/attributes/colour"]),
-    "external_id is not updatable": (attributes(0, external_id="X"), ["{v}/0/attributes/external_id"]),
+    "external_id is not updatable": (
+        attributes(0, external_id="X"),
+        ["{v}/0/attributes/external_id"],
+    ),
     "price a string": (attributes(0, price="42"), ["{v}/0/attributes/price"]),
     "price a boolean": (attributes(0, price=True), ["{v}/0/attributes/price"]),
-    "quantity a boolean": (attributes(0, inventory_quantity=False), ["{v}/0/attributes/inventory_quantity"]),
-    "inventory_policy 3": (attributes(0, inventory_policy=3), ["{v}/0/attributes/inventory_policy"]),
-    "inventory_policy 1.5": (attributes(0, inventory_policy=1.5), ["{v}/0/attributes/inventory_policy"]),
+    "quantity a boolean": (
+        attributes(0, inventory_quantity=False),
+        ["{v}/0/attributes/inventory_quantity"],
+    ),
+    "inventory_policy 3": (
+        attributes(0, inventory_policy=3),
+        ["{v}/0/attributes/inventory_policy"],
+    ),
+    "inventory_policy 1.5": (
+        attributes(0, inventory_policy=1.5),
+        ["{v}/0/attributes/inventory_policy"],
+    ),
     "images with a number": (attributes(0, images=["https://x/1", 3]), ["{v}/0/attributes/images"]),
     "images a string": (attributes(0, images="https://x/1"), ["{v}/0/attributes/images"]),
     "published a string": (attributes(0, published="true"), ["{v}/0/attributes/published"]),
     "title a number": (attributes(0, title=5), ["{v}/0/attributes/title"]),
-    "metadata nested": (attributes(0, custom_metadata={"a": {"b": 1}}), ["{v}/0/attributes/custom_metadata"]),
+    "metadata nested": (
+        attributes(0, custom_metadata={"a": {"b": 1}}),
+        ["{v}/0/attributes/custom_metadata"],
+    ),
     "metadata with a list of objects": (
         attributes(0, custom_metadata={"a": [{"b": 1}]}),
         ["{v}/0/attributes/custom_metadata"],
@@ -143,28 +170,52 @@ CASES: dict[str, tuple[Callable[[Body], None], list[str]]] = {
 
 @pytest.mark.parametrize("shape", ["data", "array"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_each_problem_is_reported_at_its_pointer(shared_api: Api, case: str, shape: str) -> None:
+def test_each_problem_is_reported_at_its_pointer(idle_api: Api, case: str, shape: str) -> None:
     mutate, expected = CASES[case]
     body = valid_body(shape)
     mutate(body)
-    before = listed_ids(shared_api)
 
-    response = shared_api.post(JOBS, body)
+    response = idle_api.post(JOBS, body)
 
     base = "/data/attributes/variants" + ("/data" if shape == "data" else "")
     wanted = [pointer.replace("{v}", base) for pointer in expected]
     assert sorted(pointers(response)) == sorted(wanted)
     assert all(error["code"] == "invalid" for error in response.json()["errors"])
-    assert listed_ids(shared_api) == before
+    assert listed_ids(idle_api) == []
+
+
+UPDATABLE = (
+    "title", "description", "sku", "inventory_policy", "inventory_quantity", "price", "url",
+    "image_full_url", "image_thumbnail_url", "images", "custom_metadata", "published",
+)  # fmt: skip
+EDGES: dict[str, Callable[[Body], None]] = {
+    "no change": lambda body: None,
+    "a 512-character external id": member("items/3/id", cid("x" * 512)),
+    "metadata of exactly 100 KB": attributes(2, custom_metadata={"blob": "x" * (100 * 1024 - 11)}),
+    "every attribute null": attributes(1, **dict.fromkeys(UPDATABLE)),
+    "no attribute": member("items/5/attributes", {}),
+    "numbers of every kind": attributes(4, price=0, inventory_quantity=-2.5e3, inventory_policy=0),
+    "flat metadata with scalar lists": attributes(0, custom_metadata={"a": [1, "b", None, True]}),
+    "a NUL in metadata": attributes(0, custom_metadata={"a\x00": "b\x00"}),
+}
 
 
 @pytest.mark.parametrize("shape", ["data", "array"])
-def test_the_valid_body_is_accepted(shared_api: Api, shape: str) -> None:
-    """The control: without a mutation, the cases' body is a job."""
-    before = listed_ids(shared_api)
-    response = shared_api.post(JOBS, valid_body(shape))
+@pytest.mark.parametrize("edge", list(EDGES))
+def test_the_valid_body_is_accepted(idle_api: Api, edge: str, shape: str) -> None:
+    """The controls: the cases' body without a mutation, and bodies at the edge of validity."""
+    body = valid_body(shape)
+    EDGES[edge](body)
+    response = idle_api.post(JOBS, body)
     assert response.status_code == 202, response.text
-    assert listed_ids(shared_api) == [response.json()["data"]["id"], *before]
+    assert listed_ids(idle_api) == [response.json()["data"]["id"]]
+
+
+DOCUMENT = (
+    b'{"data": {"type": "catalog-variant-bulk-update-job", "attributes": {"variants": {"data": '
+    b'[{"type": "catalog-variant", "id": "$custom:::$default:::A", "attributes": '
+    b'{"custom_metadata": {"a": "TITLE"}, "title": "TITLE"}}]}}}}'
+)
 
 
 @pytest.mark.parametrize(
@@ -175,18 +226,18 @@ def test_the_valid_body_is_accepted(shared_api: Api, shape: str) -> None:
         pytest.param(b"null", id="null"),
         pytest.param(b"[]", id="array"),
         pytest.param(b'{"data": "\xff"}', id="not utf-8"),
+        pytest.param(DOCUMENT.replace(b"TITLE", b"\xff\xfe"), id="not utf-8 in a title"),
+        pytest.param(DOCUMENT.replace(b'"TITLE"', b"[" * 5000 + b"]" * 5000), id="too deep"),
         pytest.param(b'{"data": {"price": 1e400}}', id="number overflow"),
     ],
 )
-def test_a_body_that_is_no_json_document_is_one_error(shared_api: Api, content: bytes) -> None:
-    before = listed_ids(shared_api)
-    response = shared_api.post(JOBS, content=content)
-    assert pointers(response) in ([""], ["/data"])
-    assert listed_ids(shared_api) == before
+def test_a_body_that_is_no_json_document_is_one_error(idle_api: Api, content: bytes) -> None:
+    response = idle_api.post(JOBS, content=content)
+    assert pointers(response) == [""]  # the whole document
+    assert listed_ids(idle_api) == []
 
 
-def test_another_media_type_is_refused(shared_api: Api) -> None:
-    before = listed_ids(shared_api)
-    response = shared_api.post(JOBS, valid_body("data"), headers={"Content-Type": "text/plain"})
+def test_another_media_type_is_refused(idle_api: Api) -> None:
+    response = idle_api.post(JOBS, valid_body("data"), headers={"Content-Type": "text/plain"})
     assert response.status_code == 415, response.text
-    assert listed_ids(shared_api) == before
+    assert listed_ids(idle_api) == []

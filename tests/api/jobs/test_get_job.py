@@ -1,0 +1,174 @@
+"""GET /api/catalog-variant-bulk-update-jobs/{job_id}: fieldsets, include, scoping, progress."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from urllib.parse import quote
+
+import pytest
+from starlette.testclient import TestClient
+
+from tests.api.jobs.conftest import (
+    JOB_TYPE,
+    JOBS,
+    KeyFactory,
+    errors_of,
+    get_job,
+    listed_ids,
+    parameter,
+    spawn,
+)
+from tests.conftest import Api, bulk_body, cid, seed_catalog, wait_for_job
+
+JOB_FIELDS = f"fields[{JOB_TYPE}]"
+
+
+def test_a_job_fieldset_limits_the_attributes(idle_api: Api) -> None:
+    job_id = spawn(idle_api, [("V1", {"price": 1.0})])
+
+    response = get_job(idle_api, job_id, **{JOB_FIELDS: "status,total_count"})
+
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    assert data["attributes"] == {"status": "queued", "total_count": 1}
+    assert data["id"] == job_id
+    assert data["links"]["self"].endswith(f"/{job_id}")
+    assert data["relationships"]["variants"]["data"] == [
+        {"type": "catalog-variant", "id": cid("V1")}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        (JOB_FIELDS, "status,colour"),
+        (JOB_FIELDS, ""),
+        ("fields[catalog-variant]", "sku,weight"),
+        ("include", "bogus"),
+        ("include", "variants,items"),
+        ("filter", "equals(status,'queued')"),
+        ("page[cursor]", "abc"),
+    ],
+)
+def test_a_bad_query_parameter_is_400(idle_api: Api, name: str, value: str) -> None:
+    job_id = spawn(idle_api, [("V1", {"price": 1.0})])
+    assert parameter(get_job(idle_api, job_id, **{name: value})) == name
+
+
+def test_include_variants_adds_the_existing_variants(worker_api: Api) -> None:
+    [first, second, untouched] = seed_catalog(worker_api, variants=3)
+    updates = [
+        (second, {"price": 2.0}),
+        ("GONE", {"price": 3.0}),
+        (first, {"price": 1.0}),
+        (second, {"sku": "TWO"}),
+    ]
+    job_id = spawn(worker_api, updates)
+    wait_for_job(worker_api, job_id)
+
+    response = get_job(worker_api, job_id, include="variants")
+
+    assert response.status_code == 200, response.text
+    included = response.json()["included"]
+    assert [resource["id"] for resource in included] == [cid(second), cid(first)]
+    for resource, price in zip(included, (2.0, 1.0), strict=True):
+        assert resource["type"] == "catalog-variant"
+        assert resource["attributes"]["price"] == price
+        assert resource["links"]["self"].endswith(quote(resource["id"], safe=""))
+        assert worker_api.get(resource["links"]["self"]).json()["data"] == resource
+    assert included[0]["attributes"]["sku"] == "TWO"
+    assert cid(untouched) not in {resource["id"] for resource in included}
+
+
+def test_a_variant_fieldset_limits_the_included_variants(worker_api: Api) -> None:
+    [external] = seed_catalog(worker_api, variants=1)
+    job_id = spawn(worker_api, [(external, {"price": 5.0})])
+    wait_for_job(worker_api, job_id)
+
+    response = get_job(
+        worker_api,
+        job_id,
+        include="variants",
+        **{"fields[catalog-variant]": "sku,price", JOB_FIELDS: "status"},
+    )
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["data"]["attributes"] == {"status": "complete"}
+    [resource] = body["included"]
+    assert resource["attributes"] == {"sku": f"SKU-{external}", "price": 5.0}
+    assert resource["links"]["self"]
+
+
+def test_without_include_there_is_nothing_included(idle_api: Api) -> None:
+    [external] = seed_catalog(idle_api, variants=1)
+    job_id = spawn(idle_api, [(external, {"price": 5.0})])
+    assert "included" not in get_job(idle_api, job_id).json()
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("DELETE", "/{id}"), ("PATCH", "/{id}"), ("PUT", "/{id}"), ("POST", "/{id}"), ("DELETE", "")],
+)
+def test_other_methods_are_405(idle_api: Api, method: str, path: str) -> None:
+    job_id = spawn(idle_api, [("V1", {"price": 1.0})])
+    response = idle_api.client.request(
+        method, JOBS + path.format(id=job_id), headers=idle_api._headers(None)
+    )
+    [error] = errors_of(response, 405)
+    assert error["code"] == "method_not_allowed"
+    assert get_job(idle_api, job_id).status_code == 200
+
+
+def test_the_202_takes_a_job_fieldset(idle_api: Api) -> None:
+    body = bulk_body([("V1", {"price": 1.0})])
+    response = idle_api.post(JOBS, body, params={JOB_FIELDS: "status,job_id"})
+    assert response.status_code == 202, response.text
+    data = response.json()["data"]
+    assert data["attributes"] == {"status": "queued", "job_id": data["id"]}
+    assert parameter(idle_api.post(JOBS, body, params={"include": "variants"})) == "include"
+    assert listed_ids(idle_api) == [data["id"]]
+
+
+@pytest.mark.parametrize("whose", ["another account's", "unknown"])
+def test_a_job_one_cannot_see_is_404(idle_api: Api, idle_key: KeyFactory, whose: str) -> None:
+    other = idle_api.as_key(idle_key("other"))
+    theirs = spawn(other, [("V1", {"price": 1.0})])
+    job_id = theirs if whose == "another account's" else "01JABCDEF0123456789XYZABCD"
+
+    response = get_job(idle_api, job_id, include="variants")
+
+    [error] = errors_of(response, 404)
+    assert error["code"] == "not_found"
+    assert get_job(other, theirs).status_code == 200
+
+
+def test_progress_only_moves_forward(
+    app_factory: Callable[..., TestClient], key_for: Callable[..., str]
+) -> None:
+    api = Api(app_factory(worker_batch_size=1), key_for())
+    externals = seed_catalog(api, variants=5)
+    updates = [(externals[i % 5], {"price": float(i)}) for i in range(30)]
+    updates[7] = ("GONE", {"price": 0.0})
+    job_id = spawn(api, updates)
+
+    seen: list[tuple[str, int, int]] = []
+    deadline = time.monotonic() + 10
+    while not seen or seen[-1][0] != "complete":
+        assert time.monotonic() < deadline, seen[-1]
+        attributes = get_job(api, job_id).json()["data"]["attributes"]
+        seen.append(
+            (attributes["status"], attributes["completed_count"], attributes["failed_count"])
+        )
+        assert attributes["total_count"] == 30
+        assert attributes["completed_count"] + attributes["failed_count"] <= 30
+        time.sleep(0.002)
+
+    order = ["queued", "processing", "complete"]
+    assert [order.index(status) for status, _, _ in seen] == sorted(
+        order.index(s) for s, _, _ in seen
+    )
+    assert [done for _, done, _ in seen] == sorted(done for _, done, _ in seen)
+    assert [failed for _, _, failed in seen] == sorted(failed for _, _, failed in seen)
+    assert seen[-1] == ("complete", 29, 1)
