@@ -10,7 +10,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
+import msgspec
 
 from backstock.domain import attributes as rules
 from backstock.domain.errors import InvalidBody, Problem
@@ -34,12 +34,13 @@ class ItemDraft:
 
 
 def load_json(body: bytes) -> Any:
-    """Parse a body; malformed JSON, NaN, invalid UTF-8 or too deep nesting are one 400."""
+    """Parse a body; malformed JSON, NaN, invalid UTF-8 or too deep nesting are one 400.
+    msgspec, not orjson: integers beyond 64 bits stay exact (orjson makes them floats)."""
     if not body.strip():
         raise InvalidBody([Problem("The request body is empty; send a JSON:API document", "")])
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
+        return msgspec.json.decode(body)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise InvalidBody([Problem(f"The request body is not valid JSON: {exc}", "")]) from exc
 
 
@@ -79,6 +80,15 @@ def id_problem(value: Any, pointer: str) -> list[Problem]:
     return []
 
 
+def _nul_problems(value: Any, pointer: str, name: str) -> list[Problem]:
+    """PostgreSQL text cannot hold NUL, so neither database takes one in a string or in a
+    list of strings. (``custom_metadata`` is stored as JSON, where NUL is escaped.)"""
+    texts = value if isinstance(value, list) else [value]
+    if any(isinstance(text, str) and "\x00" in text for text in texts):
+        return [Problem(f"'{name}' must not contain NUL characters", pointer)]
+    return []
+
+
 def _raise_if(problems: list[Problem]) -> None:
     if problems:
         raise InvalidBody(problems)
@@ -100,7 +110,12 @@ def _resource_problems(
     if "type" in data:
         problems += type_problem(data["type"], resource_type, "/data/type")
     if "attributes" in data:
-        problems += attribute_rules.problems(data["attributes"], "/data/attributes")
+        found = attribute_rules.problems(data["attributes"], "/data/attributes")
+        if not found:  # well-typed attributes; then the rule the database adds
+            for name, value in data["attributes"].items():
+                pointer = f"/data/attributes/{rules.escape_pointer(name)}"
+                found += _nul_problems(value, pointer, name)
+        problems += found
     return problems
 
 
@@ -156,7 +171,9 @@ def _linkage(value: Any, pointer: str, *, many: bool) -> tuple[ExternalId, list[
     if problems:
         return ExternalId(""), problems
     problems = type_problem(data["type"], "catalog-item", f"{pointer}/type")
-    problems += id_problem(data["id"], f"{pointer}/id")
+    problems += id_problem(data["id"], f"{pointer}/id") or _nul_problems(
+        data["id"], f"{pointer}/id", "id"
+    )
     if problems:
         return ExternalId(""), problems
     return parse_compound_id(data["id"]), []

@@ -82,6 +82,8 @@ def _base_url(request: Request) -> str:
 def path_id(raw: str) -> ExternalId:
     """A compound id from the (still percent-encoded) path segment; 404 if it cannot exist."""
     compound = unquote(raw)
+    if "\x00" in compound:  # never stored (PostgreSQL text cannot hold NUL)
+        raise NotFound(f"No catalog resource with id {compound!r}")
     try:
         return parse_compound_id(compound)
     except InvalidCompoundId as exc:

@@ -61,13 +61,10 @@ class Renderer:
             "type": "catalog-variant",
             "id": vid,
             "attributes": self._attributes("catalog-variant", attributes),
+            # No relationship links: no endpoint serves a variant's item (none in the spec).
             "relationships": {
                 "item": {
-                    "data": {"type": "catalog-item", "id": compound_id(record["item_external_id"])},
-                    "links": {
-                        "self": f"{self_url}/relationships/item",
-                        "related": f"{self_url}/item",
-                    },
+                    "data": {"type": "catalog-item", "id": compound_id(record["item_external_id"])}
                 }
             },
             "links": {"self": self_url},
@@ -144,7 +141,9 @@ def linkage(kind: str, external_ids: Iterable[str]) -> list[dict[str, str]]:
 
 
 def _query(query: Mapping[str, str], cursor: Cursor | None = None) -> str:
-    params = {k: v for k, v in query.items() if k != "page[cursor]"}
+    """The request's query; with ``cursor``, pointing at that page instead. Without one it
+    keeps the request's own ``page[cursor]``, so ``links.self`` names the current page."""
+    params = dict(query)
     if cursor is not None:
         params["page[cursor]"] = encode_cursor(cursor)
     return "?" + urlencode(params, safe="[],:$'\"()") if params else ""
@@ -166,7 +165,7 @@ def error_response(exc: BackstockError, headers: Mapping[str, str] | None = None
             source["parameter"] = problem.parameter
         error: dict[str, Any] = {
             "id": str(uuid.uuid4()),
-            "status": exc.status,
+            "status": str(exc.status),  # JSON:API: the status code as a string
             "code": problem.code or exc.code,
             "title": problem.title or exc.title,
             "detail": problem.detail,

@@ -32,6 +32,7 @@ from backstock.domain.pagination import Cursor, Page, PageRequest
 from backstock.storage.schema import catalog_items, catalog_variants
 
 JSON_COLUMNS = frozenset({"images", "custom_metadata"})
+FLOAT_COLUMNS = frozenset({"price", "inventory_quantity"})
 Record = dict[str, Any]
 
 _ITEM_ATTRS = (
@@ -49,13 +50,18 @@ _VARIANT_ATTRS = (*_ITEM_ATTRS, "sku", "inventory_policy", "inventory_quantity")
 
 
 def encode_columns(attributes: dict[str, Any]) -> dict[str, Any]:
-    return {
+    return {name: _column_value(name, value) for name, value in attributes.items()}
+
+
+def _column_value(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if name in JSON_COLUMNS:
         # msgspec, not orjson: JSON allows integers beyond 64 bits and so do we
-        name: msgspec.json.encode(value).decode()
-        if name in JSON_COLUMNS and value is not None
-        else value
-        for name, value in attributes.items()
-    }
+        return msgspec.json.encode(value).decode()
+    if name in FLOAT_COLUMNS:
+        return float(value)  # SQLite cannot bind an integer beyond 64 bits, even to REAL
+    return value
 
 
 def _decode(row: Any, names: Sequence[str]) -> Record:

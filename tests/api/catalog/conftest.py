@@ -66,7 +66,11 @@ def database_url(request: pytest.FixtureRequest) -> str:
 
 
 def _settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, rate_limits="off", run_worker=False)
+    # NORMAL: no fsync per commit. Durability across power loss is not under test here, and
+    # the API behaves the same either way.
+    return Settings(
+        database_url=database_url, rate_limits="off", run_worker=False, sqlite_synchronous="NORMAL"
+    )
 
 
 @pytest.fixture(scope="session")

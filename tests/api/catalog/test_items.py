@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import pytest
 
@@ -191,3 +192,64 @@ def test_include_of_anything_else_is_400(api: Api, value: str) -> None:
     assert_error(response, 400, "invalid", parameter="include")
     response = api.get("/api/catalog-items", params={"include": value})
     assert_error(response, 400, "invalid", parameter="include")
+
+
+def _with_categories(external: str, *categories: str) -> dict[str, Any]:
+    body = item_body(external)
+    body["data"]["relationships"] = {
+        "categories": {"data": [{"type": "catalog-category", "id": cid(c)} for c in categories]}
+    }
+    return body
+
+
+def test_categories_can_be_set_filtered_and_replaced(api: Api, subtests: pytest.Subtests) -> None:
+    ok(api.post("/api/catalog-items", _with_categories("A", "SHOES", "SALE")), 201)
+    ok(api.post("/api/catalog-items", _with_categories("B", "SHOES/KIDS")), 201)
+    ok(api.post("/api/catalog-items", item_body("C")), 201)
+    cases = [
+        (f"equals(category.id,'{cid('SHOES')}')", ["A"]),
+        (f'equals(category.id,"{cid("SHOES/KIDS")}")', ["B"]),
+        (f"equals(category,'{cid('SALE')}')", ["A"]),  # 2023-02-22 spelling
+        (f"equals(category.id,'{cid('shoes')}')", []),
+        (f"equals(category.id,'{cid('SHOE')}')", []),
+    ]
+    for expression, expected in cases:
+        with subtests.test(filter=expression):
+            response = api.get("/api/catalog-items", params={"filter": expression})
+            assert ids(response) == [cid(e) for e in expected]
+    patch = _with_categories("A", "BOOTS")["data"]
+    body = {"data": {"type": "catalog-item", "id": cid("A"), "attributes": {},
+                     "relationships": patch["relationships"]}}  # fmt: skip
+    ok(api.patch(item_path(cid("A")), body))
+    sale = api.get("/api/catalog-items", params={"filter": f"equals(category.id,'{cid('SALE')}')"})
+    assert ids(sale) == []
+    boots = api.get(
+        "/api/catalog-items", params={"filter": f"equals(category.id,'{cid('BOOTS')}')"}
+    )
+    assert ids(boots) == [cid("A")]
+
+
+@pytest.mark.parametrize(
+    ("categories", "pointer"),
+    [
+        (
+            {"data": {"type": "catalog-category", "id": cid("X")}},
+            "/data/relationships/categories/data",
+        ),
+        (
+            {"data": [{"type": "catalog-item", "id": cid("X")}]},
+            "/data/relationships/categories/data/0/type",
+        ),
+        (
+            {"data": [{"type": "catalog-category", "id": "X"}]},
+            "/data/relationships/categories/data/0/id",
+        ),
+        ({"data": [{"type": "catalog-category"}]}, "/data/relationships/categories/data/0/id"),
+        ({}, "/data/relationships/categories/data"),
+    ],
+)
+def test_bad_categories_are_400(api: Api, categories: dict[str, Any], pointer: str) -> None:
+    body = item_body("I")
+    body["data"]["relationships"] = {"categories": categories}
+    assert_error(api.post("/api/catalog-items", body), 400, "invalid", pointer=pointer)
+    assert all_item_ids(api) == []
