@@ -27,7 +27,7 @@ json_values = st.recursive(
 )
 good_values: dict[str, st.SearchStrategy[Any]] = {
     "title": st.one_of(st.none(), st.text(max_size=10)),
-    "sku": st.text(max_size=10),
+    "sku": st.one_of(st.text(max_size=10), st.just("a\x00b")),
     "price": st.one_of(st.integers(-1000, 1000), st.floats(-1e6, 1e6)),
     "inventory_quantity": st.integers(0, 100),
     "inventory_policy": st.sampled_from([0, 1, 2]),
@@ -58,6 +58,7 @@ def variant(draw: st.DrawFn) -> Any:
                 [
                     "$custom:::$default:::A",
                     "$custom:::$default:::B/1",
+                    "$custom:::$default:::N\x00",
                     "$other:::$default:::A",
                     "bad",
                     "",

@@ -21,8 +21,15 @@ Check = Callable[[Any, str], str | None]
 """A check returns ``None`` when the value is fine, else the problem's detail."""
 
 
+_NUL = "\x00"
+"""PostgreSQL text cannot hold NUL, so no id or text attribute takes one, on either database.
+(``custom_metadata`` is stored as JSON text, where a NUL is escaped: it may hold them.)"""
+
+
 def _string(value: Any, name: str) -> str | None:
-    return None if isinstance(value, str) else f"'{name}' must be a string"
+    if not isinstance(value, str):
+        return f"'{name}' must be a string"
+    return f"'{name}' must not contain NUL characters" if _NUL in value else None
 
 
 def _number(value: Any, name: str) -> str | None:
@@ -48,7 +55,7 @@ def _boolean(value: Any, name: str) -> str | None:
 def _strings(value: Any, name: str) -> str | None:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         return f"'{name}' must be an array of strings"
-    return None
+    return f"'{name}' must not contain NUL characters" if any(_NUL in v for v in value) else None
 
 
 def _metadata(value: Any, name: str) -> str | None:
@@ -80,7 +87,9 @@ def _catalog(value: Any, name: str) -> str | None:
 def _external_id(value: Any, name: str) -> str | None:
     if not isinstance(value, str) or not value:
         return f"'{name}' must be a non-empty string"
-    return None if len(value) <= 512 else f"'{name}' must be at most 512 characters"
+    if len(value) > 512:
+        return f"'{name}' must be at most 512 characters"
+    return f"'{name}' must not contain NUL characters" if _NUL in value else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,6 @@ with its pointer; the two agree on what is valid (a property test holds them to 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -97,6 +96,10 @@ def parse_bulk_update(body: bytes) -> BulkUpdate:
         # DecodeError covers ValidationError; msgspec raises the other two for invalid UTF-8
         # in a string and for too deep nesting (in custom_metadata).
         raise InvalidBody(_slow_problems(body, exc)) from None
+    # msgspec's types cannot say "no NUL"; the walk's rules can. A NUL is always escaped in
+    # JSON, so a body without this sequence cannot hold one.
+    if b"\\u0000" in body and (nul_problems := _document_problems(load_json(body))):
+        raise InvalidBody(nul_problems)
     variants = document.data.attributes.variants
     shape: Shape = "array" if isinstance(variants, list) else "data"
     items = variants if isinstance(variants, list) else variants.data
@@ -109,12 +112,7 @@ def parse_bulk_update(body: bytes) -> BulkUpdate:
             external_ids.append(parse_compound_id(item.id))
         except InvalidCompoundId as exc:
             problems.append(Problem(str(exc), f"{pointer}/id"))
-        else:
-            problems += _nul_problems([("id", item.id)], pointer)
-        changes = item.attributes
-        texts = [(name, getattr(changes, name)) for name in _TEXT_ATTRIBUTES]
-        problems += _nul_problems(texts, f"{pointer}/attributes")
-        metadata = changes.custom_metadata
+        metadata = item.attributes.custom_metadata
         if isinstance(metadata, dict) and (detail := rules.metadata_problem(metadata)):
             problems.append(Problem(detail, f"{pointer}/attributes/custom_metadata"))
     if problems:
@@ -132,25 +130,6 @@ def load_payload(payload: bytes) -> list[tuple[str, VariantChanges]]:
 def variants_pointer(shape: Shape) -> str:
     suffix = "" if shape == "array" else "/data"
     return f"/data/attributes/variants{suffix}"
-
-
-_TEXT_ATTRIBUTES = (
-    "title", "description", "sku", "url", "image_full_url", "image_thumbnail_url", "images",
-)  # fmt: skip
-
-
-def _nul_problems(values: Iterable[tuple[str, Any]], pointer: str) -> list[Problem]:
-    """PostgreSQL text cannot hold NUL, so no id or text attribute takes one, on either database
-    (as with the item and variant endpoints); accepted, it would fail the job's batch on every
-    attempt. ``custom_metadata`` is stored as JSON, where NUL is escaped."""
-    problems = []
-    for name, value in values:
-        texts = value if isinstance(value, list) else [value]
-        if any(isinstance(text, str) and "\x00" in text for text in texts):
-            problems.append(
-                Problem(f"'{name}' must not contain NUL characters", f"{pointer}/{name}")
-            )
-    return problems
 
 
 def _slow_problems(body: bytes, exc: Exception) -> list[Problem]:
@@ -206,18 +185,9 @@ def _item_problems(item: Any, pointer: str) -> list[Problem]:
     if "type" in item:
         problems += type_problem(item["type"], "catalog-variant", f"{pointer}/type")
     if "id" in item:
-        problems += id_problem(item["id"], f"{pointer}/id") or _nul_problems(
-            [("id", item["id"])], pointer
-        )
+        problems += id_problem(item["id"], f"{pointer}/id")
     if "attributes" in item:
-        attributes = item["attributes"]
-        found = rules.VARIANT_UPDATE.problems(attributes, f"{pointer}/attributes")
-        if isinstance(attributes, dict):
-            wrong = {problem.pointer for problem in found}
-            texts = [(name, attributes.get(name)) for name in _TEXT_ATTRIBUTES]
-            nul = _nul_problems(texts, f"{pointer}/attributes")
-            found += [problem for problem in nul if problem.pointer not in wrong]
-        problems += found
+        problems += rules.VARIANT_UPDATE.problems(item["attributes"], f"{pointer}/attributes")
     return problems
 
 

@@ -80,15 +80,6 @@ def id_problem(value: Any, pointer: str) -> list[Problem]:
     return []
 
 
-def _nul_problems(value: Any, pointer: str, name: str) -> list[Problem]:
-    """PostgreSQL text cannot hold NUL, so neither database takes one in a string or in a
-    list of strings. (``custom_metadata`` is stored as JSON, where NUL is escaped.)"""
-    texts = value if isinstance(value, list) else [value]
-    if any(isinstance(text, str) and "\x00" in text for text in texts):
-        return [Problem(f"'{name}' must not contain NUL characters", pointer)]
-    return []
-
-
 def _raise_if(problems: list[Problem]) -> None:
     if problems:
         raise InvalidBody(problems)
@@ -110,12 +101,7 @@ def _resource_problems(
     if "type" in data:
         problems += type_problem(data["type"], resource_type, "/data/type")
     if "attributes" in data:
-        found = attribute_rules.problems(data["attributes"], "/data/attributes")
-        if not found:  # well-typed attributes; then the rule the database adds
-            for name, value in data["attributes"].items():
-                pointer = f"/data/attributes/{rules.escape_pointer(name)}"
-                found += _nul_problems(value, pointer, name)
-        problems += found
+        problems += attribute_rules.problems(data["attributes"], "/data/attributes")
     return problems
 
 
@@ -171,9 +157,7 @@ def _linkage(value: Any, pointer: str, *, many: bool) -> tuple[ExternalId, list[
     if problems:
         return ExternalId(""), problems
     problems = type_problem(data["type"], "catalog-item", f"{pointer}/type")
-    problems += id_problem(data["id"], f"{pointer}/id") or _nul_problems(
-        data["id"], f"{pointer}/id", "id"
-    )
+    problems += id_problem(data["id"], f"{pointer}/id")
     if problems:
         return ExternalId(""), problems
     return parse_compound_id(data["id"]), []

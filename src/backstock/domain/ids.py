@@ -45,6 +45,8 @@ def check_external_id(external: str) -> None:
         raise InvalidCompoundId("The external id must not be empty")
     if len(external) > MAX_EXTERNAL_ID:
         raise InvalidCompoundId(f"The external id is longer than {MAX_EXTERNAL_ID} characters")
+    if "\x00" in external:
+        raise InvalidCompoundId("The external id must not contain NUL characters")
 
 
 def compound_id(external: str) -> str:
