@@ -17,6 +17,7 @@ from backstock.domain.errors import InvalidParameter
 Direction = Literal["after", "before"]
 T = TypeVar("T")
 MAX_PAGE_SIZE = 100
+MAX_POSITION = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +55,8 @@ def decode_cursor(text: str) -> Cursor:
         position = int(raw[1:])
     except (binascii.Error, UnicodeDecodeError, KeyError, IndexError, ValueError):
         raise InvalidParameter("page[cursor]", "The page cursor is not valid") from None
-    if position < 0 or not raw[1:].isdigit():
+    # Only ASCII digits, and no position past the largest key (it would overflow BIGINT).
+    if not (raw[1:].isascii() and raw[1:].isdigit()) or position > MAX_POSITION:
         raise InvalidParameter("page[cursor]", "The page cursor is not valid")
     return Cursor(direction, position)
 
@@ -70,7 +72,7 @@ def _strip_sdk_quirks(text: str) -> str:
 def parse_page_size(text: str | None) -> int:
     if text is None:
         return MAX_PAGE_SIZE
-    if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE_SIZE:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_PAGE_SIZE:
         raise InvalidParameter(
             "page[size]", f"page[size] must be an integer from 1 to {MAX_PAGE_SIZE}"
         )

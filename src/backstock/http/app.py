@@ -9,9 +9,11 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match
 
 from backstock.domain.errors import (
     BackstockError,
@@ -130,17 +132,32 @@ def _health_routes(app: FastAPI, services: Services) -> None:
         )
 
 
+_API_ROUTES = [*catalog_routes.router.routes, *job_routes.router.routes]
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves on this path (Starlette's own ``Allow`` names only the
+    methods of the first route that matched the path)."""
+    methods: set[str] = set()
+    for route in _API_ROUTES:
+        if isinstance(route, APIRoute) and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= route.methods or set()
+    return ", ".join(sorted(methods))
+
+
 def _error_handlers(app: FastAPI) -> None:
     async def backstock_error(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, BackstockError)
         return error_response(exc)
 
-    async def http_error(_request: Request, exc: Exception) -> Response:
+    async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         if exc.status_code == 404:
             return error_response(NotFound("No such endpoint."))
         if exc.status_code == 405:
-            return error_response(MethodNotAllowed("This method is not allowed on this path."))
+            allowed = _allowed_methods(request)
+            detail = f"This path allows {allowed}."
+            return error_response(MethodNotAllowed(detail), {"Allow": allowed})
         error = BackstockError(str(exc.detail))
         error.status = exc.status_code  # type: ignore[misc]
         return error_response(error)

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from backstock.domain.documents import load_json
 from backstock.domain.errors import InvalidParameter
 from backstock.domain.filters import ITEM_FILTERS, VARIANT_FILTERS, FieldRule, parse_filter
-from backstock.domain.pagination import Cursor, PageRequest, decode_cursor, parse_page_size
+from backstock.domain.pagination import PageRequest, decode_cursor, parse_page_size
 from backstock.http import conventions
 from backstock.http.calls import READ, WRITE, Call, begin, path_id
 from backstock.http.jsonapi import ITEM_FIELDS, VARIANT_FIELDS, document, linkage
@@ -30,20 +30,9 @@ def _list_request(call: Call, rules: dict[str, FieldRule] | Any) -> tuple[list[A
     sort = query.get("sort", "created")
     if sort not in ("created", "-created"):
         raise InvalidParameter("sort", "sort must be 'created' or '-created'.")
-    cursor = _cursor(query["page[cursor]"]) if "page[cursor]" in query else None
+    cursor = decode_cursor(query["page[cursor]"]) if "page[cursor]" in query else None
     page = PageRequest(parse_page_size(query.get("page[size]")), cursor, sort == "-created")
     return conditions, page
-
-
-_MAX_KEY = 2**63 - 1
-
-
-def _cursor(text: str) -> Cursor:
-    """A cursor past the largest key names no row, and would overflow the database's BIGINT."""
-    cursor = decode_cursor(text)
-    if cursor.position > _MAX_KEY:
-        raise InvalidParameter("page[cursor]", "The page cursor is not valid")
-    return cursor
 
 
 # ---- variants --------------------------------------------------------------------------------

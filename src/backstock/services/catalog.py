@@ -77,7 +77,7 @@ def delete_item(db: Database, who: Principal, external: ExternalId) -> None:
 def create_variant(db: Database, who: Principal, document: Any) -> Record:
     draft = documents.parse_variant_create(document)
     with db.write() as conn:
-        parent = store.item_pk(conn, who.account_id, draft.item_external_id)
+        parent = store.item_pk(conn, who.account_id, draft.item_external_id, hold=True)
         if parent is None:
             raise NotFound(
                 f"No catalog item with id '{compound_id(draft.item_external_id)}'",

@@ -130,8 +130,15 @@ def _item_key(account: AccountId, external: str) -> ColumnElement[bool]:
     return and_(catalog_items.c.account_id == account, catalog_items.c.external_id == external)
 
 
-def item_pk(conn: Connection, account: AccountId, external: str) -> int | None:
-    found = conn.execute(select(catalog_items.c.pk).where(_item_key(account, external))).scalar()
+def item_pk(
+    conn: Connection, account: AccountId, external: str, *, hold: bool = False
+) -> int | None:
+    """The item's key; with ``hold``, the row stays locked (FOR SHARE on PostgreSQL) until the
+    transaction ends, so a concurrent delete cannot orphan what the caller inserts under it."""
+    query = select(catalog_items.c.pk).where(_item_key(account, external))
+    if hold and conn.dialect.name == "postgresql":
+        query = query.with_for_update(read=True)
+    found = conn.execute(query).scalar()
     return None if found is None else int(found)
 
 
