@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import types
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,7 +16,7 @@ from backstock.domain.errors import Throttled
 from backstock.domain.ids import AccountId
 from backstock.services.limits import Limiter
 from backstock.settings import Settings
-from tests.conftest import REDIS_URL, Api, _unavailable, bulk_body, seed_catalog
+from tests.conftest import REDIS_URL, Api, _unavailable, bulk_body
 
 
 @pytest.fixture

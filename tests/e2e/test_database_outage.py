@@ -14,8 +14,7 @@ from backstock.bootstrap import build_app
 from backstock.settings import Settings
 from backstock.storage.database import sqlalchemy_url
 from backstock.storage.schema import catalog_variants, jobs
-from tests.conftest import Api, bulk_body
-from tests.conftest import seed_catalog
+from tests.conftest import Api, bulk_body, seed_catalog
 from tests.proxy import CuttableProxy
 
 pytestmark = [pytest.mark.postgres]
@@ -29,8 +28,8 @@ def proxy() -> Iterator[CuttableProxy]:
 
 
 def test_postgres_outage_gives_503_then_full_recovery(pg_url: str, proxy: CuttableProxy) -> None:
-    from backstock.services import accounts
     from backstock.bootstrap import build_services
+    from backstock.services import accounts
 
     via_proxy = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
     settings = Settings(

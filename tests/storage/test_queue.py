@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import pytest
 from sqlalchemy import select, text, update
 
@@ -21,8 +22,6 @@ from backstock.storage.schema import accounts as accounts_table
 from backstock.storage.schema import catalog_variants, jobs
 from backstock.worker import Worker
 from tests.conftest import bulk_body, item_body, variant_body
-
-import orjson
 
 
 def principal(services: Services, account: str = "acme") -> Principal:
