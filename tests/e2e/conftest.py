@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -53,6 +54,7 @@ class Cluster:
                 cwd=self.workdir,
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: the server forks workers
             )
         self.processes.append(process)
         return process
@@ -74,12 +76,23 @@ class Cluster:
     def stop_all(self) -> None:
         for process in self.processes:
             if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
+                signal_group(process, signal.SIGTERM)
         for process in self.processes:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            signal_group(process, signal.SIGKILL)  # whatever the group still holds
+
+
+def signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
+    """Signal the process and everything it forked (``serve`` forks its server workers)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signum)
+
+
+def kill(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL, as a crash would: the process and its children, at once."""
+    signal_group(process, signal.SIGKILL)
+    process.wait(10)
 
 
 @pytest.fixture

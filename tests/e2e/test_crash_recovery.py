@@ -4,7 +4,6 @@ processes, one of them killed with SIGKILL in the middle of the run."""
 from __future__ import annotations
 
 import random
-import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +15,7 @@ from sqlalchemy import create_engine, select
 from backstock.storage.database import sqlalchemy_url
 from backstock.storage.schema import catalog_variants, jobs
 from tests.conftest import bulk_body, cid, item_body, variant_body
-from tests.e2e.conftest import Cluster
+from tests.e2e.conftest import Cluster, kill
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -127,8 +126,7 @@ def _run_and_kill(cluster: Cluster, http: httpx.Client, pg_url: str) -> None:
             break
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait(10)
+    kill(victim)
     finished = _wait_all_complete(http, list(sent), timeout=90)
     for job in finished:
         attributes = job["attributes"]

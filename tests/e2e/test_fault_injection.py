@@ -5,12 +5,10 @@ job is left stuck in ``processing``. On SQLite, with the two processes sharing t
 from __future__ import annotations
 
 import random
-import signal
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx2 as httpx
 import pytest
@@ -19,7 +17,7 @@ from sqlalchemy import create_engine, select
 from backstock.domain.bulk import load_payload
 from backstock.storage.schema import catalog_variants, jobs
 from tests.conftest import bulk_body, item_body, variant_body
-from tests.e2e.conftest import Cluster
+from tests.e2e.conftest import Cluster, kill
 
 pytestmark = [pytest.mark.e2e]
 
@@ -95,11 +93,11 @@ def test_random_sigkills_lose_nothing_and_apply_nothing_twice(
         victim = rng.choice(["api", "worker", "both"])
         kills[victim] += 1
         if victim in ("api", "both"):
-            _kill(cluster.processes[0])
+            kill(cluster.processes[0])
             cluster.processes.pop(0)
             _serve(cluster, port_args)
         if victim in ("worker", "both"):
-            _kill(worker)
+            kill(worker)
             worker = cluster.start("worker", log="worker.log")
     client.stop.set()
     client.join(10)
@@ -129,11 +127,6 @@ def _wait_healthy(base_url: str) -> None:
         except httpx.TransportError:
             time.sleep(0.05)
     raise AssertionError("API did not come back")
-
-
-def _kill(process: Any) -> None:
-    process.send_signal(signal.SIGKILL)
-    process.wait(10)
 
 
 def _wait_for_all(url: str, timeout: float) -> None:

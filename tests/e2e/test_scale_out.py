@@ -4,7 +4,6 @@ from many concurrent clients over overlapping variants, one worker SIGKILLed hal
 from __future__ import annotations
 
 import random
-import signal
 import threading
 import time
 import uuid
@@ -18,7 +17,7 @@ from sqlalchemy import create_engine, select
 from backstock.storage.database import sqlalchemy_url
 from backstock.storage.schema import catalog_variants, jobs
 from tests.conftest import REDIS_URL, bulk_body, item_body, variant_body
-from tests.e2e.conftest import Cluster
+from tests.e2e.conftest import Cluster, kill
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis]
 
@@ -101,8 +100,7 @@ def test_two_api_and_three_worker_processes_keep_every_guarantee(
         killed = False
         while any(t.is_alive() for t in threads) or not killed:
             if not killed and _completed(pg_url) >= JOBS // 2:
-                workers[0].send_signal(signal.SIGKILL)
-                workers[0].wait(10)
+                kill(workers[0])
                 killed = True
             time.sleep(0.05)
         for thread in threads:
