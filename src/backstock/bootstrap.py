@@ -12,7 +12,6 @@ from backstock.services.container import Services
 from backstock.services.jobs import JobService, JobSignal
 from backstock.services.limits import Limiter
 from backstock.settings import Settings
-from backstock.storage import migrate
 from backstock.storage.database import Database
 from backstock.storage.notify import listen_for_jobs
 from backstock.worker import Worker
@@ -26,6 +25,9 @@ def build_services(settings: Settings) -> Services:
 
 
 def migrate_database(settings: Settings) -> None:
+    # Imported here: Alembic and Mako cost every API process ~11 MB it would never use.
+    from backstock.storage import migrate
+
     migrate.upgrade(settings.database_url)
 
 

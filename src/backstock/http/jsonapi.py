@@ -53,7 +53,7 @@ class Renderer:
 
     def variant(self, record: Mapping[str, Any]) -> dict[str, Any]:
         vid = compound_id(record["external_id"])
-        self_url = self.url(f"/api/catalog-variants/{quote(vid, safe='')}")
+        self_url = self.url(f"/api/catalog-variants/{quoted_id(record['external_id'])}")
         attributes = {name: record[name] for name in _VARIANT_ORDER}
         attributes["created"] = to_iso(record["created"])
         attributes["updated"] = to_iso(record["updated"])
@@ -74,7 +74,7 @@ class Renderer:
         self, record: Mapping[str, Any], variant_ids: Sequence[str] | None = None
     ) -> dict[str, Any]:
         iid = compound_id(record["external_id"])
-        self_url = self.url(f"/api/catalog-items/{quote(iid, safe='')}")
+        self_url = self.url(f"/api/catalog-items/{quoted_id(record['external_id'])}")
         attributes = {name: record[name] for name in _ITEM_ORDER}
         attributes["created"] = to_iso(record["created"])
         attributes["updated"] = to_iso(record["updated"])
@@ -134,6 +134,15 @@ _VARIANT_ORDER = (
 _ITEM_ORDER = tuple(
     n for n in _VARIANT_ORDER if n not in ("sku", "inventory_policy", "inventory_quantity")
 )
+
+
+_QUOTED_PREFIX = quote(compound_id(""), safe="")
+
+
+def quoted_id(external: str) -> str:
+    """The compound id as one path segment (every reserved character encoded, as Klaviyo's SDK
+    sends it), without re-encoding the fixed prefix each time."""
+    return _QUOTED_PREFIX + quote(external, safe="")
 
 
 def linkage(kind: str, external_ids: Iterable[str]) -> list[dict[str, str]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from backstock.domain.errors import Conflict
@@ -67,8 +67,11 @@ def _record(row: tuple[str, int, str, str, str, int, int | None]) -> KeyRecord:
     )
 
 
+_FIND_KEY = _KEYS.where(api_keys.c.id == bindparam("key_id"))
+
+
 def find_key(conn: Connection, key_id: str) -> KeyRecord | None:
-    row = conn.execute(_KEYS.where(api_keys.c.id == key_id)).first()
+    row = conn.execute(_FIND_KEY, {"key_id": key_id}).first()
     return None if row is None else _record(tuple(row))
 
 

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Connection,
     Select,
     and_,
+    bindparam,
     delete,
     false,
     func,
@@ -65,10 +66,12 @@ def _column_value(name: str, value: Any) -> Any:
 
 
 def _decode(row: Any, names: Sequence[str]) -> Record:
+    """A row as a record; JSON members stay the JSON text they are stored as, wrapped so that
+    orjson writes them into a response as they are (no parse and re-encode per read)."""
     record = dict(zip(names, row, strict=True))
     for name in JSON_COLUMNS:
         if record.get(name) is not None:
-            record[name] = orjson.loads(record[name])
+            record[name] = orjson.Fragment(record[name])
     return record
 
 
@@ -274,8 +277,14 @@ def get_variants(conn: Connection, account: AccountId, externals: Sequence[str])
     """The variants among ``externals`` that exist, in no particular order."""
     if not externals:
         return []
-    query = _VARIANT_SELECT.where(_V.c.account_id == account, _V.c.external_id.in_(set(externals)))
-    return [_variant(row) for row in conn.execute(query)]
+    params = {"account": account, "externals": sorted(set(externals))}
+    return [_variant(row) for row in conn.execute(_GET_VARIANTS, params)]
+
+
+_GET_VARIANTS = _VARIANT_SELECT.where(
+    _V.c.account_id == bindparam("account"),
+    _V.c.external_id.in_(bindparam("externals", expanding=True)),
+)
 
 
 def update_variant(

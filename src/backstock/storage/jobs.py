@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, and_, delete, func, select, text, update
+from sqlalchemy import Connection, and_, bindparam, delete, func, or_, select, text, update
 from sqlalchemy.engine import Row
 
 from backstock.domain.errors import TooManyJobs
@@ -61,6 +61,16 @@ def _job(row: Row[Any]) -> JobRecord:
     return JobRecord(*row)  # type: ignore[call-arg]
 
 
+# Statements of the hot paths are built once; each call only binds its values.
+_TAKE_SLOT = (
+    update(accounts)
+    .where(accounts.c.id == bindparam("account"), accounts.c.open_jobs < bindparam("max_open"))
+    .values(open_jobs=accounts.c.open_jobs + 1)
+)
+_INSERT_JOB = jobs.insert().returning(jobs.c.pk)
+_NOTIFY = text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')")
+
+
 def insert_job(
     conn: Connection,
     account: AccountId,
@@ -71,11 +81,7 @@ def insert_job(
     now: int,
     max_open: int,
 ) -> JobRecord:
-    taken = conn.execute(
-        update(accounts)
-        .where(accounts.c.id == account, accounts.c.open_jobs < max_open)
-        .values(open_jobs=accounts.c.open_jobs + 1)
-    )
+    taken = conn.execute(_TAKE_SLOT, {"account": account, "max_open": max_open})
     if taken.rowcount != 1:
         raise TooManyJobs(
             f"This account already has {max_open} jobs queued or processing; "
@@ -83,30 +89,30 @@ def insert_job(
             retry_after=1,
         )
     variant_ids = orjson.dumps(external_ids).decode()
-    pk = conn.execute(
-        jobs.insert()
-        .values(
-            id=job_id, account_id=account, status="queued", shape=shape,
-            total_count=len(external_ids), payload=payload, variant_ids=variant_ids,
-            errors="[]", created_at=now,
-        )
-        .returning(jobs.c.pk)
-    ).scalar_one()  # fmt: skip
+    values = {
+        "id": job_id, "account_id": account, "status": "queued", "shape": shape,
+        "total_count": len(external_ids), "payload": payload, "variant_ids": variant_ids,
+        "errors": "[]", "created_at": now,
+    }  # fmt: skip
+    pk = conn.execute(_INSERT_JOB, values).scalar_one()
     if conn.dialect.name == "postgresql":
         # Delivered at commit, to every worker LISTENing on the channel.
-        conn.execute(text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')"))
+        conn.execute(_NOTIFY)
     return JobRecord(
         pk, job_id, "queued", shape, len(external_ids), 0, 0, now, None, None, "[]", variant_ids
     )
 
 
-def _visible(account: AccountId, now: int) -> Any:
-    """The account's jobs that have not expired (expired ones await the reaper)."""
-    return and_(jobs.c.account_id == account, func.coalesce(jobs.c.expires_at, now + 1) > now)
+_VISIBLE = and_(
+    # the account's jobs that have not expired (expired ones await the reaper)
+    jobs.c.account_id == bindparam("account"),
+    or_(jobs.c.expires_at.is_(None), jobs.c.expires_at > bindparam("now")),
+)
+_GET_JOB = _JOB_SELECT.where(jobs.c.id == bindparam("job_id"), _VISIBLE)
 
 
 def get_job(conn: Connection, account: AccountId, job_id: str, now: int) -> JobRecord | None:
-    row = conn.execute(_JOB_SELECT.where(jobs.c.id == job_id, _visible(account, now))).first()
+    row = conn.execute(_GET_JOB, {"job_id": job_id, "account": account, "now": now}).first()
     return None if row is None else _job(row)
 
 
@@ -114,7 +120,7 @@ def list_jobs(
     conn: Connection, account: AccountId, status: str | None, page: PageRequest, now: int
 ) -> Page[JobRecord]:
     """Newest first, keyset-paginated on ``pk``."""
-    query = _JOB_SELECT.where(_visible(account, now))
+    query = _JOB_SELECT.where(_VISIBLE).params(account=account, now=now)
     if status is not None:
         query = query.where(jobs.c.status == status)
     backwards = page.cursor is not None and page.cursor.direction == "before"
@@ -155,6 +161,7 @@ class ClaimedJob:
     payload: bytes
     errors: list[dict[str, Any]]
     owner: str
+    lease_expires_at: int = 0
 
 
 _CLAIM_SQLITE = text("""
@@ -207,70 +214,106 @@ def claim_next_job(conn: Connection, owner: str, now: int, lease_us: int) -> Cla
     )  # fmt: skip
 
 
+_FENCE = (
+    update(jobs)
+    .where(
+        jobs.c.pk == bindparam("job"),
+        jobs.c.lease_owner == bindparam("owner"),
+        jobs.c.status == "processing",
+    )
+    .values(lease_expires_at=bindparam("lease_expires"))
+    .returning(jobs.c.next_index, jobs.c.completed_count, jobs.c.failed_count, jobs.c.errors)
+)
+
+
 def fence(conn: Connection, job: ClaimedJob, now: int, lease_us: int) -> bool:
     """Renew the lease if this worker still holds it, and reload the job's progress from the
     row: the database, not the worker's memory, says where the job stands (a batch whose
     commit outcome the worker never learned is then neither lost nor applied twice).
 
     Run first in every batch transaction; the UPDATE takes the job's row lock."""
-    row = conn.execute(
-        update(jobs)
-        .where(jobs.c.pk == job.pk, jobs.c.lease_owner == job.owner, jobs.c.status == "processing")
-        .values(lease_expires_at=now + lease_us)
-        .returning(jobs.c.next_index, jobs.c.completed_count, jobs.c.failed_count, jobs.c.errors)
-    ).first()
+    params = {"job": job.pk, "owner": job.owner, "lease_expires": now + lease_us}
+    row = conn.execute(_FENCE, params).first()
     if row is None:
         return False
     job.next_index, job.completed_count, job.failed_count, errors = row
     job.errors = orjson.loads(errors)
+    job.lease_expires_at = now + lease_us
     return True
 
 
+_EXISTING = select(catalog_variants.c.external_id).where(
+    catalog_variants.c.account_id == bindparam("account"),
+    catalog_variants.c.external_id.in_(bindparam("externals", expanding=True)),
+)
+# On PostgreSQL the rows are held, so a concurrent delete cannot slip between this check and
+# the update (SQLite has one writer at a time anyway).
+_EXISTING_HELD = _EXISTING.with_for_update()
+
+
 def existing_variants(conn: Connection, account: AccountId, externals: Sequence[str]) -> set[str]:
-    query = select(catalog_variants.c.external_id).where(
-        catalog_variants.c.account_id == account,
-        catalog_variants.c.external_id.in_(set(externals)),
-    )
-    if conn.dialect.name == "postgresql":
-        # Hold the rows so a concurrent delete cannot slip between this check and the update.
-        query = query.with_for_update()
-    return {row[0] for row in conn.execute(query)}
+    query = _EXISTING_HELD if conn.dialect.name == "postgresql" else _EXISTING
+    params = {"account": account, "externals": sorted(set(externals))}
+    return {row[0] for row in conn.execute(query, params)}
 
 
-_UPDATE_CACHE: dict[tuple[str, ...], Any] = {}
+_UPDATE_CACHE: dict[tuple[str, tuple[str, ...]], str] = {}
 
 
-def _update_statement(columns: tuple[str, ...]) -> Any:
-    statement = _UPDATE_CACHE.get(columns)
-    if statement is None:
-        sets = ", ".join(f"{name} = :{name}" for name in columns)
-        statement = text(
-            f"UPDATE catalog_variants SET {sets}{', ' if sets else ''}"  # noqa: S608 - names are ours
-            "updated = :updated, update_count = update_count + 1 "
-            "WHERE account_id = :account AND external_id = :external"
+def _update_sql(paramstyle: str, columns: tuple[str, ...]) -> str:
+    """``UPDATE … SET <columns>`` for the driver itself, in its own parameter style."""
+    sql = _UPDATE_CACHE.get((paramstyle, columns))
+    if sql is None:
+        mark = "?" if paramstyle == "qmark" else "%s"
+        sets = "".join(f"{name} = {mark}, " for name in columns)  # names from a fixed set
+        sql = (
+            f"UPDATE catalog_variants SET {sets}updated = {mark}, "  # noqa: S608
+            f"update_count = update_count + 1 WHERE account_id = {mark} AND external_id = {mark}"
         )
-        _UPDATE_CACHE[columns] = statement
-    return statement
+        _UPDATE_CACHE[(paramstyle, columns)] = sql
+    return sql
 
 
 def apply_variant_changes(
     conn: Connection, account: AccountId, changes: Sequence[tuple[str, dict[str, Any]]], now: int
 ) -> None:
     """Apply partial updates in order: consecutive updates that set the same attributes share
-    one ``executemany``."""
-    run: list[dict[str, Any]] = []
-    run_columns: tuple[str, ...] | None = None
+    one ``executemany``, handed to the driver as tuples (SQLAlchemy's per-row parameter
+    processing cost more than the statement here)."""
+    style = conn.dialect.paramstyle
+    run: list[tuple[Any, ...]] = []
+    run_columns: tuple[str, ...] = ()
     for external, attributes in changes:
         columns = tuple(attributes)
         if columns != run_columns and run:
-            conn.execute(_update_statement(run_columns or ()), run)
+            conn.exec_driver_sql(_update_sql(style, run_columns), run)
             run = []
         run_columns = columns
-        run.append(
-            encode_columns(attributes) | {"updated": now, "account": account, "external": external}
-        )
+        run.append((*encode_columns(attributes).values(), now, account, external))
     if run:
-        conn.execute(_update_statement(run_columns or ()), run)
+        conn.exec_driver_sql(_update_sql(style, run_columns), run)
+
+
+_PROGRESS = (
+    update(jobs)
+    .where(jobs.c.pk == bindparam("job"))
+    .values(
+        next_index=bindparam("end"),
+        completed_count=jobs.c.completed_count + bindparam("completed"),
+        failed_count=jobs.c.failed_count + bindparam("failed"),
+        errors=bindparam("errors"),
+        status=bindparam("status"),
+        completed_at=bindparam("completed_at"),
+        expires_at=bindparam("expires_at"),
+        lease_owner=bindparam("owner"),
+        lease_expires_at=bindparam("lease_expires"),
+    )
+)
+_FREE_SLOT = (
+    update(accounts)
+    .where(accounts.c.id == bindparam("account"))
+    .values(open_jobs=accounts.c.open_jobs - 1)
+)
 
 
 def record_progress(
@@ -283,26 +326,19 @@ def record_progress(
     retention_us: int,
 ) -> bool:
     """Move the job past a batch; completes it (and frees its slot) when it was the last."""
-    values: dict[str, Any] = {
-        "next_index": end,
-        "completed_count": jobs.c.completed_count + completed,
-        "failed_count": jobs.c.failed_count + len(errors),
-    }
-    if errors:
-        values["errors"] = orjson.dumps([*job.errors, *errors]).decode()
     done = end >= job.total_count
+    params = {
+        "job": job.pk, "end": end, "completed": completed, "failed": len(errors),
+        "errors": orjson.dumps([*job.errors, *errors]).decode(),
+        "status": "complete" if done else "processing",
+        "completed_at": now if done else None,
+        "expires_at": now + retention_us if done else None,
+        "owner": None if done else job.owner,
+        "lease_expires": None if done else job.lease_expires_at,
+    }  # fmt: skip
+    conn.execute(_PROGRESS, params)
     if done:
-        values |= {
-            "status": "complete", "completed_at": now, "expires_at": now + retention_us,
-            "lease_owner": None, "lease_expires_at": None,
-        }  # fmt: skip
-    conn.execute(update(jobs).where(jobs.c.pk == job.pk).values(values))
-    if done:
-        conn.execute(
-            update(accounts)
-            .where(accounts.c.id == job.account_id)
-            .values(open_jobs=accounts.c.open_jobs - 1)
-        )
+        conn.execute(_FREE_SLOT, {"account": job.account_id})
     return done
 
 
