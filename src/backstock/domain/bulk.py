@@ -87,6 +87,9 @@ class BulkUpdate:
     external_ids: list[ExternalId]
     payload: bytes
     """``[[external_id, {changes}], ...]`` as JSON, decoded by the worker with ``load_payload``."""
+    linkage: str
+    """``[{"type": "catalog-variant", "id": …}, …]``: the job's ``relationships.variants.data``,
+    rendered once here rather than on every read of the job."""
 
 
 def parse_bulk_update(body: bytes) -> BulkUpdate:
@@ -120,7 +123,13 @@ def parse_bulk_update(body: bytes) -> BulkUpdate:
     payload = _ENCODER.encode(
         [(ext, item.attributes) for ext, item in zip(external_ids, items, strict=True)]
     )
-    return BulkUpdate(shape, external_ids, payload)
+    linkage = _ENCODER.encode([{"type": "catalog-variant", "id": item.id} for item in items])
+    return BulkUpdate(shape, external_ids, payload, linkage.decode())
+
+
+def linked_external_ids(linkage: str) -> list[str]:
+    """The external ids named by a job's ``linkage``, in request order."""
+    return [parse_compound_id(entry["id"]) for entry in msgspec.json.decode(linkage)]
 
 
 def load_payload(payload: bytes) -> list[tuple[str, VariantChanges]]:

@@ -46,7 +46,7 @@ def create_app(
             if on_shutdown:
                 on_shutdown()
 
-    app = FastAPI(
+    app = _BackstockAPI(
         title="Backstock",
         version="0.1.0",
         lifespan=lifespan,
@@ -59,8 +59,30 @@ def create_app(
     app.include_router(job_routes.router)
     _health_routes(app, services)
     _error_handlers(app)
-    app.add_middleware(EdgeMiddleware)
     return app
+
+
+class _BackstockAPI(FastAPI):
+    """FastAPI with ``EdgeMiddleware`` outermost, in front of even Starlette's error and
+    FastAPI's telemetry layers (it renders unhandled errors itself)."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return EdgeMiddleware(super().build_middleware_stack())
+
+
+Handler = Callable[..., Awaitable[Response]]
+_JOBS = job_routes.PATH
+_JOB = _JOBS + "/"
+
+
+def _fast_route(method: str, path: str) -> tuple[Handler, tuple[str, ...]] | None:
+    """The two hottest operations, spawn and get job, go straight to their handlers: FastAPI's
+    routing, dependency and middleware layers cost more than everything else they do."""
+    if path == _JOBS and method == "POST":
+        return job_routes.spawn_update_variants_job, ()
+    if method == "GET" and path.startswith(_JOB) and "/" not in (job_id := path[len(_JOB) :]):
+        return job_routes.get_update_variants_job, (job_id,)
+    return None
 
 
 class EdgeMiddleware:
@@ -79,6 +101,9 @@ class EdgeMiddleware:
             if len(path) > 1 and path.endswith("/"):
                 path = path[:-1]
             scope["path"] = path
+            if fast := _fast_route(scope["method"], path):
+                await _serve(fast[0], fast[1], scope, receive, send)
+                return
             send = _with_limit_headers(scope, send)
         started = False
 
@@ -90,11 +115,30 @@ class EdgeMiddleware:
         try:
             await self.app(scope, receive, tracking_send)
         except Exception:
-            # Rendered here, not re-raised: one log line, no stack trace to the client.
-            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
-            if started or scope["type"] != "http":
+            # Logged here, once, and not re-raised; the client gets a JSON:API 500 without a
+            # stack trace (Starlette's error layer inside has sent it already, if started).
+            if scope["type"] != "http":
                 raise
-            await error_response(BackstockError())(scope, receive, send)
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if not started:
+                await error_response(BackstockError())(scope, receive, send)
+
+
+async def _serve(
+    handler: Handler, args: tuple[str, ...], scope: Scope, receive: Any, send: Any
+) -> None:
+    """Run one handler the way the app would: same errors, same headers."""
+    try:
+        response = await handler(Request(scope, receive), *args)
+    except BackstockError as exc:
+        response = error_response(exc)
+    except Exception:
+        log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+        response = error_response(BackstockError())
+    state = scope.get("state", {}).get("limit")
+    if state is not None:
+        response.headers.update(state.headers())
+    await response(scope, receive, send)
 
 
 def _with_limit_headers(scope: Scope, send: Any) -> Any:
@@ -165,6 +209,10 @@ def _error_handlers(app: FastAPI) -> None:
     async def validation_error(_request: Request, exc: Exception) -> Response:
         return error_response(BadRequest(str(exc)))
 
+    async def unhandled(_request: Request, _exc: Exception) -> Response:
+        return error_response(BackstockError())  # EdgeMiddleware logs it
+
     app.add_exception_handler(BackstockError, backstock_error)
+    app.add_exception_handler(Exception, unhandled)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from backstock.domain.bulk import linked_external_ids
 from backstock.domain.filters import JOB_FILTERS, parse_filter
 from backstock.domain.pagination import PageRequest, decode_cursor
 from backstock.http import conventions
@@ -40,7 +40,9 @@ async def get_update_variants_job(request: Request, job_id: str) -> Response:
 
     def fetch(who: Any) -> tuple[Any, list[dict[str, Any]]]:
         job = jobs.get_job(who, job_id)
-        variants = jobs.job_variants(who, orjson.loads(job.variant_ids)) if include else []
+        variants = (
+            jobs.job_variants(who, linked_external_ids(job.variant_linkage)) if include else []
+        )
         return job, variants
 
     job, variants = await call.run(fetch)

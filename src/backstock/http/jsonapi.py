@@ -112,9 +112,7 @@ class Renderer:
             "type": JOB_TYPE,
             "id": job.id,
             "attributes": self._attributes(JOB_TYPE, attributes),
-            "relationships": {
-                "variants": {"data": linkage("catalog-variant", orjson.loads(job.variant_ids))}
-            },
+            "relationships": {"variants": {"data": orjson.Fragment(job.variant_linkage)}},
             "links": {"self": self.url(f"/api/catalog-variant-bulk-update-jobs/{job.id}")},
         }
 

@@ -59,8 +59,9 @@ class JobService:
                 who.account_id,
                 new_job_id(),
                 request.shape,
-                request.external_ids,
+                len(request.external_ids),
                 request.payload,
+                request.linkage,
                 now_us(),
                 self.settings.max_jobs_in_progress,
             )

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from backstock.domain.errors import Conflict
 from backstock.domain.ids import AccountId
+from backstock.storage.database import DriverQuery
 from backstock.storage.schema import accounts, api_keys
 
 
@@ -67,11 +68,15 @@ def _record(row: tuple[str, int, str, str, str, int, int | None]) -> KeyRecord:
     )
 
 
-_FIND_KEY = _KEYS.where(api_keys.c.id == bindparam("key_id"))
+_FIND_KEY = DriverQuery(
+    "SELECT k.id, k.account_id, a.name, k.secret_hash, k.scopes, k.created_at, k.revoked_at"
+    " FROM api_keys AS k JOIN accounts AS a ON a.id = k.account_id WHERE k.id = ?"
+)
 
 
 def find_key(conn: Connection, key_id: str) -> KeyRecord | None:
-    row = conn.execute(_FIND_KEY, {"key_id": key_id}).first()
+    """Run on every request: straight to the driver."""
+    row = _FIND_KEY.fetch_one(conn, key_id)
     return None if row is None else _record(tuple(row))
 
 

@@ -8,11 +8,13 @@ PostgreSQL: psycopg 3, READ COMMITTED, a pool sized by configuration.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
+import psycopg
 from sqlalchemy import Connection, create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -90,6 +92,27 @@ class Database:
         self.engine.dispose()
 
 
+class DriverQuery:
+    """A read handed straight to the database driver, for the few statements on the hottest
+    paths: SQLAlchemy's execution machinery costs several times what SQLite takes to answer
+    them. Written with ``?`` placeholders; PostgreSQL gets ``%s``. Each runs on its own (no
+    transaction is begun for it), which is all a single-statement read needs."""
+
+    def __init__(self, sql: str) -> None:
+        self.qmark = sql
+        self.format = sql.replace("?", "%s")
+
+    def fetch_one(self, conn: Connection, *params: Any) -> tuple[Any, ...] | None:
+        driver: Any = conn.connection.driver_connection
+        if conn.dialect.name == "sqlite":
+            row = driver.execute(self.qmark, params).fetchone()
+        else:
+            with driver.cursor() as cursor:
+                cursor.execute(self.format, params)
+                row = cursor.fetchone()
+        return None if row is None else tuple(row)
+
+
 def _configure_sqlite(engine: Engine, synchronous: str) -> None:
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
@@ -121,13 +144,18 @@ class _translate_errors:  # noqa: N801 - used as a context manager like contextl
             raise Unavailable("The database is busy; retry later.", retry_after=1) from exc
         if isinstance(exc, OperationalError | DBAPIError) and _is_disconnect(exc):
             raise Unavailable("The database is unavailable; retry later.", retry_after=1) from exc
+        if isinstance(exc, sqlite3.OperationalError | psycopg.OperationalError) and _is_gone(exc):
+            # from a DriverQuery, which bypasses SQLAlchemy's own wrapping
+            raise Unavailable("The database is unavailable; retry later.", retry_after=1) from exc
         return False
 
 
 def _is_disconnect(exc: DBAPIError) -> bool:
-    if exc.connection_invalidated:
-        return True
-    text = str(exc.orig).lower()
+    return exc.connection_invalidated or _is_gone(exc.orig)
+
+
+def _is_gone(exc: BaseException | None) -> bool:
+    text = str(exc).lower()
     markers = (
         "connection",
         "server closed",

@@ -27,6 +27,7 @@ from backstock.domain.errors import TooManyJobs
 from backstock.domain.ids import AccountId, JobId
 from backstock.domain.pagination import Cursor, Page, PageRequest
 from backstock.storage.catalog import encode_columns
+from backstock.storage.database import DriverQuery
 from backstock.storage.schema import accounts, catalog_variants, jobs
 
 NOTIFY_CHANNEL = "backstock_jobs"
@@ -46,13 +47,13 @@ class JobRecord:
     expires_at: int | None
     errors: str
     """The job's ``errors`` array as JSON text."""
-    variant_ids: str
-    """The external ids of the request, in order, as a JSON array."""
+    variant_linkage: str
+    """The request's variants as JSON:API resource identifiers (JSON text)."""
 
 
 _JOB_NAMES = (
     "pk", "id", "status", "shape", "total_count", "completed_count", "failed_count",
-    "created_at", "completed_at", "expires_at", "errors", "variant_ids",
+    "created_at", "completed_at", "expires_at", "errors", "variant_linkage",
 )  # fmt: skip
 _JOB_SELECT = select(*(jobs.c[name] for name in _JOB_NAMES))
 
@@ -76,8 +77,9 @@ def insert_job(
     account: AccountId,
     job_id: JobId,
     shape: str,
-    external_ids: Sequence[str],
+    total: int,
     payload: bytes,
+    linkage: str,
     now: int,
     max_open: int,
 ) -> JobRecord:
@@ -88,19 +90,16 @@ def insert_job(
             "wait for some to complete.",
             retry_after=1,
         )
-    variant_ids = orjson.dumps(external_ids).decode()
     values = {
         "id": job_id, "account_id": account, "status": "queued", "shape": shape,
-        "total_count": len(external_ids), "payload": payload, "variant_ids": variant_ids,
+        "total_count": total, "payload": payload, "variant_linkage": linkage,
         "errors": "[]", "created_at": now,
     }  # fmt: skip
     pk = conn.execute(_INSERT_JOB, values).scalar_one()
     if conn.dialect.name == "postgresql":
         # Delivered at commit, to every worker LISTENing on the channel.
         conn.execute(_NOTIFY)
-    return JobRecord(
-        pk, job_id, "queued", shape, len(external_ids), 0, 0, now, None, None, "[]", variant_ids
-    )
+    return JobRecord(pk, job_id, "queued", shape, total, 0, 0, now, None, None, "[]", linkage)
 
 
 _VISIBLE = and_(
@@ -108,12 +107,16 @@ _VISIBLE = and_(
     jobs.c.account_id == bindparam("account"),
     or_(jobs.c.expires_at.is_(None), jobs.c.expires_at > bindparam("now")),
 )
-_GET_JOB = _JOB_SELECT.where(jobs.c.id == bindparam("job_id"), _VISIBLE)
+_GET_JOB = DriverQuery(
+    f"SELECT {', '.join(_JOB_NAMES)} FROM jobs"  # noqa: S608 - column names are ours
+    " WHERE id = ? AND account_id = ? AND (expires_at IS NULL OR expires_at > ?)"
+)
 
 
 def get_job(conn: Connection, account: AccountId, job_id: str, now: int) -> JobRecord | None:
-    row = conn.execute(_GET_JOB, {"job_id": job_id, "account": account, "now": now}).first()
-    return None if row is None else _job(row)
+    """What clients poll: straight to the driver."""
+    row = _GET_JOB.fetch_one(conn, job_id, account, now)
+    return None if row is None else JobRecord(*row)
 
 
 def list_jobs(

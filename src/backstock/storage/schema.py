@@ -125,7 +125,8 @@ jobs = Table(
     # Items [0, next_index) are applied and counted; moved in the same transaction as them.
     Column("next_index", Integer, nullable=False, server_default=text("0")),
     Column("payload", LargeBinary, nullable=False),
-    Column("variant_ids", Text, nullable=False),
+    # The request's variants as JSON:API resource identifiers, rendered once at acceptance.
+    Column("variant_linkage", Text, nullable=False),
     Column("errors", Text, nullable=False, server_default=text("'[]'")),
     Column("created_at", BigInteger, nullable=False),
     Column("completed_at", BigInteger, nullable=True),

@@ -106,7 +106,7 @@ def upgrade() -> None:
         sa.Column("failed_count", sa.Integer(), server_default=sa.text("0"), nullable=False),
         sa.Column("next_index", sa.Integer(), server_default=sa.text("0"), nullable=False),
         sa.Column("payload", sa.LargeBinary(), nullable=False),
-        sa.Column("variant_ids", sa.Text(), nullable=False),
+        sa.Column("variant_linkage", sa.Text(), nullable=False),
         sa.Column("errors", sa.Text(), server_default=sa.text("'[]'"), nullable=False),
         sa.Column("created_at", sa.BigInteger(), nullable=False),
         sa.Column("completed_at", sa.BigInteger(), nullable=True),
