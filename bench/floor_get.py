@@ -28,7 +28,7 @@ PREFIX = "$custom:::$default:::"
 JOB_TYPE = "catalog-variant-bulk-update-job"
 JOB_SQL = (
     "SELECT id, account_id, status, total_count, completed_count, failed_count, created_at, "
-    "completed_at, expires_at, errors, variant_ids FROM jobs WHERE id = {p}"
+    "completed_at, expires_at, errors, variant_linkage FROM jobs WHERE id = {p}"
 )
 ATTRIBUTES = (
     "external_id", "title", "description", "sku", "inventory_policy", "inventory_quantity",
@@ -51,8 +51,9 @@ def iso(us: int | None) -> str | None:
 
 
 def render(base: str, job: Sequence[Any], variants: list[Sequence[Any]] | None) -> bytes:
-    job_id, _account, status, total, done, failed, created, completed, expires, errors, ids = job
-    ids = orjson.loads(ids)
+    job_id, _account, status, total, done, failed, created, completed, expires, errors, linkage = (
+        job
+    )
     self_url = f"{base}/api/catalog-variant-bulk-update-jobs/{job_id}"
     body: dict[str, Any] = {
         "data": {
@@ -69,14 +70,13 @@ def render(base: str, job: Sequence[Any], variants: list[Sequence[Any]] | None) 
                 "expires_at": iso(expires),
                 "errors": orjson.Fragment(errors),
             },
-            "relationships": {
-                "variants": {"data": [{"type": "catalog-variant", "id": PREFIX + i} for i in ids]}
-            },
+            "relationships": {"variants": {"data": orjson.Fragment(linkage)}},
             "links": {"self": self_url},
         },
         "links": {"self": self_url},
     }
     if variants is not None:
+        ids = [entry["id"][len(PREFIX) :] for entry in orjson.loads(linkage)]
         by_id = {row[0]: row for row in variants}
         body["included"] = [_variant(base, by_id[i]) for i in dict.fromkeys(ids) if i in by_id]
     return orjson.dumps(body)
@@ -113,7 +113,7 @@ def create() -> App:
             job = conn.execute(job_sql, (job_id,)).fetchone()
             if job is None or not include:
                 return job, None
-            ids = orjson.loads(job[10])
+            ids = [entry["id"][len(PREFIX) :] for entry in orjson.loads(job[10])]
             marks = ", ".join("?" * len(ids))
             sql = VARIANTS_SQL.format(p="?", ids=f"IN ({marks})")
             return job, conn.execute(sql, (job[1], *ids)).fetchall()
@@ -139,7 +139,7 @@ def create() -> App:
                 job = await (await conn.execute(pg_job, (job_id,))).fetchone()
                 if job is None or not include:
                     return job, None
-                ids = orjson.loads(job[10])
+                ids = [entry["id"][len(PREFIX) :] for entry in orjson.loads(job[10])]
                 cursor = await conn.execute(pg_variants, (job[1], ids))
                 return job, await cursor.fetchall()
             finally:
