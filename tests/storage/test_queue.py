@@ -51,10 +51,17 @@ def variant_rows(services: Services) -> dict[str, Any]:
         return {r.external_id: r for r in conn.execute(select(catalog_variants))}
 
 
+def claim(services: Services, owner: str) -> Any:
+    """Claim the next job; the claim applies its first batch in the same transaction."""
+    claimed = services.jobs.claim(owner)
+    return None if claimed is None else claimed[0]
+
+
 def drain(services: Services, owner: str = "w") -> None:
-    while (job := services.jobs.claim(owner)) is not None:
-        while services.jobs.run_batch(job) is False:
-            pass
+    while (claimed := services.jobs.claim(owner)) is not None:
+        job, done = claimed
+        while done is False:
+            done = services.jobs.run_batch(job)
 
 
 @pytest.fixture
@@ -65,24 +72,25 @@ def services(services_for: Callable[..., Services]) -> Services:
 def test_claimed_job_is_invisible_to_other_workers(services: Services) -> None:
     who = principal(services)
     externals = seed(services, who, 3)
-    spawn(services, who, [(externals[0], {"price": 1.0})])
-    first = services.jobs.claim("a")
+    spawn(services, who, [(externals[0], {"price": float(n)}) for n in range(25)])
+    first = claim(services, "a")
     assert first is not None
     assert services.jobs.claim("b") is None
     row = job_row(services, first.id)
     assert (row.status, row.lease_owner, row.attempts) == ("processing", "a", 1)
+    assert (row.next_index, row.completed_count) == (10, 10)  # the claim ran the first batch
 
 
 def test_batches_commit_progress_and_complete(services: Services) -> None:
     who = principal(services)
     externals = seed(services, who, 25)
     job_id = spawn(services, who, [(e, {"price": float(n)}) for n, e in enumerate(externals)])
-    job = services.jobs.claim("a")
+    job = claim(services, "a")
     assert job is not None
-    assert services.jobs.run_batch(job) is False
     row = job_row(services, job_id)
     assert (row.next_index, row.completed_count, row.status) == (10, 10, "processing")
     assert services.jobs.run_batch(job) is False
+    assert job_row(services, job_id).next_index == 20
     assert services.jobs.run_batch(job) is True
     row = job_row(services, job_id)
     assert (row.next_index, row.completed_count, row.failed_count) == (25, 25, 0)
@@ -98,13 +106,13 @@ def test_lapsed_lease_is_resumed_where_it_stopped_and_nothing_applies_twice(
     who = principal(services)
     externals = seed(services, who, 25)
     job_id = spawn(services, who, [(e, {"price": 5.0}) for e in externals])
-    dead = services.jobs.claim("dead")
-    assert dead is not None and services.jobs.run_batch(dead) is False  # 10 items, then "dies"
+    dead = claim(services, "dead")
+    assert dead is not None and services.jobs.run_batch(dead) is False  # 20 items, then "dies"
     assert services.jobs.claim("b") is None  # the lease still holds
     with services.db.write() as conn:  # time passes: the lease lapses
         conn.execute(update(jobs).where(jobs.c.id == job_id).values(lease_expires_at=0))
-    resumed = services.jobs.claim("b")
-    assert resumed is not None and resumed.next_index == 10 and resumed.completed_count == 10
+    resumed = claim(services, "b")
+    assert resumed is not None and resumed.next_index == 20 and resumed.completed_count == 20
     drain_job(services, resumed)
     row = job_row(services, job_id)
     assert (row.completed_count, row.failed_count, row.attempts) == (25, 0, 2)
@@ -121,11 +129,11 @@ def test_a_worker_that_lost_its_lease_cannot_commit(services: Services) -> None:
     who = principal(services)
     externals = seed(services, who, 25)
     job_id = spawn(services, who, [(e, {"price": 5.0}) for e in externals])
-    slow = services.jobs.claim("slow")
+    slow = claim(services, "slow")
     assert slow is not None
     with services.db.write() as conn:
         conn.execute(update(jobs).where(jobs.c.id == job_id).values(lease_expires_at=0))
-    fast = services.jobs.claim("fast")
+    fast = claim(services, "fast")
     assert fast is not None
     assert services.jobs.run_batch(slow) is None  # lost: nothing written
     drain_job(services, fast)
@@ -156,16 +164,16 @@ def test_jobs_of_one_account_run_one_at_a_time_in_acceptance_order(services: Ser
     other = principal(services, "other")
     externals = seed(services, who, 2)
     other_externals = seed(services, other, 1, item="O")
-    first = spawn(services, who, [(externals[0], {"price": 1.0})])
-    second = spawn(services, who, [(externals[0], {"price": 2.0})])
-    third = spawn(services, other, [(other_externals[0], {"price": 3.0})])
-    a = services.jobs.claim("a")
-    b = services.jobs.claim("b")
+    first = spawn(services, who, [(externals[0], {"price": 1.0})] * 15)  # two batches each
+    second = spawn(services, who, [(externals[0], {"price": 2.0})] * 15)
+    third = spawn(services, other, [(other_externals[0], {"price": 3.0})] * 15)
+    a = claim(services, "a")
+    b = claim(services, "b")
     assert a is not None and a.id == first
     assert b is not None and b.id == third  # the other account's head, not acme's second job
     assert services.jobs.claim("c") is None  # acme's second waits for its first
     drain_job(services, a)
-    c = services.jobs.claim("c")
+    c = claim(services, "c")
     assert c is not None and c.id == second
 
 
@@ -187,13 +195,13 @@ def test_graceful_release_hands_the_job_back(services: Services) -> None:
     who = principal(services)
     externals = seed(services, who, 25)
     job_id = spawn(services, who, [(e, {"price": 5.0}) for e in externals])
-    job = services.jobs.claim("a")
+    job = claim(services, "a")
     assert job is not None and services.jobs.run_batch(job) is False
     services.jobs.release(job)
     row = job_row(services, job_id)
-    assert (row.status, row.lease_owner, row.next_index) == ("queued", None, 10)
-    again = services.jobs.claim("b")
-    assert again is not None and again.next_index == 10
+    assert (row.status, row.lease_owner, row.next_index) == ("queued", None, 20)
+    again = claim(services, "b")
+    assert again is not None and again.next_index == 20
 
 
 def test_worker_wakes_on_a_new_job_without_polling(services_for: Callable[..., Services]) -> None:

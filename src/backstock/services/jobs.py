@@ -15,7 +15,7 @@ from backstock.services.accounts import Principal
 from backstock.settings import Settings
 from backstock.storage import catalog as catalog_store
 from backstock.storage import jobs as store
-from backstock.storage.database import Database
+from backstock.storage.database import Connection, Database
 from backstock.storage.jobs import ClaimedJob, JobRecord
 
 STATUSES = ("queued", "processing", "complete", "cancelled")
@@ -103,33 +103,40 @@ class JobService:
 
     # ---- the worker's side -------------------------------------------------------------------
 
-    def claim(self, owner: str) -> ClaimedJob | None:
+    def claim(self, owner: str) -> tuple[ClaimedJob, bool] | None:
+        """Claim the next job and apply its first batch in the same transaction (one commit
+        for a job of one batch). Returns the job and whether it is complete."""
         with self.db.write() as conn:
-            return store.claim_next_job(conn, owner, now_us(), self._lease_us)
+            now = now_us()
+            job = store.claim_next_job(conn, owner, now, self._lease_us)
+            if job is None:
+                return None
+            return job, self._apply_batch(conn, job, now)
 
     def run_batch(self, job: ClaimedJob) -> bool | None:
         """Apply the next batch of ``job``; ``True`` when the job is complete, ``False`` when
         more remain, ``None`` when the lease was lost (another worker has the job now)."""
-        changes = bulk.load_payload(job.payload)
-        base = bulk.variants_pointer("array" if job.shape == "array" else "data")
         with self.db.write() as conn:
             now = now_us()
             if not store.fence(conn, job, now, self._lease_us):
                 return None
-            start = job.next_index
-            end = min(start + self.settings.worker_batch_size, job.total_count)
-            batch = changes[start:end]
-            present = store.existing_variants(conn, job.account_id, [ext for ext, _ in batch])
-            applied = [(ext, c.as_dict()) for ext, c in batch if ext in present]
-            store.apply_variant_changes(conn, job.account_id, applied, now)
-            errors = [
-                _missing_variant(ext, f"{base}/{index}")
-                for index, (ext, _) in enumerate(batch, start)
-                if ext not in present
-            ]
-            return store.record_progress(
-                conn, job, end, len(applied), errors, now, self._retention_us
-            )
+            return self._apply_batch(conn, job, now)
+
+    def _apply_batch(self, conn: Connection, job: ClaimedJob, now: int) -> bool:
+        """Apply the batch at ``job.next_index`` and count it; the caller holds the job."""
+        start = job.next_index
+        end = min(start + self.settings.worker_batch_size, job.total_count)
+        batch = bulk.load_payload(job.payload)[start:end]
+        present = store.existing_variants(conn, job.account_id, [ext for ext, _ in batch])
+        applied = [(ext, c.as_dict()) for ext, c in batch if ext in present]
+        store.apply_variant_changes(conn, job.account_id, applied, now)
+        base = bulk.variants_pointer("array" if job.shape == "array" else "data")
+        errors = [
+            _missing_variant(ext, f"{base}/{index}")
+            for index, (ext, _) in enumerate(batch, start)
+            if ext not in present
+        ]
+        return store.record_progress(conn, job, end, len(applied), errors, now, self._retention_us)
 
     def release(self, job: ClaimedJob) -> None:
         with self.db.write() as conn:

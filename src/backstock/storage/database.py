@@ -23,6 +23,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from backstock.domain.errors import Unavailable
 from backstock.settings import Settings
 
+__all__ = ["Connection", "Database", "DriverQuery", "sqlalchemy_url"]
+
 
 def sqlalchemy_url(url: str) -> str:
     for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):

@@ -30,7 +30,7 @@ from backstock.storage.catalog import encode_columns
 from backstock.storage.database import DriverQuery
 from backstock.storage.schema import accounts, catalog_variants, jobs
 
-NOTIFY_CHANNEL = "backstock_jobs"
+NOTIFY_CHANNEL = "backstock_jobs"  # also spelled out in _ACCEPT_POSTGRES
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +69,23 @@ _TAKE_SLOT = (
     .values(open_jobs=accounts.c.open_jobs + 1)
 )
 _INSERT_JOB = jobs.insert().returning(jobs.c.pk)
-_NOTIFY = text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')")
+# PostgreSQL: the same three steps in one round trip. The slot is taken (the account row
+# stays locked to the end of the transaction, which also orders one account's jobs), the job
+# inserted only if it was, and the NOTIFY is delivered at commit to every LISTENing worker.
+_ACCEPT_POSTGRES = text("""
+WITH slot AS (
+    UPDATE accounts SET open_jobs = open_jobs + 1
+     WHERE id = :account_id AND open_jobs < :max_open
+ RETURNING id),
+job AS (
+    INSERT INTO jobs (id, account_id, status, shape, total_count, payload, variant_linkage,
+                      errors, created_at)
+    SELECT :id, slot.id, :status, :shape, :total_count, :payload, :variant_linkage,
+           :errors, :created_at
+      FROM slot
+ RETURNING pk)
+SELECT job.pk, pg_notify('backstock_jobs', '') FROM job
+""")
 
 
 def insert_job(
@@ -83,22 +99,22 @@ def insert_job(
     now: int,
     max_open: int,
 ) -> JobRecord:
-    taken = conn.execute(_TAKE_SLOT, {"account": account, "max_open": max_open})
-    if taken.rowcount != 1:
-        raise TooManyJobs(
-            f"This account already has {max_open} jobs queued or processing; "
-            "wait for some to complete.",
-            retry_after=1,
-        )
     values = {
         "id": job_id, "account_id": account, "status": "queued", "shape": shape,
         "total_count": total, "payload": payload, "variant_linkage": linkage,
         "errors": "[]", "created_at": now,
     }  # fmt: skip
-    pk = conn.execute(_INSERT_JOB, values).scalar_one()
     if conn.dialect.name == "postgresql":
-        # Delivered at commit, to every worker LISTENing on the channel.
-        conn.execute(_NOTIFY)
+        pk = conn.execute(_ACCEPT_POSTGRES, values | {"max_open": max_open}).scalar()
+    else:
+        taken = conn.execute(_TAKE_SLOT, {"account": account, "max_open": max_open})
+        pk = conn.execute(_INSERT_JOB, values).scalar_one() if taken.rowcount == 1 else None
+    if pk is None:
+        raise TooManyJobs(
+            f"This account already has {max_open} jobs queued or processing; "
+            "wait for some to complete.",
+            retry_after=1,
+        )
     return JobRecord(pk, job_id, "queued", shape, total, 0, 0, now, None, None, "[]", linkage)
 
 
@@ -213,7 +229,7 @@ def claim_next_job(conn: Connection, owner: str, now: int, lease_us: int) -> Cla
     pk, job_id, account, shape, total, done, failed, next_index, payload, errors = row
     return ClaimedJob(
         pk, JobId(job_id), AccountId(account), shape, total, done, failed, next_index,
-        bytes(payload), orjson.loads(errors), owner,
+        bytes(payload), orjson.loads(errors), owner, now + lease_us,
     )  # fmt: skip
 
 

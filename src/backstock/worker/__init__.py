@@ -64,11 +64,11 @@ class Worker:
     def _loop(self) -> None:
         owner = worker_name()
         while not self.stop.is_set():
-            job = self._retrying(lambda: self.jobs.claim(owner))
-            if job is None:
+            claimed = self._retrying(lambda: self.jobs.claim(owner))
+            if claimed is None:
                 self._retrying(self._idle)
-            else:
-                self._run(job)
+            elif not claimed[1]:  # claimed, first batch applied, more to do
+                self._run(claimed[0])
 
     def _run(self, job: ClaimedJob) -> None:
         """Run ``job`` batch by batch; a failed batch is retried (its transaction rolled back
