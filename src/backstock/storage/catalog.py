@@ -14,7 +14,6 @@ import orjson
 from sqlalchemy import (
     ColumnElement,
     Connection,
-    Select,
     and_,
     bindparam,
     delete,
@@ -29,7 +28,8 @@ from sqlalchemy.exc import IntegrityError
 from backstock.domain.errors import BadRequest, Conflict
 from backstock.domain.filters import Condition
 from backstock.domain.ids import AccountId, ExternalId, InvalidCompoundId, parse_compound_id
-from backstock.domain.pagination import Cursor, Page, PageRequest
+from backstock.domain.pagination import Page, PageRequest
+from backstock.storage.pages import paginate
 from backstock.storage.schema import catalog_items, catalog_variants
 
 JSON_COLUMNS = frozenset({"images", "custom_metadata"})
@@ -84,6 +84,10 @@ _VARIANT_SELECT = select(
     *(_V.c[name] for name in _VARIANT_NAMES[:-1]),
     catalog_items.c.external_id.label("item_external_id"),
 ).join(catalog_items, catalog_items.c.pk == _V.c.item_pk)
+
+
+def _pk(record: Record) -> int:
+    return int(record["pk"])
 
 
 def _item(row: Any) -> Record:
@@ -176,7 +180,7 @@ def list_items(
     query = _ITEM_SELECT.where(catalog_items.c.account_id == account)
     for condition in conditions:
         query = query.where(_item_condition(condition, conn.dialect.name))
-    return _paginate(conn, query, catalog_items.c.pk, page, _item)
+    return paginate(conn, query, catalog_items.c.pk, page, _item, _pk)
 
 
 def _item_condition(condition: Condition, dialect: str) -> ColumnElement[bool]:
@@ -311,7 +315,7 @@ def list_variants(
         query = query.where(_V.c.item_pk == parent_pk)
     for condition in conditions:
         query = query.where(_variant_condition(condition, conn.dialect.name))
-    return _paginate(conn, query, _V.c.pk, page, _variant)
+    return paginate(conn, query, _V.c.pk, page, _variant, _pk)
 
 
 def _variant_condition(condition: Condition, dialect: str) -> ColumnElement[bool]:
@@ -330,36 +334,3 @@ def _variant_condition(condition: Condition, dialect: str) -> ColumnElement[bool
 
 
 # ---- pagination ------------------------------------------------------------------------------
-
-
-def _paginate(
-    conn: Connection,
-    query: Select[Any],
-    key: Any,
-    page: PageRequest,
-    decode: Any,
-) -> Page[Record]:
-    """Keyset pagination on ``key``: fetch one row more than asked to know if a page follows."""
-    cursor = page.cursor
-    backwards = cursor is not None and cursor.direction == "before"
-    descending = page.descending != backwards
-    if cursor is not None:
-        after = cursor.direction == "after"
-        query = query.where(
-            key < cursor.position if after == page.descending else key > cursor.position
-        )
-    query = query.order_by(key.desc() if descending else key.asc()).limit(page.size + 1)
-    rows = [decode(row) for row in conn.execute(query)]
-    more = len(rows) > page.size
-    rows = rows[: page.size]
-    if backwards:
-        rows.reverse()
-    if not rows:
-        return Page(rows, None, None)
-    has_next = more if not backwards else True
-    has_prev = (cursor is not None) if not backwards else more
-    return Page(
-        rows,
-        Cursor("after", rows[-1]["pk"]) if has_next else None,
-        Cursor("before", rows[0]["pk"]) if has_prev else None,
-    )

@@ -25,9 +25,10 @@ from sqlalchemy.engine import Row
 
 from backstock.domain.errors import TooManyJobs
 from backstock.domain.ids import AccountId, JobId
-from backstock.domain.pagination import Cursor, Page, PageRequest
+from backstock.domain.pagination import Page, PageRequest
 from backstock.storage.catalog import encode_columns
 from backstock.storage.database import DriverQuery
+from backstock.storage.pages import paginate
 from backstock.storage.schema import accounts, catalog_variants, jobs
 
 NOTIFY_CHANNEL = "backstock_jobs"  # also spelled out in _ACCEPT_POSTGRES
@@ -138,30 +139,11 @@ def get_job(conn: Connection, account: AccountId, job_id: str, now: int) -> JobR
 def list_jobs(
     conn: Connection, account: AccountId, status: str | None, page: PageRequest, now: int
 ) -> Page[JobRecord]:
-    """Newest first, keyset-paginated on ``pk``."""
+    """Keyset-paginated on ``pk`` (newest first when ``page.descending``)."""
     query = _JOB_SELECT.where(_VISIBLE).params(account=account, now=now)
     if status is not None:
         query = query.where(jobs.c.status == status)
-    backwards = page.cursor is not None and page.cursor.direction == "before"
-    if page.cursor is not None:
-        query = query.where(
-            jobs.c.pk > page.cursor.position if backwards else jobs.c.pk < page.cursor.position
-        )
-    query = query.order_by(jobs.c.pk.asc() if backwards else jobs.c.pk.desc()).limit(page.size + 1)
-    rows = [_job(row) for row in conn.execute(query)]
-    more = len(rows) > page.size
-    rows = rows[: page.size]
-    if backwards:
-        rows.reverse()
-    if not rows:
-        return Page(rows, None, None)
-    has_next = True if backwards else more
-    has_prev = more if backwards else page.cursor is not None
-    return Page(
-        rows,
-        Cursor("after", rows[-1].pk) if has_next else None,
-        Cursor("before", rows[0].pk) if has_prev else None,
-    )
+    return paginate(conn, query, jobs.c.pk, page, _job, lambda job: job.pk)
 
 
 # ---- the worker's side -----------------------------------------------------------------------
@@ -183,7 +165,7 @@ class ClaimedJob:
     lease_expires_at: int = 0
 
 
-_CLAIM_SQLITE = text("""
+_CLAIM = """
 UPDATE jobs
    SET status = 'processing', lease_owner = :owner, lease_expires_at = :expires,
        attempts = attempts + 1
@@ -195,30 +177,14 @@ UPDATE jobs
           AND NOT EXISTS (SELECT 1 FROM jobs AS e
                            WHERE e.account_id = j.account_id
                              AND e.status IN ('queued', 'processing') AND e.pk < j.pk)
-        ORDER BY j.pk LIMIT 1)
-RETURNING pk, id, account_id, shape, total_count, completed_count, failed_count,
-          next_index, payload, errors
-""")
-
-_CLAIM_POSTGRES = text("""
-UPDATE jobs
-   SET status = 'processing', lease_owner = :owner, lease_expires_at = :expires,
-       attempts = attempts + 1
- WHERE pk = (
-       SELECT j.pk FROM jobs AS j
-        WHERE j.status IN ('queued', 'processing')
-          AND (j.status = 'queued' OR j.lease_expires_at < :now)
-          -- only the head of its account's queue: ordering per account
-          AND NOT EXISTS (SELECT 1 FROM jobs AS e
-                           WHERE e.account_id = j.account_id
-                             AND e.status IN ('queued', 'processing') AND e.pk < j.pk)
-        ORDER BY j.pk LIMIT 1
-        -- a head another worker is claiming right now is skipped, not waited for
-        FOR UPDATE SKIP LOCKED)
+        ORDER BY j.pk LIMIT 1 {lock})
    AND status IN ('queued', 'processing')
 RETURNING pk, id, account_id, shape, total_count, completed_count, failed_count,
           next_index, payload, errors
-""")
+"""
+_CLAIM_SQLITE = text(_CLAIM.format(lock=""))  # BEGIN IMMEDIATE: one writer at a time
+# PostgreSQL: a head another worker is claiming right now is skipped, not waited for.
+_CLAIM_POSTGRES = text(_CLAIM.format(lock="FOR UPDATE SKIP LOCKED"))
 
 
 def claim_next_job(conn: Connection, owner: str, now: int, lease_us: int) -> ClaimedJob | None:
