@@ -74,16 +74,27 @@ class Worker:
         """Run ``job`` batch by batch; a failed batch is retried (its transaction rolled back
         or its outcome unknown: the fence at the start of the next try sorts that out)."""
         log.debug("worker: running job %s", job.id)
-        while True:
+        while not self.stop.is_set():
             done = self._retrying(lambda: self.jobs.run_batch(job), give_up=None)
-            if done is None:
-                log.info("worker: job %s is no longer ours (lease lost or shutting down)", job.id)
-                return
             if done:
                 return
-            if self.stop.is_set():
-                self._retrying(lambda: self.jobs.release(job))
+            if done is None and not self.stop.is_set():
+                log.info("worker: job %s is no longer ours (its lease was lost)", job.id)
                 return
+        self._hand_back(job)
+
+    def _hand_back(self, job: ClaimedJob) -> None:
+        """On shutdown: queue the job again at once, rather than after its lease lapses. A few
+        tries only (the worker is stopping); if they fail, the lease still frees the job."""
+        for attempt in range(3):
+            try:
+                self.jobs.release(job)
+            except Exception:  # noqa: BLE001 - any failure: try again, then leave it to the lease
+                time.sleep(0.1 * (attempt + 1))
+            else:
+                log.info("worker: handed job %s back", job.id)
+                return
+        log.warning("worker: could not hand job %s back; its lease will free it", job.id)
 
     def _retrying(self, action: Callable[[], T], give_up: T | None = None) -> T | None:
         """Run ``action`` until it succeeds, backing off while the database is away; return
