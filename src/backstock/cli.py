@@ -84,7 +84,7 @@ def serve(
         f"worker {'in-process' if settings.run_worker else 'off'})"
     )
     err.print(
-        "Get an API key: [bold]backstock keys create --account demo "
+        f"Get an API key: [bold]{_self_command()} keys create --account demo "
         "--scope catalogs:read --scope catalogs:write[/bold]"
     )
     Granian(

@@ -65,3 +65,20 @@ def test_migrate_and_invalid_configuration(run, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("BACKSTOCK_DATABASE_URL", "mysql://nope")
     result = run("migrate")
     assert result.exit_code == 2 and "Invalid configuration" in result.stderr
+
+
+def test_serve_tells_how_to_get_a_key_with_the_path_that_works(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """After ``make serve`` the CLI is ``.venv/bin/backstock``, not on PATH: say so."""
+    import backstock.cli as cli
+
+    executable = tmp_path / "bin" / "backstock"
+    executable.parent.mkdir()
+    executable.write_text("")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli.sys, "argv", [str(executable)])
+    monkeypatch.setattr(cli.shutil, "which", lambda _name: None)
+    assert cli._self_command() == "bin/backstock"
+    monkeypatch.setattr(cli.shutil, "which", lambda _name: str(executable.resolve()))
+    assert cli._self_command() == "backstock"
