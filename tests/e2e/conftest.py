@@ -46,6 +46,15 @@ class Cluster:
         assert done.returncode == 0, done.stderr.decode()
         return done.stdout.decode().strip()
 
+    def new_key(self, account: str = "acme") -> str:
+        """A key with both scopes, made with the CLI as an operator would."""
+        scopes = ("--scope", "catalogs:read", "--scope", "catalogs:write")
+        return self.cli("keys", "create", "--account", account, *scopes)
+
+    def client(self, key: str, timeout: float = 30) -> httpx.Client:
+        headers = {"Authorization": f"Klaviyo-API-Key {key}", "revision": "2026-10-15"}
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+
     def start(self, *args: str, log: str) -> subprocess.Popen[bytes]:
         with (self.workdir / log).open("wb") as out:  # the child keeps its own descriptor
             process = subprocess.Popen(

@@ -22,11 +22,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 VARIANTS = 60
 
 
-def _client(cluster: Cluster, key: str) -> httpx.Client:
-    headers = {"Authorization": f"Klaviyo-API-Key {key}", "revision": "2026-10-15"}
-    return httpx.Client(base_url=cluster.base_url, headers=headers, timeout=30)
-
-
 def _seed(http: httpx.Client) -> list[str]:
     assert http.post("/api/catalog-items", json=item_body("I")).status_code == 201
     externals = [f"V{n}" for n in range(VARIANTS)]
@@ -90,18 +85,9 @@ def test_sigkilled_worker_loses_nothing_and_applies_nothing_twice(
 ) -> None:
     cluster = make_cluster(database_url=pg_url, worker_batch_size="2", lease_seconds="2")
     cluster.cli("migrate")
-    key = cluster.cli(
-        "keys",
-        "create",
-        "--account",
-        "acme",
-        "--scope",
-        "catalogs:read",
-        "--scope",
-        "catalogs:write",
-    )
+    key = cluster.new_key()
     cluster.serve("--no-worker")
-    with _client(cluster, key) as http:
+    with cluster.client(key) as http:
         _run_and_kill(cluster, http, pg_url)
 
 

@@ -36,8 +36,7 @@ class Client(threading.Thread):
         self.rng = random.Random(3)
 
     def run(self) -> None:
-        headers = {"Authorization": f"Klaviyo-API-Key {self.key}", "revision": "2026-10-15"}
-        with httpx.Client(base_url=self.cluster.base_url, headers=headers, timeout=5) as http:
+        with self.cluster.client(self.key, timeout=5) as http:
             n = 0
             while not self.stop.is_set():
                 updates = [
@@ -64,19 +63,9 @@ def test_random_sigkills_lose_nothing_and_apply_nothing_twice(
         database_url=url, worker_batch_size="3", lease_seconds="1", idle_check_seconds="0.2"
     )
     cluster.cli("migrate")
-    key = cluster.cli(
-        "keys",
-        "create",
-        "--account",
-        "acme",
-        "--scope",
-        "catalogs:read",
-        "--scope",
-        "catalogs:write",
-    )
+    key = cluster.new_key()
     port_args = _serve(cluster)
-    headers = {"Authorization": f"Klaviyo-API-Key {key}", "revision": "2026-10-15"}
-    with httpx.Client(base_url=cluster.base_url, headers=headers, timeout=10) as http:
+    with cluster.client(key) as http:
         assert http.post("/api/catalog-items", json=item_body("I")).status_code == 201
         for n in range(VARIANTS):
             assert (

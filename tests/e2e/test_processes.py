@@ -8,7 +8,6 @@ import time
 import uuid
 from collections.abc import Callable
 
-import httpx2 as httpx
 import pytest
 from sqlalchemy import create_engine, select
 
@@ -18,11 +17,6 @@ from tests.conftest import REDIS_URL, bulk_body, item_body, variant_body
 from tests.e2e.conftest import Cluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
-
-
-def _client(cluster: Cluster, key: str) -> httpx.Client:
-    headers = {"Authorization": f"Klaviyo-API-Key {key}", "revision": "2026-10-15"}
-    return httpx.Client(base_url=cluster.base_url, headers=headers, timeout=30)
 
 
 @pytest.mark.redis
@@ -35,20 +29,11 @@ def test_two_api_processes_sharing_redis_admit_what_one_would(
         rate_limits="on", write_limits="1000/second;20/minute", redis_timeout_seconds="5",
     )  # fmt: skip
     cluster.cli("migrate")
-    key = cluster.cli(
-        "keys",
-        "create",
-        "--account",
-        "acme",
-        "--scope",
-        "catalogs:read",
-        "--scope",
-        "catalogs:write",
-    )
+    key = cluster.new_key()
     cluster.serve("--workers", "2", "--no-worker")
     statuses: list[int] = []
     for _ in range(60):  # new connections, so both processes take requests
-        with _client(cluster, key) as http:
+        with cluster.client(key) as http:
             response = http.post(
                 "/api/catalog-variant-bulk-update-jobs", json=bulk_body([("V", {"price": 1.0})])
             )
@@ -65,18 +50,9 @@ def test_sigterm_hands_the_job_back_and_exits(
 ) -> None:
     cluster = make_cluster(database_url=pg_url, worker_batch_size="1", lease_seconds="60")
     cluster.cli("migrate")
-    key = cluster.cli(
-        "keys",
-        "create",
-        "--account",
-        "acme",
-        "--scope",
-        "catalogs:read",
-        "--scope",
-        "catalogs:write",
-    )
+    key = cluster.new_key()
     cluster.serve("--no-worker")
-    with _client(cluster, key) as http:
+    with cluster.client(key) as http:
         assert http.post("/api/catalog-items", json=item_body("I")).status_code == 201
         assert http.post("/api/catalog-variants", json=variant_body("V", "I")).status_code == 201
         response = http.post(

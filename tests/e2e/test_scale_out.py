@@ -45,29 +45,10 @@ def test_two_api_and_three_worker_processes_keep_every_guarantee(
         lease_seconds="2",
     )  # fmt: skip
     cluster.cli("migrate")
-    keys = {
-        a: cluster.cli(
-            "keys",
-            "create",
-            "--account",
-            a,
-            "--scope",
-            "catalogs:read",
-            "--scope",
-            "catalogs:write",
-        )
-        for a in ACCOUNTS
-    }
+    keys = {a: cluster.new_key(a) for a in ACCOUNTS}
     cluster.serve("--workers", "2", "--no-worker")
     workers = [cluster.start("worker", log=f"worker-{n}.log") for n in range(3)]
-    clients = {
-        a: httpx.Client(
-            base_url=cluster.base_url,
-            timeout=30,
-            headers={"Authorization": f"Klaviyo-API-Key {k}", "revision": "2026-10-15"},
-        )
-        for a, k in keys.items()
-    }
+    clients = {account: cluster.client(key) for account, key in keys.items()}
     try:
         for http in clients.values():
             assert http.post("/api/catalog-items", json=item_body("I")).status_code == 201
