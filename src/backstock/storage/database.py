@@ -157,6 +157,8 @@ def _is_disconnect(exc: DBAPIError) -> bool:
 
 
 def _is_gone(exc: BaseException | None) -> bool:
+    """A failure that retrying later can cure: the database away, locked, full, or (PostgreSQL)
+    this transaction chosen as a deadlock victim. Such requests get 503 with Retry-After."""
     text = str(exc).lower()
     markers = (
         "connection",
@@ -168,5 +170,7 @@ def _is_gone(exc: BaseException | None) -> bool:
         "unable to open",
         "starting up",
         "shutting down",
+        "deadlock detected",
+        "could not serialize",
     )
     return any(marker in text for marker in markers)
