@@ -298,3 +298,41 @@ def test_expired_jobs_are_deleted(services: Services) -> None:
     assert services.jobs.delete_expired() == 1
     with services.db.read() as conn:
         assert conn.execute(text("SELECT count(*) FROM jobs")).scalar() == 0
+
+
+def test_a_batch_that_keeps_failing_is_marked_failed_and_the_queue_moves_on(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug that fails one job's writes every time must not hold its account's queue."""
+    from backstock.storage import jobs as jobs_store
+
+    who = principal(services)
+    externals = seed(services, who, 3)
+    poisoned = spawn(services, who, [(e, {"price": 1.0}) for e in externals])
+    healthy = spawn(services, who, [(externals[0], {"price": 2.0})])
+    real = jobs_store.apply_variant_changes
+
+    def failing_for_price_one(conn: Any, account: Any, changes: Any, now: int) -> None:
+        if any(c.get("price") == 1.0 for _, c in changes):
+            raise RuntimeError("a bug")
+        real(conn, account, changes, now)
+
+    monkeypatch.setattr(jobs_store, "apply_variant_changes", failing_for_price_one)
+    worker = Worker(services.jobs)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 30
+        while job_row(services, healthy).status != "complete":
+            assert time.monotonic() < deadline, "the queue stayed blocked"
+            time.sleep(0.05)
+    finally:
+        worker.shutdown()
+    row = job_row(services, poisoned)
+    assert (row.status, row.completed_count, row.failed_count) == ("complete", 0, 3)
+    assert {e["code"] for e in orjson.loads(row.errors)} == {"internal_error"}
+    prices = {r.external_id: r.price for r in variant_rows(services).values()}
+    assert prices == {
+        externals[0]: 2.0,
+        externals[1]: 9.5,
+        externals[2]: 9.5,
+    }  # nothing half-applied

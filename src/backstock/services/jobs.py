@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from backstock.storage import jobs as store
 from backstock.storage.database import Connection, Database
 from backstock.storage.jobs import ClaimedJob, JobRecord
 
+log = logging.getLogger("backstock.worker")
 STATUSES = ("queued", "processing", "complete", "cancelled")
 
 
@@ -103,7 +105,7 @@ class JobService:
 
     # ---- the worker's side -------------------------------------------------------------------
 
-    def claim(self, owner: str) -> tuple[ClaimedJob, bool] | None:
+    def claim(self, owner: str, first_batch: bool = True) -> tuple[ClaimedJob, bool] | None:
         """Claim the next job and apply its first batch in the same transaction (one commit
         for a job of one batch). Returns the job and whether it is complete."""
         with self.db.write() as conn:
@@ -111,7 +113,27 @@ class JobService:
             job = store.claim_next_job(conn, owner, now, self._lease_us)
             if job is None:
                 return None
-            return job, self._apply_batch(conn, job, now)
+            return job, first_batch and self._apply_batch(conn, job, now)
+
+    def fail_batch(self, job: ClaimedJob) -> bool | None:
+        """Give up on the batch at ``next_index`` after repeated unexpected failures (a bug,
+        not an unreachable database): its items fail with ``internal_error``, nothing of it
+        having been applied, and the job moves on instead of holding its account's queue."""
+        with self.db.write() as conn:
+            now = now_us()
+            if not store.fence(conn, job, now, self._lease_us):
+                return None
+            start = job.next_index
+            end = min(start + self.settings.worker_batch_size, job.total_count)
+            base = bulk.variants_pointer("array" if job.shape == "array" else "data")
+            errors = [
+                _internal_error(ext, f"{base}/{index}")
+                for index, (ext, _) in enumerate(bulk.load_payload(job.payload)[start:end], start)
+            ]
+            log.error(
+                "job %s: items %d-%d failed repeatedly; marked failed", job.id, start, end - 1
+            )
+            return store.record_progress(conn, job, end, 0, errors, now, self._retention_us)
 
     def run_batch(self, job: ClaimedJob) -> bool | None:
         """Apply the next batch of ``job``; ``True`` when the job is complete, ``False`` when
@@ -158,6 +180,16 @@ class JobService:
     @property
     def _retention_us(self) -> int:
         return int(self.settings.job_retention.total_seconds() * 1_000_000)
+
+
+def _internal_error(external: str, pointer: str) -> dict[str, Any]:
+    return {
+        "id": store.new_error_id(),
+        "code": "internal_error",
+        "title": "The update could not be applied.",
+        "detail": f"Updating '{compound_id(external)}' failed repeatedly; it was not applied.",
+        "source": {"pointer": pointer},
+    }
 
 
 def _missing_variant(external: ExternalId | str, pointer: str) -> dict[str, Any]:

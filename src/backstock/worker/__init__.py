@@ -18,6 +18,7 @@ from backstock.storage.jobs import ClaimedJob
 log = logging.getLogger("backstock.worker")
 
 REAP_EVERY_SECONDS = 60.0
+POISON_TRIES = 5
 T = TypeVar("T")
 
 
@@ -64,7 +65,11 @@ class Worker:
     def _loop(self) -> None:
         owner = worker_name()
         while not self.stop.is_set():
-            claimed = self._retrying(lambda: self.jobs.claim(owner))
+            claimed = self._retrying(
+                lambda: self.jobs.claim(owner),
+                # the first batch keeps failing: claim alone, and let _run deal with the batch
+                on_poison=lambda: self.jobs.claim(owner, first_batch=False),
+            )
             if claimed is None:
                 self._retrying(self._idle)
             elif not claimed[1]:  # claimed, first batch applied, more to do
@@ -75,7 +80,9 @@ class Worker:
         or its outcome unknown: the fence at the start of the next try sorts that out)."""
         log.debug("worker: running job %s", job.id)
         while not self.stop.is_set():
-            done = self._retrying(lambda: self.jobs.run_batch(job), give_up=None)
+            done = self._retrying(
+                lambda: self.jobs.run_batch(job), on_poison=lambda: self.jobs.fail_batch(job)
+            )
             if done:
                 return
             if done is None and not self.stop.is_set():
@@ -96,10 +103,15 @@ class Worker:
                 return
         log.warning("worker: could not hand job %s back; its lease will free it", job.id)
 
-    def _retrying(self, action: Callable[[], T], give_up: T | None = None) -> T | None:
-        """Run ``action`` until it succeeds, backing off while the database is away; return
-        ``give_up`` if the worker is stopped meanwhile."""
+    def _retrying(
+        self, action: Callable[[], T], on_poison: Callable[[], T] | None = None
+    ) -> T | None:
+        """Run ``action`` until it succeeds, backing off while the database is away (which
+        may last); ``None`` if the worker is stopped meanwhile. After ``POISON_TRIES``
+        unexpected failures in a row (a bug, which waiting will not cure) switch to
+        ``on_poison``, retried the same way."""
         backoff = 0.05
+        unexpected = 0
         while not self.stop.is_set():
             try:
                 return action()
@@ -107,9 +119,12 @@ class Worker:
                 log.warning("worker: %s; retrying in %.2f s", exc.detail, backoff)
             except Exception:
                 log.exception("worker: unexpected error; retrying in %.2f s", backoff)
+                unexpected += 1
+                if on_poison is not None and unexpected >= POISON_TRIES:
+                    action, on_poison, unexpected = on_poison, None, 0
             self.stop.wait(backoff)
             backoff = min(backoff * 2, 2.0)
-        return give_up
+        return None
 
     def _idle(self) -> None:
         now = time.monotonic()
