@@ -121,9 +121,13 @@ def _configure_sqlite(engine: Engine, synchronous: str) -> None:
         # Let SQLAlchemy's "begin" event emit BEGIN itself (pysqlite would defer it).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        # The busy timeout first: with it, the statements below wait out another writer.
         cursor.execute("PRAGMA busy_timeout=10000")
+        # WAL is a property of the file, set once; switching needs an exclusive lock, which a
+        # new connection must not ask for while others are writing.
+        if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 

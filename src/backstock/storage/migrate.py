@@ -6,6 +6,9 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import create_engine
+
+from backstock.storage.database import sqlalchemy_url
 
 _HERE = Path(__file__).parent / "migrations"
 
@@ -19,6 +22,12 @@ def alembic_config(database_url: str) -> Config:
 
 def upgrade(database_url: str) -> None:
     command.upgrade(alembic_config(database_url), "head")
+    if database_url.startswith("sqlite"):
+        # WAL belongs to the file: set it here, once, before any server connects.
+        engine = create_engine(sqlalchemy_url(database_url))
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+        engine.dispose()
 
 
 def check(database_url: str) -> None:
