@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,14 +54,23 @@ def pg_template() -> Iterator[str]:
         admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
 
 
+@contextmanager
+def cloned_database(template: str, prefix: str = "backstock_t") -> Iterator[str]:
+    """A fresh PostgreSQL database cloned from the migrated template, dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    try:
+        yield _pg_url(name)
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 def pg_url(pg_template: str) -> Iterator[str]:
-    name = f"backstock_t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
-    yield _pg_url(name)
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with cloned_database(pg_template) as url:
+        yield url
 
 
 @pytest.fixture
@@ -247,11 +257,9 @@ class LiveServer:
         return KlaviyoAPI(key or self.key_for(), test_host=self.url, max_retries=1, max_delay=0)
 
 
-@pytest.fixture
-def live_server(
-    settings_for: Callable[..., Settings], key_for: Callable[..., str]
-) -> Iterator[LiveServer]:
-    """The app under uvicorn in a thread, on a free loopback port, with its worker running."""
+@contextmanager
+def served(app: Any) -> Iterator[str]:
+    """``app`` under uvicorn in a thread on a free loopback port; yields its base URL."""
     import socket
     import threading
     import time
@@ -261,19 +269,28 @@ def live_server(
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    app = build_app(settings_for())
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started:
         assert time.monotonic() < deadline, "server did not start"
         time.sleep(0.01)
-    yield LiveServer(f"http://127.0.0.1:{port}", key_for)
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture
+def live_server(
+    settings_for: Callable[..., Settings], key_for: Callable[..., str]
+) -> Iterator[LiveServer]:
+    """The app under uvicorn in a thread, on a free loopback port, with its worker running."""
+    with served(build_app(settings_for())) as url:
+        yield LiveServer(url, key_for)
 
 
 def wait_for_job(api: Api, job_id: str, timeout: float = 10.0) -> dict[str, Any]:

@@ -12,17 +12,13 @@ SQLite and PostgreSQL; ``key_for(account, scopes)``; ``live_server.sdk()``.
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from typing import Any
 from urllib.parse import quote
 
-import psycopg
 import pytest
-import uvicorn
 from starlette.testclient import TestClient
 
 from backstock.bootstrap import build_app
@@ -30,7 +26,7 @@ from backstock.services import accounts
 from backstock.services.container import Services
 from backstock.settings import Settings
 from backstock.storage import migrate
-from tests.conftest import PG_ADMIN, Api, LiveServer, _pg_url
+from tests.conftest import Api, LiveServer, cloned_database, served
 
 JSONAPI = "application/vnd.api+json"
 BASE = "http://testserver"
@@ -50,12 +46,8 @@ def shared_sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="session")
 def shared_postgresql_url(pg_template: str) -> Iterator[str]:
-    name = f"backstock_cat_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
-    yield _pg_url(name)
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with cloned_database(pg_template, "backstock_cat") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -109,37 +101,21 @@ def key_for(services: Services) -> Callable[..., str]:
 
 
 @pytest.fixture(scope="session")
-def _servers() -> Iterator[dict[str, tuple[str, uvicorn.Server, threading.Thread]]]:
-    made: dict[str, tuple[str, uvicorn.Server, threading.Thread]] = {}
-    yield made
-    for _url, server, thread in made.values():
-        server.should_exit = True
-        thread.join(10)
+def _servers() -> Iterator[tuple[ExitStack, dict[str, str]]]:
+    """Live servers started so far (by database URL), stopped at the end of the session."""
+    with ExitStack() as stack:
+        yield stack, {}
 
 
 @pytest.fixture
 def live_server(
-    database_url: str,
-    key_for: Callable[..., str],
-    _servers: dict[str, tuple[str, uvicorn.Server, threading.Thread]],
+    database_url: str, key_for: Callable[..., str], _servers: tuple[ExitStack, dict[str, str]]
 ) -> LiveServer:
     """The app under uvicorn on a loopback port (one per backend), for Klaviyo's SDK."""
-    if database_url not in _servers:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        config = uvicorn.Config(
-            build_app(_settings(database_url)), host="127.0.0.1", port=port, log_level="warning"
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.01)
-        _servers[database_url] = (f"http://127.0.0.1:{port}", server, thread)
-    return LiveServer(_servers[database_url][0], key_for)
+    stack, urls = _servers
+    if database_url not in urls:
+        urls[database_url] = stack.enter_context(served(build_app(_settings(database_url))))
+    return LiveServer(urls[database_url], key_for)
 
 
 # ---- helpers ---------------------------------------------------------------------------------

@@ -8,25 +8,20 @@ start-up and shut-down per test. Tests that need other settings use ``app_factor
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
-import uvicorn
 from starlette.testclient import TestClient
 
 from backstock.bootstrap import build_app
 from backstock.services import accounts
 from backstock.settings import Settings
 from backstock.storage import migrate
-from tests.conftest import PG_ADMIN, Api, LiveServer, _pg_url, bulk_body
+from tests.conftest import Api, LiveServer, bulk_body, cloned_database, served
 
 JOBS = "/api/catalog-variant-bulk-update-jobs"
 JOB_TYPE = "catalog-variant-bulk-update-job"
@@ -54,15 +49,8 @@ def _database(engine: str, request: pytest.FixtureRequest) -> Iterator[str]:
         migrate.upgrade(url)
         yield url
         return
-    template: str = request.getfixturevalue("pg_template")
-    name = f"backstock_m_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-    try:
-        yield _pg_url(name)
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with cloned_database(request.getfixturevalue("pg_template"), "backstock_m") as url:
+        yield url
 
 
 def _settings(url: str, **overrides: Any) -> Settings:
@@ -128,25 +116,13 @@ def worker_api(worker_client: TestClient, worker_key: KeyFactory) -> Api:
 def module_live_server(engine: str, request: pytest.FixtureRequest) -> Iterator[LiveServer]:
     """The app under uvicorn (worker included) on a free loopback port, for Klaviyo's SDK."""
     with _database(engine, request) as url:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
         app = build_app(_settings(url))
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.01)
         db = app.state.services.db
-        yield LiveServer(
-            f"http://127.0.0.1:{port}",
-            lambda: accounts.create_key(db, f"sdk-{uuid.uuid4().hex[:12]}", BOTH_SCOPES).key,
-        )
-        server.should_exit = True
-        thread.join(10)
+        with served(app) as base:
+            yield LiveServer(
+                base,
+                lambda: accounts.create_key(db, f"sdk-{uuid.uuid4().hex[:12]}", BOTH_SCOPES).key,
+            )
 
 
 # ---- helpers ---------------------------------------------------------------------------------
