@@ -15,7 +15,7 @@ from backstock.domain.errors import NotFound
 from backstock.domain.ids import ExternalId, InvalidCompoundId, parse_compound_id
 from backstock.http import conventions
 from backstock.http.jsonapi import Renderer, parse_fields
-from backstock.services.accounts import Principal, authenticate
+from backstock.services.accounts import authenticate
 from backstock.services.container import Services
 
 READ = "catalogs:read"
@@ -100,6 +100,3 @@ def path_id(raw: str) -> ExternalId:
         return parse_compound_id(compound)
     except InvalidCompoundId as exc:
         raise NotFound(str(exc)) from exc
-
-
-__all__ = ["READ", "WRITE", "Call", "Principal", "begin", "path_id"]

@@ -20,7 +20,6 @@ from backstock.storage.database import Connection, Database
 from backstock.storage.jobs import ClaimedJob, JobRecord
 
 log = logging.getLogger("backstock.worker")
-STATUSES = ("queued", "processing", "complete", "cancelled")
 
 
 class JobSignal:
@@ -182,21 +181,22 @@ class JobService:
         return int(self.settings.job_retention.total_seconds() * 1_000_000)
 
 
-def _internal_error(external: str, pointer: str) -> dict[str, Any]:
+def _item_error(code: str, title: str, detail: str, pointer: str) -> dict[str, Any]:
+    """One entry of a job's ``errors``: a failed item, pointed at in the request."""
     return {
         "id": store.new_error_id(),
-        "code": "internal_error",
-        "title": "The update could not be applied.",
-        "detail": f"Updating '{compound_id(external)}' failed repeatedly; it was not applied.",
+        "code": code,
+        "title": title,
+        "detail": detail,
         "source": {"pointer": pointer},
     }
+
+
+def _internal_error(external: str, pointer: str) -> dict[str, Any]:
+    detail = f"Updating '{compound_id(external)}' failed repeatedly; it was not applied."
+    return _item_error("internal_error", "The update could not be applied.", detail, pointer)
 
 
 def _missing_variant(external: ExternalId | str, pointer: str) -> dict[str, Any]:
-    return {
-        "id": store.new_error_id(),
-        "code": "not_found",
-        "title": "Catalog variant not found.",
-        "detail": f"The catalog variant '{compound_id(external)}' does not exist.",
-        "source": {"pointer": pointer},
-    }
+    detail = f"The catalog variant '{compound_id(external)}' does not exist."
+    return _item_error("not_found", "Catalog variant not found.", detail, pointer)

@@ -108,7 +108,6 @@ catalog_variants = Table(
     Index(None, "account_id", "sku"),
 )
 
-OPEN_STATUSES = ("queued", "processing")
 _OPEN = "status IN ('queued', 'processing')"
 
 jobs = Table(
