@@ -66,6 +66,7 @@ def serve(
     """Serve the API (with an in-process job worker unless --no-worker)."""
     from granian import Granian
     from granian.constants import Interfaces
+    from granian.http import HTTP1Settings
 
     settings = _settings(
         host=host, port=port, workers=workers, run_worker=False if no_worker else None
@@ -96,6 +97,10 @@ def serve(
         factory=True,
         log_access=False,
         respawn_failed_workers=True,
+        # A client that trickles its headers is dropped; one that trickles its body gets 408.
+        http1_settings=HTTP1Settings(
+            header_read_timeout=int(settings.header_timeout_seconds * 1000)
+        ),
     ).serve()
 
 

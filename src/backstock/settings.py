@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     job_retention_days: float = Field(default=7.0, gt=0)
     max_jobs_in_progress: int = Field(default=500, ge=1)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    body_timeout_seconds: float = Field(default=30.0, gt=0)
+    """Longest a request body may take to arrive in full; a slower sender gets 408."""
+    header_timeout_seconds: float = Field(default=10.0, ge=0.001, le=60)
+    """Longest ``serve`` waits for a request's headers before it drops the connection."""
 
     pool_size: int = Field(default=10, ge=1)
     pool_max_overflow: int = Field(default=10, ge=0)

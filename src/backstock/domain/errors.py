@@ -116,6 +116,13 @@ class NotAcceptable(BackstockError):
     default_detail = "This endpoint answers application/vnd.api+json only."
 
 
+class RequestTimeout(BackstockError):
+    status = 408
+    code = "request_timeout"
+    title = "Request timeout."
+    default_detail = "The request body did not arrive in time."
+
+
 class Conflict(BackstockError):
     status = 409
     code = "duplicate"

@@ -60,7 +60,10 @@ class Call:
         return await to_thread.run_sync(job)
 
     async def body(self) -> bytes:
-        return await conventions.read_body(self.request, self.services.settings.max_body_bytes)
+        settings = self.services.settings
+        return await conventions.read_body(
+            self.request, settings.max_body_bytes, settings.body_timeout_seconds
+        )
 
 
 def begin(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Collection, Mapping
 from datetime import date
@@ -13,6 +14,7 @@ from backstock.domain.errors import (
     InvalidParameter,
     NotAcceptable,
     PayloadTooLarge,
+    RequestTimeout,
     UnsupportedMediaType,
 )
 
@@ -56,8 +58,9 @@ def check_accept(request: Request) -> None:
         raise NotAcceptable()
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing (413) as soon as it is known to pass ``limit`` bytes."""
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The body, refusing (413) as soon as it is known to pass ``limit`` bytes, and (408) once
+    it has taken more than ``timeout`` seconds: a slow sender holds no more than that."""
     content_type = request.headers.get("content-type")
     if content_type is not None:
         kind = content_type.split(";")[0].strip().lower()
@@ -70,11 +73,18 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise _too_large(limit)
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"The request body did not arrive within {timeout:g} seconds.",
+            headers={"Connection": "close"},
+        ) from None
     return b"".join(chunks)
 
 
