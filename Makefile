@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test check bench soak clean
+.PHONY: serve test check audit bench soak clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,18 @@ check: $(STAMP)
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy --strict src
 	$(BIN)/lint-imports
+	$(MAKE) --no-print-directory audit
+
+# Known vulnerabilities in the installed dependencies, from PyPI's advisory data (pip-audit reads
+# pypi.org/pypi/NAME/VERSION/json). A machine that cannot reach that API cannot audit: it says
+# so and goes on, rather than reporting "no known vulnerabilities" for packages it never checked.
+AUDIT_PROBE := https://pypi.org/pypi/pip/24.0/json
+audit: $(STAMP)
+	@if curl -fsS -m 10 -o /dev/null $(AUDIT_PROBE) 2>/dev/null; then \
+		$(BIN)/pip-audit --strict --skip-editable --progress-spinner off; \
+	else \
+		echo "pip-audit NOT RUN: $(AUDIT_PROBE) is unreachable from this machine"; \
+	fi
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
