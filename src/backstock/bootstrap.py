@@ -13,6 +13,7 @@ from backstock.services.jobs import JobService, JobSignal
 from backstock.services.limits import Limiter
 from backstock.settings import Settings
 from backstock.storage.database import Database
+from backstock.storage.direct import Direct
 from backstock.storage.notify import listen_for_jobs
 from backstock.worker import Worker
 
@@ -21,7 +22,8 @@ log = logging.getLogger("backstock")
 
 def build_services(settings: Settings) -> Services:
     db = Database(settings)
-    return Services(settings, db, JobService(db, settings, JobSignal()), Limiter(settings))
+    jobs = JobService(db, Direct(settings), settings, JobSignal())
+    return Services(settings, db, jobs, Limiter(settings))
 
 
 def migrate_database(settings: Settings) -> None:

@@ -24,7 +24,7 @@ def _boom(*_args: object, **_kwargs: object) -> None:
     ("target", "name", "path"),
     [
         (catalog, "list_variants", "/api/catalog-variants"),  # through FastAPI's router
-        (JobService, "get_job", "/api/catalog-variant-bulk-update-jobs/01ABC"),  # the fast lane
+        (JobService, "poll", "/api/catalog-variant-bulk-update-jobs/01ABC"),  # the fast lane
     ],
 )
 def test_unhandled_error_is_a_jsonapi_500(

@@ -45,6 +45,7 @@ def create_app(
         finally:
             if on_shutdown:
                 on_shutdown()
+            await services.jobs.direct.close()  # its connections belong to this event loop
 
     app = _BackstockAPI(
         title="Backstock",
@@ -64,15 +65,34 @@ def create_app(
 
 class _BackstockAPI(FastAPI):
     """FastAPI with ``EdgeMiddleware`` outermost, in front of even Starlette's error and
-    FastAPI's telemetry layers (it renders unhandled errors itself)."""
+    FastAPI's telemetry layers (it renders unhandled errors itself), and the two hottest
+    operations served before FastAPI's own ``__call__`` (see ``_fast_route``)."""
 
     def build_middleware_stack(self) -> ASGIApp:
         return EdgeMiddleware(super().build_middleware_stack())
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and (fast := _fast_route(scope["method"], _path(scope))):
+            scope["app"] = self
+            await _serve(fast[0], fast[1], scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 Handler = Callable[..., Awaitable[Response]]
 _JOBS = job_routes.PATH
 _JOB = _JOBS + "/"
+
+
+def _path(scope: Scope) -> str:
+    """The path to route on: the raw one (so an id's ``%2F`` is not taken for a separator),
+    without one trailing slash (so both spellings of every path are served directly)."""
+    raw = scope.get("raw_path")
+    path: str = raw.decode("latin-1").partition("?")[0] if raw else scope["path"]
+    if len(path) > 1 and path.endswith("/"):
+        path = path[:-1]
+    scope["path"] = path
+    return path
 
 
 def _fast_route(method: str, path: str) -> tuple[Handler, tuple[str, ...]] | None:
@@ -86,24 +106,14 @@ def _fast_route(method: str, path: str) -> tuple[Handler, tuple[str, ...]] | Non
 
 
 class EdgeMiddleware:
-    """Route on the raw path, so an id's ``%2F`` is not taken for a separator, and without one
-    trailing slash, so both spellings of every path are served directly (no redirects).
-    Also adds the ``RateLimit-*`` headers of the request's tightest window to the response,
+    """Adds the ``RateLimit-*`` headers of the request's tightest window to the response,
     and turns any unhandled exception into a JSON:API 500 without a stack trace."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            raw = scope.get("raw_path")
-            path = raw.decode("latin-1").partition("?")[0] if raw else scope["path"]
-            if len(path) > 1 and path.endswith("/"):
-                path = path[:-1]
-            scope["path"] = path
-            if fast := _fast_route(scope["method"], path):
-                await _serve(fast[0], fast[1], scope, receive, send)
-                return
+        if scope["type"] == "http":  # its path is normalized already (``_path``)
             send = _with_limit_headers(scope, send)
         started = False
 

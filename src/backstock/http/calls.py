@@ -15,7 +15,7 @@ from backstock.domain.errors import NotFound
 from backstock.domain.ids import ExternalId, InvalidCompoundId, parse_compound_id
 from backstock.http import conventions
 from backstock.http.jsonapi import Renderer, parse_fields
-from backstock.services.accounts import authenticate
+from backstock.services.accounts import Principal, authenticate
 from backstock.services.container import Services
 
 READ = "catalogs:read"
@@ -44,10 +44,7 @@ class Call:
 
         def work() -> T:
             who = authenticate(db, authorization)
-            who.require(self.scope)
-            self.request.state.limit = self.services.limiter.hit(
-                who.account_id, self.operation, self.scope
-            )
+            self.admit(who)
             return operation(who, *args)
 
         def read_work() -> T:
@@ -58,6 +55,13 @@ class Call:
         if db.is_sqlite:
             return job()
         return await to_thread.run_sync(job)
+
+    def admit(self, who: Principal) -> None:
+        """The scope, then the rate limit: after authentication, before any work."""
+        who.require(self.scope)
+        self.request.state.limit = self.services.limiter.hit(
+            who.account_id, self.operation, self.scope
+        )
 
     async def body(self) -> bytes:
         settings = self.services.settings
@@ -76,7 +80,7 @@ def begin(
     """Check the revision, the Accept header and the query before any work is done."""
     revision = conventions.revision(request)
     conventions.check_accept(request)
-    query = dict(request.query_params)
+    query = dict(request.query_params) if request.scope["query_string"] else {}
     conventions.check_query(query, allowed)
     services: Services = request.app.state.services
     base = services.settings.base_url or _base_url(request)

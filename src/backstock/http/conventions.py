@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from functools import lru_cache
 from collections.abc import Collection, Mapping
 from datetime import date
 
@@ -32,6 +33,12 @@ def revision(request: Request) -> date:
     value = request.headers.get("revision")
     if value is None:
         raise InvalidParameter("revision", "The 'revision' header is required (YYYY-MM-DD).")
+    return _revision(value)
+
+
+@lru_cache(maxsize=256)
+def _revision(value: str) -> date:
+    """Clients send one or two values over and over: each good one is parsed once."""
     match = _REVISION.fullmatch(value.strip())
     try:
         day = date(int(match[1]), int(match[2]), int(match[3])) if match else None
@@ -51,11 +58,14 @@ def revision(request: Request) -> date:
 
 def check_accept(request: Request) -> None:
     accept = request.headers.get("accept")
-    if not accept:
-        return
-    types = [part.split(";")[0].strip().lower() for part in accept.split(",")]
-    if not any(kind in _ACCEPTABLE for kind in types):
+    if accept and not _acceptable(accept):
         raise NotAcceptable()
+
+
+@lru_cache(maxsize=256)
+def _acceptable(accept: str) -> bool:
+    types = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    return any(kind in _ACCEPTABLE for kind in types)
 
 
 async def read_body(request: Request, limit: int, timeout: float) -> bytes:

@@ -37,6 +37,12 @@ async def get_update_variants_job(request: Request, job_id: str) -> Response:
     call = begin(request, "get_update_variants_job", READ, allowed, _GET_FIELDS)
     include = "variants" in conventions.include(call.query, ("variants",))
     jobs = call.services.jobs
+    if not include:
+        job = await jobs.poll(call.request.headers.get("authorization"), job_id, call.admit)
+        return document({
+            "data": call.render.job(job),
+            "links": {"self": call.render.url(f"{PATH}/{job.id}")},
+        })  # fmt: skip
 
     def fetch(who: Any) -> tuple[Any, list[dict[str, Any]]]:
         job = jobs.get_job(who, job_id)

@@ -86,6 +86,13 @@ def revoke_key(db: Database, key_id: str) -> None:
 
 def authenticate(db: Database, authorization: str | None) -> Principal:
     """``Authorization: Klaviyo-API-Key pk_…`` → the principal; 401 for anything else."""
+    key_id, secret = parse_key(authorization)
+    with db.read() as conn:
+        return verify(store.find_key(conn, key_id), secret)
+
+
+def parse_key(authorization: str | None) -> tuple[str, str]:
+    """The key id and secret of an ``Authorization`` header; 401 if it holds no key."""
     if not authorization:
         raise NotAuthenticated("Send 'Authorization: Klaviyo-API-Key <your private key>'.")
     scheme, _, key = authorization.partition(" ")
@@ -94,8 +101,12 @@ def authenticate(db: Database, authorization: str | None) -> Principal:
     key_id, _, secret = key[len(KEY_PREFIX) :].partition("_")
     if len(key_id) != _KEY_ID_LENGTH or not secret:
         raise NotAuthenticated("The API key is not valid.")
-    with db.read() as conn:
-        record = store.find_key(conn, key_id)
+    return key_id, secret
+
+
+def verify(record: store.KeyRecord | None, secret: str) -> Principal:
+    """The principal of the key found by its id, if ``secret`` is its secret (compared in
+    constant time) and it is not revoked; 401 otherwise."""
     if record is None or not hmac.compare_digest(record.secret_hash, _hash(secret)):
         raise NotAuthenticated("The API key is not valid.")
     if record.revoked_at is not None:

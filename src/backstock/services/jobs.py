@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,11 +13,13 @@ from backstock.domain.clock import now_us
 from backstock.domain.errors import NotFound
 from backstock.domain.ids import ExternalId, compound_id, new_job_id
 from backstock.domain.pagination import Page, PageRequest
+from backstock.services import accounts
 from backstock.services.accounts import Principal
 from backstock.settings import Settings
 from backstock.storage import catalog as catalog_store
 from backstock.storage import jobs as store
 from backstock.storage.database import Connection, Database
+from backstock.storage.direct import Direct
 from backstock.storage.jobs import ClaimedJob, JobRecord
 
 log = logging.getLogger("backstock.worker")
@@ -46,6 +49,7 @@ class JobSignal:
 @dataclass(frozen=True, slots=True)
 class JobService:
     db: Database
+    direct: Direct
     settings: Settings
     signal: JobSignal
 
@@ -69,9 +73,23 @@ class JobService:
         self.signal.notify()
         return job
 
+    async def poll(
+        self, authorization: str | None, job_id: str, admit: Callable[[Principal], None]
+    ) -> JobRecord:
+        """Authenticate and get the job in one statement: what clients do most. ``admit``
+        (the scope and rate-limit checks) runs before anything of the job shows, even a 404."""
+        key_id, secret = accounts.parse_key(authorization)
+        record, job = await store.find_key_and_job(self.direct, key_id, job_id, now_us())
+        admit(accounts.verify(record, secret))
+        return self._found(job, job_id)
+
     def get_job(self, who: Principal, job_id: str) -> JobRecord:
         with self.db.read() as conn:
             job = store.get_job(conn, who.account_id, job_id, now_us())
+        return self._found(job, job_id)
+
+    @staticmethod
+    def _found(job: JobRecord | None, job_id: str) -> JobRecord:
         if job is None:
             raise NotFound(f"No catalog-variant-bulk-update-job with id '{job_id}'")
         return job

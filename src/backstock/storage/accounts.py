@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -61,30 +63,31 @@ _KEY_COLUMNS = (
 _KEYS = select(*_KEY_COLUMNS).join(accounts, accounts.c.id == api_keys.c.account_id)
 
 
-def _record(row: tuple[str, int, str, str, str, int, int | None]) -> KeyRecord:
-    key_id, account, name, secret_hash, scopes, created, revoked = row
+def key_record(row: Sequence[Any]) -> KeyRecord:
+    key_id, account, name, secret_hash, scopes, created, revoked = row[:KEY_WIDTH]
     return KeyRecord(
         key_id, AccountId(account), name, secret_hash, frozenset(scopes.split()), created, revoked
     )
 
 
-_FIND_KEY = DriverQuery(
-    "SELECT k.id, k.account_id, a.name, k.secret_hash, k.scopes, k.created_at, k.revoked_at"
-    " FROM api_keys AS k JOIN accounts AS a ON a.id = k.account_id WHERE k.id = ?"
-)
+KEY_COLUMNS = "k.id, k.account_id, a.name, k.secret_hash, k.scopes, k.created_at, k.revoked_at"
+KEY_FROM = " FROM api_keys AS k JOIN accounts AS a ON a.id = k.account_id"
+"""``KeyRecord``'s columns, and where they come from, for statements that find a key."""
+KEY_WIDTH = 7
+_FIND_KEY = DriverQuery("SELECT " + KEY_COLUMNS + KEY_FROM + " WHERE k.id = ?")
 
 
 def find_key(conn: Connection, key_id: str) -> KeyRecord | None:
     """Run on every request: straight to the driver."""
     row = _FIND_KEY.fetch_one(conn, key_id)
-    return None if row is None else _record(tuple(row))
+    return None if row is None else key_record(row)
 
 
 def list_keys(conn: Connection, account: AccountId) -> list[KeyRecord]:
     rows = conn.execute(
         _KEYS.where(api_keys.c.account_id == account).order_by(api_keys.c.created_at)
     )
-    return [_record(tuple(row)) for row in rows]
+    return [key_record(row) for row in rows]
 
 
 def revoke_key(conn: Connection, key_id: str, now: int) -> bool:

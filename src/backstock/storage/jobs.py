@@ -27,7 +27,10 @@ from backstock.domain.errors import TooManyJobs
 from backstock.domain.ids import AccountId, JobId
 from backstock.domain.pagination import Page, PageRequest
 from backstock.storage.catalog import encode_columns
+from backstock.storage import accounts as accounts_store
+from backstock.storage.accounts import KeyRecord
 from backstock.storage.database import DriverQuery
+from backstock.storage.direct import Direct
 from backstock.storage.pages import paginate
 from backstock.storage.schema import accounts, catalog_variants, jobs
 
@@ -128,6 +131,24 @@ _GET_JOB = DriverQuery(
     f"SELECT {', '.join(_JOB_NAMES)} FROM jobs"  # noqa: S608 - column names are ours
     " WHERE id = ? AND account_id = ? AND (expires_at IS NULL OR expires_at > ?)"
 )
+
+
+_KEY_AND_JOB = DriverQuery(
+    f"SELECT {accounts_store.KEY_COLUMNS}, {', '.join(f'j.{name}' for name in _JOB_NAMES)}"
+    f"{accounts_store.KEY_FROM} LEFT JOIN jobs AS j ON j.account_id = k.account_id"
+    " AND j.id = ? AND (j.expires_at IS NULL OR j.expires_at > ?) WHERE k.id = ?"
+)
+
+
+async def find_key_and_job(
+    direct: Direct, key_id: str, job_id: str, now: int
+) -> tuple[KeyRecord | None, JobRecord | None]:
+    """A poll in one statement: the caller's key and, of that key's account only, the job."""
+    row = await direct.one(_KEY_AND_JOB, job_id, now, key_id)
+    if row is None:
+        return None, None
+    job = row[accounts_store.KEY_WIDTH :]
+    return accounts_store.key_record(row), None if job[0] is None else JobRecord(*job)
 
 
 def get_job(conn: Connection, account: AccountId, job_id: str, now: int) -> JobRecord | None:
