@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-from functools import lru_cache
 from collections.abc import Collection, Mapping
 from datetime import date
+from functools import lru_cache
 
 from starlette.requests import Request
 

@@ -26,7 +26,9 @@ _GET_FIELDS = {JOB_TYPE: JOB_FIELDS, "catalog-variant": VARIANT_FIELDS}
 async def spawn_update_variants_job(request: Request) -> Response:
     call = begin(request, "spawn_update_variants_job", WRITE, (f"fields[{JOB_TYPE}]",), _JOB_FIELDS)
     body = await call.body()
-    job = await call.run(call.services.jobs.spawn_update_job, body)
+    job = await call.services.jobs.spawn(
+        call.request.headers.get("authorization"), body, call.admit
+    )
     resource = call.render.job(job)
     return document({"data": resource, "links": {"self": call.render.url(PATH)}}, 202)
 

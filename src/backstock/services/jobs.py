@@ -57,21 +57,31 @@ class JobService:
 
     def spawn_update_job(self, who: Principal, body: bytes) -> JobRecord:
         """Validate the body and commit the job, queued, in one transaction."""
-        request = bulk.parse_bulk_update(body)
+        new = self._new_job(who, body)
         with self.db.write() as conn:
-            job = store.insert_job(
-                conn,
-                who.account_id,
-                new_job_id(),
-                request.shape,
-                len(request.external_ids),
-                request.payload,
-                request.linkage,
-                now_us(),
-                self.settings.max_jobs_in_progress,
-            )
+            job = store.insert_job(conn, new, self.settings.max_jobs_in_progress)
         self.signal.notify()
         return job
+
+    async def spawn(
+        self, authorization: str | None, body: bytes, admit: Callable[[Principal], None]
+    ) -> JobRecord:
+        """``spawn_update_job`` for a request: authenticate, ``admit`` (scope, rate limit),
+        then accept. On PostgreSQL acceptance is one autocommitted statement on the event loop."""
+        who = await accounts.authenticate_direct(self.direct, authorization)
+        admit(who)
+        if self.db.is_sqlite:
+            return self.spawn_update_job(who, body)
+        new = self._new_job(who, body)
+        return await store.accept_job(self.direct, new, self.settings.max_jobs_in_progress)
+
+    @staticmethod
+    def _new_job(who: Principal, body: bytes) -> store.NewJob:
+        request = bulk.parse_bulk_update(body)
+        return store.NewJob(
+            who.account_id, new_job_id(), request.shape, len(request.external_ids),
+            request.payload, request.linkage, now_us(),
+        )  # fmt: skip
 
     async def poll(
         self, authorization: str | None, job_id: str, admit: Callable[[Principal], None]

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from backstock.domain.errors import Conflict
 from backstock.domain.ids import AccountId
 from backstock.storage.database import DriverQuery
+from backstock.storage.direct import Direct
 from backstock.storage.schema import accounts, api_keys
 
 
@@ -80,6 +81,11 @@ _FIND_KEY = DriverQuery("SELECT " + KEY_COLUMNS + KEY_FROM + " WHERE k.id = ?")
 def find_key(conn: Connection, key_id: str) -> KeyRecord | None:
     """Run on every request: straight to the driver."""
     row = _FIND_KEY.fetch_one(conn, key_id)
+    return None if row is None else key_record(row)
+
+
+async def find_key_direct(direct: Direct, key_id: str) -> KeyRecord | None:
+    row = await direct.one(_FIND_KEY, key_id)
     return None if row is None else key_record(row)
 
 

@@ -24,7 +24,7 @@ import psycopg
 from sqlalchemy.engine import make_url
 
 from backstock.settings import Settings
-from backstock.storage.database import DriverQuery
+from backstock.storage.database import DriverQuery, sqlalchemy_url
 from backstock.storage.database import _translate_errors as translate_errors
 
 Row = tuple[Any, ...]
@@ -38,9 +38,13 @@ class Direct:
         self._local = threading.local()
         self._sqlite_conns: list[sqlite3.Connection] = []
         self._sqlite_lock = threading.Lock()
-        self._pg_url = "" if self.is_sqlite else make_url(settings.database_url).set(
-            drivername="postgresql"
-        ).render_as_string(hide_password=False)
+        self._pg_url = (
+            ""
+            if self.is_sqlite
+            else make_url(sqlalchemy_url(settings.database_url))
+            .set(drivername="postgresql")
+            .render_as_string(hide_password=False)
+        )
         self._idle: list[psycopg.AsyncConnection[Row]] = []
         self._open = 0
         self._size = settings.pool_size
@@ -70,9 +74,7 @@ class Direct:
         if conn is None:
             assert self._sqlite_path is not None
             # Used by this thread only; ``close`` may close it from another.
-            conn = sqlite3.connect(
-                self._sqlite_path, isolation_level=None, check_same_thread=False
-            )
+            conn = sqlite3.connect(self._sqlite_path, isolation_level=None, check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout={self._busy_ms}")
             self._local.conn = conn
             with self._sqlite_lock:

@@ -26,9 +26,9 @@ from sqlalchemy.engine import Row
 from backstock.domain.errors import TooManyJobs
 from backstock.domain.ids import AccountId, JobId
 from backstock.domain.pagination import Page, PageRequest
-from backstock.storage.catalog import encode_columns
 from backstock.storage import accounts as accounts_store
 from backstock.storage.accounts import KeyRecord
+from backstock.storage.catalog import encode_columns
 from backstock.storage.database import DriverQuery
 from backstock.storage.direct import Direct
 from backstock.storage.pages import paginate
@@ -76,50 +76,72 @@ _INSERT_JOB = jobs.insert().returning(jobs.c.pk)
 # PostgreSQL: the same three steps in one round trip. The slot is taken (the account row
 # stays locked to the end of the transaction, which also orders one account's jobs), the job
 # inserted only if it was, and the NOTIFY is delivered at commit to every LISTENing worker.
-_ACCEPT_POSTGRES = text("""
+_ACCEPT_POSTGRES = DriverQuery("""
 WITH slot AS (
     UPDATE accounts SET open_jobs = open_jobs + 1
-     WHERE id = :account_id AND open_jobs < :max_open
+     WHERE id = ? AND open_jobs < ?
  RETURNING id),
 job AS (
     INSERT INTO jobs (id, account_id, status, shape, total_count, payload, variant_linkage,
                       errors, created_at)
-    SELECT :id, slot.id, :status, :shape, :total_count, :payload, :variant_linkage,
-           :errors, :created_at
+    SELECT ?, slot.id, 'queued', ?, ?, ?, ?, '[]', ?
       FROM slot
  RETURNING pk)
 SELECT job.pk, pg_notify('backstock_jobs', '') FROM job
 """)
 
 
-def insert_job(
-    conn: Connection,
-    account: AccountId,
-    job_id: JobId,
-    shape: str,
-    total: int,
-    payload: bytes,
-    linkage: str,
-    now: int,
-    max_open: int,
-) -> JobRecord:
-    values = {
-        "id": job_id, "account_id": account, "status": "queued", "shape": shape,
-        "total_count": total, "payload": payload, "variant_linkage": linkage,
-        "errors": "[]", "created_at": now,
-    }  # fmt: skip
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    account: AccountId
+    id: JobId
+    shape: str
+    total: int
+    payload: bytes
+    linkage: str
+    created_at: int
+
+    def accept_params(self, max_open: int) -> tuple[Any, ...]:
+        return (
+            self.account, max_open, self.id, self.shape, self.total, self.payload,
+            self.linkage, self.created_at,
+        )  # fmt: skip
+
+
+def insert_job(conn: Connection, new: NewJob, max_open: int) -> JobRecord:
+    """Queue the job, if the account has fewer than ``max_open`` open jobs (else 429)."""
     if conn.dialect.name == "postgresql":
-        pk = conn.execute(_ACCEPT_POSTGRES, values | {"max_open": max_open}).scalar()
-    else:
-        taken = conn.execute(_TAKE_SLOT, {"account": account, "max_open": max_open})
-        pk = conn.execute(_INSERT_JOB, values).scalar_one() if taken.rowcount == 1 else None
+        row = _ACCEPT_POSTGRES.fetch_one(conn, *new.accept_params(max_open))
+        return _accepted(new, None if row is None else row[0], max_open)
+    taken = conn.execute(_TAKE_SLOT, {"account": new.account, "max_open": max_open})
+    pk = None
+    if taken.rowcount == 1:
+        values = {
+            "id": new.id, "account_id": new.account, "status": "queued", "shape": new.shape,
+            "total_count": new.total, "payload": new.payload, "variant_linkage": new.linkage,
+            "errors": "[]", "created_at": new.created_at,
+        }  # fmt: skip
+        pk = conn.execute(_INSERT_JOB, values).scalar_one()
+    return _accepted(new, pk, max_open)
+
+
+async def accept_job(direct: Direct, new: NewJob, max_open: int) -> JobRecord:
+    """``insert_job`` on PostgreSQL as one autocommitted statement (its own transaction)."""
+    row = await direct.one(_ACCEPT_POSTGRES, *new.accept_params(max_open))
+    return _accepted(new, None if row is None else row[0], max_open)
+
+
+def _accepted(new: NewJob, pk: int | None, max_open: int) -> JobRecord:
     if pk is None:
         raise TooManyJobs(
             f"This account already has {max_open} jobs queued or processing; "
             "wait for some to complete.",
             retry_after=1,
         )
-    return JobRecord(pk, job_id, "queued", shape, total, 0, 0, now, None, None, "[]", linkage)
+    return JobRecord(
+        pk, new.id, "queued", new.shape, new.total, 0, 0, new.created_at, None, None, "[]",
+        new.linkage,
+    )  # fmt: skip
 
 
 _VISIBLE = and_(
