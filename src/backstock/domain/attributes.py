@@ -64,14 +64,19 @@ def _metadata(value: Any, name: str) -> str | None:
     return metadata_problem(value, name)
 
 
-def metadata_problem(value: Mapping[str, Any], name: str = "custom_metadata") -> str | None:
-    """A flat object: no nested objects, arrays of scalars only, at most 100 KB as JSON."""
+def metadata_problem(
+    value: Mapping[str, Any], name: str = "custom_metadata", sized: bool = True
+) -> str | None:
+    """A flat object: no nested objects, arrays of scalars only, at most 100 KB as JSON
+    (``sized=False``: the caller knows it is smaller)."""
     for key, member in value.items():
         if isinstance(member, dict) or (
             isinstance(member, list) and any(isinstance(v, dict | list) for v in member)
         ):
             return f"'{name}' must be a flat object; '{key}' is nested"
-    if len(msgspec.json.encode(value)) > MAX_METADATA_BYTES:  # any int size, unlike orjson
+    if (
+        sized and len(msgspec.json.encode(value)) > MAX_METADATA_BYTES
+    ):  # any int size, unlike orjson
         return f"'{name}' must not exceed 100 KB"
     return None
 

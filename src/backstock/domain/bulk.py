@@ -16,9 +16,16 @@ from msgspec import UNSET, UnsetType
 from backstock.domain import attributes as rules
 from backstock.domain.documents import id_problem, load_json, members, type_problem
 from backstock.domain.errors import InvalidBody, Problem
-from backstock.domain.ids import ExternalId, InvalidCompoundId, parse_compound_id
+from backstock.domain.ids import (
+    MAX_EXTERNAL_ID,
+    PREFIX,
+    ExternalId,
+    InvalidCompoundId,
+    parse_compound_id,
+)
 
 MAX_VARIANTS = 100
+_PREFIX_LENGTH = len(PREFIX)
 JOB_TYPE = "catalog-variant-bulk-update-job"
 Shape = Literal["array", "data"]
 """``array``: ``variants: [...]`` (2023-02-22); ``data``: ``variants: {data: [...]}`` (later)."""
@@ -106,23 +113,38 @@ def parse_bulk_update(body: bytes) -> BulkUpdate:
     variants = document.data.attributes.variants
     shape: Shape = "array" if isinstance(variants, list) else "data"
     items = variants if isinstance(variants, list) else variants.data
-    base = variants_pointer(shape)
     problems: list[Problem] = []
     external_ids: list[ExternalId] = []
     for index, item in enumerate(items):
-        pointer = f"{base}/{index}"
-        try:
-            external_ids.append(parse_compound_id(item.id))
-        except InvalidCompoundId as exc:
-            problems.append(Problem(str(exc), f"{pointer}/id"))
+        # The common case inline (what ``parse_compound_id`` accepts, without its split); any
+        # other id goes through it for its error.
+        compound = item.id
+        external = compound[_PREFIX_LENGTH:]
+        if (
+            compound.startswith(PREFIX)
+            and 0 < len(external) <= MAX_EXTERNAL_ID
+            and "\x00" not in external
+        ):
+            external_ids.append(ExternalId(external))
+        else:
+            try:
+                external_ids.append(parse_compound_id(compound))
+            except InvalidCompoundId as exc:
+                problems.append(Problem(str(exc), f"{variants_pointer(shape)}/{index}/id"))
+    # Each metadata object's JSON is part of the payload's: a payload within the metadata
+    # limit spares measuring them one by one. (With a refused id the ids are fewer than the
+    # items and the payload is not used: then every object is measured.)
+    payload = _ENCODER.encode(
+        [(ext, item.attributes) for ext, item in zip(external_ids, items, strict=False)]
+    )
+    sized = bool(problems) or len(payload) > rules.MAX_METADATA_BYTES
+    for index, item in enumerate(items):
         metadata = item.attributes.custom_metadata
-        if isinstance(metadata, dict) and (detail := rules.metadata_problem(metadata)):
-            problems.append(Problem(detail, f"{pointer}/attributes/custom_metadata"))
+        if isinstance(metadata, dict) and (detail := rules.metadata_problem(metadata, sized=sized)):
+            pointer = f"{variants_pointer(shape)}/{index}/attributes/custom_metadata"
+            problems.append(Problem(detail, pointer))
     if problems:
         raise InvalidBody(problems)
-    payload = _ENCODER.encode(
-        [(ext, item.attributes) for ext, item in zip(external_ids, items, strict=True)]
-    )
     linkage = _ENCODER.encode([{"type": "catalog-variant", "id": item.id} for item in items])
     return BulkUpdate(shape, external_ids, payload, linkage.decode())
 
