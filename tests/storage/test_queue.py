@@ -312,10 +312,10 @@ def test_a_batch_that_keeps_failing_is_marked_failed_and_the_queue_moves_on(
     healthy = spawn(services, who, [(externals[0], {"price": 2.0})])
     real = jobs_store.apply_variant_changes
 
-    def failing_for_price_one(conn: Any, account: Any, changes: Any, now: int) -> None:
+    def failing_for_price_one(conn: Any, account: Any, changes: Any, now: int) -> list[bool]:
         if any(c.get("price") == 1.0 for _, c in changes):
             raise RuntimeError("a bug")
-        real(conn, account, changes, now)
+        return real(conn, account, changes, now)
 
     monkeypatch.setattr(jobs_store, "apply_variant_changes", failing_for_price_one)
     worker = Worker(services.jobs)

@@ -176,16 +176,16 @@ class JobService:
         start = job.next_index
         end = min(start + self.settings.worker_batch_size, job.total_count)
         batch = bulk.load_payload(job.payload)[start:end]
-        present = store.existing_variants(conn, job.account_id, [ext for ext, _ in batch])
-        applied = [(ext, c.as_dict()) for ext, c in batch if ext in present]
-        store.apply_variant_changes(conn, job.account_id, applied, now)
+        changes = [(ext, c.as_dict()) for ext, c in batch]
+        found = store.apply_variant_changes(conn, job.account_id, changes, now)
         base = bulk.variants_pointer("array" if job.shape == "array" else "data")
         errors = [
             _missing_variant(ext, f"{base}/{index}")
-            for index, (ext, _) in enumerate(batch, start)
-            if ext not in present
+            for index, ((ext, _), exists) in enumerate(zip(batch, found, strict=True), start)
+            if not exists
         ]
-        return store.record_progress(conn, job, end, len(applied), errors, now, self._retention_us)
+        completed = len(batch) - len(errors)
+        return store.record_progress(conn, job, end, completed, errors, now, self._retention_us)
 
     def release(self, job: ClaimedJob) -> None:
         with self.db.write() as conn:

@@ -274,22 +274,12 @@ _EXISTING = select(catalog_variants.c.external_id).where(
     catalog_variants.c.account_id == bindparam("account"),
     catalog_variants.c.external_id.in_(bindparam("externals", expanding=True)),
 )
-# On PostgreSQL the rows are held, so a concurrent delete cannot slip between this check and
-# the update (SQLite has one writer at a time anyway).
-_EXISTING_HELD = _EXISTING.with_for_update()
-
-
-def existing_variants(conn: Connection, account: AccountId, externals: Sequence[str]) -> set[str]:
-    query = _EXISTING_HELD if conn.dialect.name == "postgresql" else _EXISTING
-    params = {"account": account, "externals": sorted(set(externals))}
-    return {row[0] for row in conn.execute(query, params)}
-
-
 _UPDATE_CACHE: dict[tuple[str, tuple[str, ...]], str] = {}
 
 
 def _update_sql(paramstyle: str, columns: tuple[str, ...]) -> str:
-    """``UPDATE … SET <columns>`` for the driver itself, in its own parameter style."""
+    """``UPDATE … SET <columns>`` for the driver itself, in its own parameter style (on
+    PostgreSQL it returns a row when the variant exists)."""
     sql = _UPDATE_CACHE.get((paramstyle, columns))
     if sql is None:
         mark = "?" if paramstyle == "qmark" else "%s"
@@ -298,28 +288,66 @@ def _update_sql(paramstyle: str, columns: tuple[str, ...]) -> str:
             f"UPDATE catalog_variants SET {sets}updated = {mark}, "  # noqa: S608
             f"update_count = update_count + 1 WHERE account_id = {mark} AND external_id = {mark}"
         )
+        if mark == "%s":
+            sql += " RETURNING 1"
         _UPDATE_CACHE[(paramstyle, columns)] = sql
     return sql
 
 
 def apply_variant_changes(
     conn: Connection, account: AccountId, changes: Sequence[tuple[str, dict[str, Any]]], now: int
-) -> None:
-    """Apply partial updates in order: consecutive updates that set the same attributes share
-    one ``executemany``, handed to the driver as tuples (SQLAlchemy's per-row parameter
-    processing cost more than the statement here)."""
+) -> list[bool]:
+    """Apply partial updates in order; for each, whether its variant exists (and so was
+    updated). Consecutive updates that set the same attributes share one ``executemany``,
+    handed to the driver as tuples (SQLAlchemy's per-row parameter processing cost more than
+    the statement here).
+
+    PostgreSQL: each UPDATE returns a row when it found its variant, so nothing can slip
+    between a check and the write. SQLite: one query finds the variants first (one writer at
+    a time: none can vanish before the writes)."""
+    postgres = conn.dialect.name == "postgresql"
+    present = None if postgres else _existing(conn, account, changes)
     style = conn.dialect.paramstyle
+    found: list[bool] = []
     run: list[tuple[Any, ...]] = []
     run_columns: tuple[str, ...] = ()
     for external, attributes in changes:
+        if present is not None and external not in present:
+            found.append(False)
+            continue
         columns = tuple(attributes)
         if columns != run_columns and run:
-            conn.exec_driver_sql(_update_sql(style, run_columns), run)
+            found += _execute_run(conn, postgres, _update_sql(style, run_columns), run)
             run = []
         run_columns = columns
         run.append((*encode_columns(attributes).values(), now, account, external))
+        if present is not None:
+            found.append(True)
     if run:
-        conn.exec_driver_sql(_update_sql(style, run_columns), run)
+        found += _execute_run(conn, postgres, _update_sql(style, run_columns), run)
+    return found
+
+
+def _existing(
+    conn: Connection, account: AccountId, changes: Sequence[tuple[str, dict[str, Any]]]
+) -> set[str]:
+    params = {"account": account, "externals": sorted({external for external, _ in changes})}
+    return {row[0] for row in conn.execute(_EXISTING, params)}
+
+
+def _execute_run(
+    conn: Connection, postgres: bool, sql: str, rows: list[tuple[Any, ...]]
+) -> list[bool]:
+    if not postgres:
+        conn.exec_driver_sql(sql, rows)
+        return []
+    driver: Any = conn.connection.driver_connection
+    with driver.cursor() as cursor:
+        cursor.executemany(sql, rows, returning=True)
+        found = [cursor.fetchone() is not None]
+        while cursor.nextset():
+            found.append(cursor.fetchone() is not None)
+    return found
 
 
 _PROGRESS = (
@@ -344,6 +372,20 @@ _FREE_SLOT = (
 )
 
 
+# PostgreSQL: the last batch's progress and the freed slot in one round trip (a data-modifying
+# WITH runs whether or not the statement reads it).
+_COMPLETE_POSTGRES = text("""
+WITH progress AS (
+    UPDATE jobs
+       SET next_index = :end, completed_count = completed_count + :completed,
+           failed_count = failed_count + :failed, errors = :errors, status = :status,
+           completed_at = :completed_at, expires_at = :expires_at, lease_owner = :owner,
+           lease_expires_at = :lease_expires
+     WHERE pk = :job)
+UPDATE accounts SET open_jobs = open_jobs - 1 WHERE id = :account
+""")
+
+
 def record_progress(
     conn: Connection,
     job: ClaimedJob,
@@ -364,6 +406,9 @@ def record_progress(
         "owner": None if done else job.owner,
         "lease_expires": None if done else job.lease_expires_at,
     }  # fmt: skip
+    if done and conn.dialect.name == "postgresql":
+        conn.execute(_COMPLETE_POSTGRES, params | {"account": job.account_id})
+        return done
     conn.execute(_PROGRESS, params)
     if done:
         conn.execute(_FREE_SLOT, {"account": job.account_id})
