@@ -21,7 +21,7 @@ from backstock.domain.errors import (
     MethodNotAllowed,
     NotFound,
 )
-from backstock.http import catalog_routes, job_routes
+from backstock.http import catalog_routes, job_routes, openapi
 from backstock.http.jsonapi import document, error_response
 from backstock.services.container import Services
 
@@ -54,10 +54,12 @@ def create_app(
         redirect_slashes=False,
         docs_url=None,
         redoc_url=None,
+        openapi_url=None,  # our own document instead (http/openapi.py): FastAPI cannot see bodies
     )
     app.state.services = services
     app.include_router(catalog_routes.router)
     app.include_router(job_routes.router)
+    app.add_api_route(openapi.PATH, openapi.serve, methods=["GET"], include_in_schema=False)
     _health_routes(app, services)
     _error_handlers(app)
     return app
