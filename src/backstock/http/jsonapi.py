@@ -153,7 +153,8 @@ def _query(query: Mapping[str, str], cursor: Cursor | None = None) -> str:
     params = dict(query)
     if cursor is not None:
         params["page[cursor]"] = encode_cursor(cursor)
-    return "?" + urlencode(params, safe="[],:$'\"()") if params else ""
+    # Brackets and double quotes are not allowed in a URI (RFC 3986): encoded, as Klaviyo does.
+    return "?" + urlencode(params, safe=",:$'()") if params else ""
 
 
 def document(

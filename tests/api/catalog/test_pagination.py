@@ -77,7 +77,7 @@ def test_valid_page_sizes(api: Api, subtests: pytest.Subtests) -> None:
             body = ok(api.get("/api/catalog-variants", params={"page[size]": size}))
             assert ids_of(body) == rows[: int(size)]
             assert ("next" in body["links"]) == (int(size) < len(rows))
-            assert f"page[size]={size}" in body["links"]["self"]
+            assert f"page%5Bsize%5D={size}" in body["links"]["self"]
 
 
 def test_default_page_size_is_100(api: Api, services: Services) -> None:
