@@ -21,10 +21,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from sqlalchemy.engine import make_url
 
 from backstock.settings import Settings
-from backstock.storage.database import DriverQuery, sqlalchemy_url
+from backstock.storage.database import Database, DriverQuery, sqlalchemy_url
 from backstock.storage.database import _translate_errors as translate_errors
 
 Row = tuple[Any, ...]
@@ -46,7 +47,6 @@ class Direct:
             .render_as_string(hide_password=False)
         )
         self._idle: list[psycopg.AsyncConnection[Row]] = []
-        self._open = 0
         self._size = settings.pool_size
         self._slots: asyncio.Semaphore | None = None
         self._connect_timeout = max(1, round(settings.pool_timeout_seconds))
@@ -71,9 +71,17 @@ class Direct:
 
     def _sqlite(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and self._local.reopens != Database.sqlite_reopens:
+            # opened while the file was read-only: it must close for writes to succeed again
+            with self._sqlite_lock:
+                if conn in self._sqlite_conns:
+                    self._sqlite_conns.remove(conn)
+            conn.close()
+            conn = None
         if conn is None:
             assert self._sqlite_path is not None
             # Used by this thread only; ``close`` may close it from another.
+            self._local.reopens = Database.sqlite_reopens
             conn = sqlite3.connect(self._sqlite_path, isolation_level=None, check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout={self._busy_ms}")
             self._local.conn = conn
@@ -90,21 +98,18 @@ class Direct:
                 conn = self._idle.pop() if self._idle else await self._connect()
                 try:
                     yield conn
-                except BaseException:
-                    if conn.broken or conn.closed:
+                finally:
+                    # Reused only when idle: not after a failure, nor when cancelled mid-query.
+                    idle = conn.info.transaction_status == TransactionStatus.IDLE
+                    if idle and not conn.broken:
+                        self._idle.append(conn)
+                    else:
                         await conn.close()
-                        self._open -= 1
-                        raise
-                    self._idle.append(conn)
-                    raise
-                self._idle.append(conn)
 
     async def _connect(self) -> psycopg.AsyncConnection[Row]:
-        conn = await psycopg.AsyncConnection.connect(
+        return await psycopg.AsyncConnection.connect(
             self._pg_url, autocommit=True, connect_timeout=self._connect_timeout
         )
-        self._open += 1
-        return conn
 
     async def close(self) -> None:
         """Close every connection; called on the event loop that used them, at shutdown. The
@@ -112,7 +117,6 @@ class Direct:
         idle, self._idle = self._idle, []
         for conn in idle:
             await conn.close()
-        self._open -= len(idle)
         self._slots = None
         with self._sqlite_lock:
             conns, self._sqlite_conns = self._sqlite_conns, []
