@@ -83,6 +83,7 @@ class _Document(msgspec.Struct, forbid_unknown_fields=True):
 
 _DECODER = msgspec.json.Decoder(_Document)
 _PAYLOAD_DECODER = msgspec.json.Decoder(list[tuple[str, VariantChanges]])
+_CHANGES_DECODER = msgspec.json.Decoder(list[tuple[str, dict[str, Any]]])
 _ENCODER = msgspec.json.Encoder()
 
 
@@ -156,6 +157,12 @@ def linked_external_ids(linkage: str) -> list[str]:
 
 def load_payload(payload: bytes) -> list[tuple[str, VariantChanges]]:
     return _PAYLOAD_DECODER.decode(payload)
+
+
+def load_changes(payload: bytes) -> list[tuple[str, dict[str, Any]]]:
+    """``load_payload`` for the worker: each update as a dict of the attributes it sets (the
+    payload holds only those, with the types validated at acceptance)."""
+    return _CHANGES_DECODER.decode(payload)
 
 
 def variants_pointer(shape: Shape) -> str:

@@ -155,7 +155,7 @@ class JobService:
             base = bulk.variants_pointer("array" if job.shape == "array" else "data")
             errors = [
                 _internal_error(ext, f"{base}/{index}")
-                for index, (ext, _) in enumerate(bulk.load_payload(job.payload)[start:end], start)
+                for index, (ext, _) in enumerate(bulk.load_changes(job.payload)[start:end], start)
             ]
             log.error(
                 "job %s: items %d-%d failed repeatedly; marked failed", job.id, start, end - 1
@@ -175,9 +175,8 @@ class JobService:
         """Apply the batch at ``job.next_index`` and count it; the caller holds the job."""
         start = job.next_index
         end = min(start + self.settings.worker_batch_size, job.total_count)
-        batch = bulk.load_payload(job.payload)[start:end]
-        changes = [(ext, c.as_dict()) for ext, c in batch]
-        found = store.apply_variant_changes(conn, job.account_id, changes, now)
+        batch = bulk.load_changes(job.payload)[start:end]
+        found = store.apply_variant_changes(conn, job.account_id, batch, now)
         base = bulk.variants_pointer("array" if job.shape == "array" else "data")
         errors = [
             _missing_variant(ext, f"{base}/{index}")

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import orjson
 from sqlalchemy import Connection, and_, bindparam, delete, func, or_, select, text, update
 from sqlalchemy.engine import Row
@@ -28,11 +29,11 @@ from backstock.domain.ids import AccountId, JobId
 from backstock.domain.pagination import Page, PageRequest
 from backstock.storage import accounts as accounts_store
 from backstock.storage.accounts import KeyRecord
-from backstock.storage.catalog import encode_columns
+from backstock.storage.catalog import JSON_COLUMNS
 from backstock.storage.database import DriverQuery
 from backstock.storage.direct import Direct
 from backstock.storage.pages import paginate
-from backstock.storage.schema import accounts, catalog_variants, jobs
+from backstock.storage.schema import accounts, jobs
 
 NOTIFY_CHANNEL = "backstock_jobs"  # also spelled out in _ACCEPT_POSTGRES
 
@@ -270,10 +271,6 @@ def fence(conn: Connection, job: ClaimedJob, now: int, lease_us: int) -> bool:
     return True
 
 
-_EXISTING = select(catalog_variants.c.external_id).where(
-    catalog_variants.c.account_id == bindparam("account"),
-    catalog_variants.c.external_id.in_(bindparam("externals", expanding=True)),
-)
 _UPDATE_CACHE: dict[tuple[str, tuple[str, ...]], str] = {}
 
 
@@ -320,7 +317,7 @@ def apply_variant_changes(
             found += _execute_run(conn, postgres, _update_sql(style, run_columns), run)
             run = []
         run_columns = columns
-        run.append((*encode_columns(attributes).values(), now, account, external))
+        run.append((*_column_values(attributes), now, account, external))
         if present is not None:
             found.append(True)
     if run:
@@ -328,11 +325,23 @@ def apply_variant_changes(
     return found
 
 
+def _column_values(attributes: dict[str, Any]) -> list[Any]:
+    """``encode_columns`` for values validated at acceptance (numbers are floats already)."""
+    return [
+        msgspec.json.encode(value).decode() if name in JSON_COLUMNS and value is not None else value
+        for name, value in attributes.items()
+    ]
+
+
 def _existing(
     conn: Connection, account: AccountId, changes: Sequence[tuple[str, dict[str, Any]]]
 ) -> set[str]:
-    params = {"account": account, "externals": sorted({external for external, _ in changes})}
-    return {row[0] for row in conn.execute(_EXISTING, params)}
+    """Straight to the driver: SQLAlchemy's expanding ``IN`` costs more than the query."""
+    externals = list({external for external, _ in changes})
+    marks = ", ".join("?" * len(externals))
+    sql = f"SELECT external_id FROM catalog_variants WHERE account_id = ? AND external_id IN ({marks})"  # noqa: S608, E501
+    driver: Any = conn.connection.driver_connection
+    return {row[0] for row in driver.execute(sql, (account, *externals))}
 
 
 def _execute_run(
