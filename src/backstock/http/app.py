@@ -193,9 +193,9 @@ _API_ROUTES = [*catalog_routes.router.routes, *job_routes.router.routes]
 
 def _allowed_methods(request: Request) -> str:
     """Every method some route serves on this path (Starlette's own ``Allow`` names only the
-    methods of the first route that matched the path)."""
+    methods of the first route that matched the path), health and /openapi.json included."""
     methods: set[str] = set()
-    for route in _API_ROUTES:
+    for route in (*_API_ROUTES, *request.app.router.routes):
         if isinstance(route, APIRoute) and route.matches(request.scope)[0] is not Match.NONE:
             methods |= route.methods or set()
     return ", ".join(sorted(methods))
