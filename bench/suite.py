@@ -37,7 +37,7 @@ class Mode:
     latency_seconds: float
     """Length of the one-connection (idle latency) runs."""
     sizes: tuple[int, ...]
-    """Catalog sizes of the worker benchmark."""
+    """Catalog sizes of the worker benchmark (and of the get benchmark, up to 100k)."""
     worker_jobs: int
     e2e_jobs: int
     uvicorn: bool
@@ -350,9 +350,10 @@ def bench_spawn_uvicorn(
 # ---- get ---------------------------------------------------------------------------------------
 
 
-def bench_get(ctx: Context, db: dbs.Scratch) -> None:
+def bench_get(ctx: Context, db: dbs.Scratch, catalog: str = "") -> None:
+    """``catalog`` names the catalog size in the rows of every size but the smallest."""
     kind = db.kind
-    console.rule(f"get ({kind}): GET a job, without and with include=variants")
+    console.rule(f"get ({kind}): GET a job, without and with include=variants {catalog}")
     job_id = dbs.queue_jobs(db, dbs.job_bodies(db, 1, seed=99))[0]
     headers = api_headers(db.key, post=False)
     b_server = backstock_server(ctx, db, f"backstock-get-{kind}")
@@ -372,7 +373,9 @@ def bench_get(ctx: Context, db: dbs.Scratch) -> None:
                 result = load(ctx, server, f"get-{kind}-{variant}-{who}", path + suffix, 200,
                               headers, db_cpu=kind == "postgresql")  # fmt: skip
                 measured[variant, who] = (result, len(answer))
-    for variant, name in (("job", "get job"), ("include", "get job ?include=variants")):
+    suffix = f", {catalog} variants" if catalog else ""
+    for variant, base in (("job", "get job"), ("include", "get job ?include=variants")):
+        name = base + suffix
         (b, b_size), (f, f_size) = measured[variant, "backstock"], measured[variant, "floor"]
         note = f"body {b_size / 1000:.1f} KB vs {f_size / 1000:.1f} KB"
         ctx.add(Row(name, kind, "req/s", b.rps, f.rps, True, note))
@@ -441,9 +444,13 @@ def run_backstock_worker(
     return {"updates_per_s": updates / span, "cpu_ms_per_100": cpu_per_100, "span_s": span}
 
 
+def size_label(size: int) -> str:
+    return f"{size // 1000}k" if size < 1_000_000 else f"{size // 1_000_000}M"
+
+
 def bench_worker(ctx: Context, db: dbs.Scratch, size: int) -> None:
     kind = db.kind
-    label = f"{size // 1000}k" if size < 1_000_000 else f"{size // 1_000_000}M"
+    label = size_label(size)
     console.rule(f"worker ({kind}): {ctx.mode.worker_jobs} jobs of 100 updates, {label} catalog")
     jobs = ctx.mode.worker_jobs
     after_pk = dbs.max_job_pk(db)
