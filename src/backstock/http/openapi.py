@@ -18,6 +18,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from backstock.domain import attributes as rules
 from backstock.domain.bulk import MAX_VARIANTS
 from backstock.domain.filters import ITEM_FILTERS, JOB_FILTERS, VARIANT_FILTERS, FieldRule
 from backstock.domain.ids import MAX_EXTERNAL_ID
@@ -70,7 +71,6 @@ _COMPOUND_ID: Schema = {
     "pattern": f"^\\$custom:::\\$default:::[^\\x00]{{1,{MAX_EXTERNAL_ID}}}$",
     "description": "`$custom:::$default:::EXTERNAL_ID`; the external id is 1 to "
     f"{MAX_EXTERNAL_ID} characters, any but NUL (`/` and `:::` included).",
-    "examples": ["$custom:::$default:::SHIRT-M"],
 }
 _VARIANT_ID: Schema = {**_COMPOUND_ID, "examples": ["$custom:::$default:::SHIRT-M"]}
 _ITEM_ID: Schema = {**_COMPOUND_ID, "examples": ["$custom:::$default:::SHIRT"]}
@@ -109,31 +109,25 @@ _ATTRIBUTE_TYPES: dict[str, Schema] = {
     "integration_type": {"type": "string", "enum": ["$custom"]},
     "catalog_type": {"type": "string", "enum": ["$default"]},
 }
-_SHARED = (
-    "title", "description", "url", "image_full_url", "image_thumbnail_url", "images",
-    "custom_metadata", "published", "price",
-)  # fmt: skip
-_VARIANT_ONLY = ("sku", "inventory_policy", "inventory_quantity")
-_VARIANT_REQUIRED = (
-    "external_id", "title", "description", "sku", "inventory_quantity", "price", "url",
-)  # fmt: skip
-_ITEM_REQUIRED = ("external_id", "title", "description", "url")
 
 
-def _attributes(names: Iterable[str], required: Iterable[str] = ()) -> Schema:
-    """Request attributes: the required ones are not nullable, every other one is."""
-    must = set(required)
+def _attributes(accepted: rules.AttributeRules) -> Schema:
+    """Request attributes, as the domain's rules take them."""
     properties = {
-        name: _ATTRIBUTE_TYPES[name] if name in must else _nullable(_ATTRIBUTE_TYPES[name])
-        for name in names
+        name: _nullable(_ATTRIBUTE_TYPES[name])
+        if name in accepted.nullable
+        else _ATTRIBUTE_TYPES[name]
+        for name in accepted.checks
     }
-    return _object(properties, must)
+    return _object(properties, accepted.required)
 
 
-def _rendered_attributes(names: Iterable[str]) -> Schema:
+def _rendered_attributes(fields: frozenset[str]) -> Schema:
     """Response attributes: any may be left out (sparse fieldsets; nulls are omitted for
     revisions before the ones that declare them nullable)."""
-    properties = {name: _nullable(_ATTRIBUTE_TYPES[name]) for name in names}
+    properties = {
+        name: _nullable(kind) for name, kind in _ATTRIBUTE_TYPES.items() if name in fields
+    }
     properties["external_id"] = _ATTRIBUTE_TYPES["external_id"]
     properties["created"] = _TIME
     properties["updated"] = _TIME
@@ -172,15 +166,7 @@ def _request(resource: Schema) -> Schema:
     return _object({"data": resource}, ["data"])
 
 
-_VARIANT_NAMES = (*_VARIANT_REQUIRED, *_SHARED, *_VARIANT_ONLY)
-_ITEM_NAMES = (*_ITEM_REQUIRED, *_SHARED)
-
-
 def _schemas() -> dict[str, Schema]:
-    variant_attributes = [n for n in _ATTRIBUTE_TYPES if n in {*_VARIANT_NAMES}]
-    item_attributes = [n for n in _ATTRIBUTE_TYPES if n in {*_ITEM_NAMES}]
-    variant_changes = [n for n in variant_attributes if n != "external_id"]
-    item_changes = [n for n in item_attributes if n != "external_id"]
     categories = _object(
         {
             "data": {"type": "array", "items": _linkage("catalog-category")},
@@ -195,7 +181,7 @@ def _schemas() -> dict[str, Schema]:
             {
                 "type": {"const": "catalog-variant"},
                 "id": _VARIANT_ID,
-                "attributes": _rendered_attributes(variant_attributes),
+                "attributes": _rendered_attributes(VARIANT_FIELDS),
                 "relationships": _object(
                     {"item": _object({"data": _linkage("catalog-item", _ITEM_ID)}, ["data"])},
                     ["item"],
@@ -208,7 +194,7 @@ def _schemas() -> dict[str, Schema]:
             {
                 "type": {"const": "catalog-item"},
                 "id": _ITEM_ID,
-                "attributes": _rendered_attributes(item_attributes),
+                "attributes": _rendered_attributes(ITEM_FIELDS),
                 "relationships": _object(
                     {
                         "variants": _object(
@@ -305,10 +291,7 @@ def _schemas() -> dict[str, Schema]:
             _object(
                 {
                     "type": {"const": "catalog-variant"},
-                    "attributes": _attributes(
-                        [*variant_attributes, "integration_type", "catalog_type"],
-                        _VARIANT_REQUIRED,
-                    ),
+                    "attributes": _attributes(rules.VARIANT_CREATE),
                     "relationships": _object(
                         {
                             "item": _to_one("catalog-item", _ITEM_ID),
@@ -339,7 +322,7 @@ def _schemas() -> dict[str, Schema]:
                 {
                     "type": {"const": "catalog-variant"},
                     "id": {**_VARIANT_ID, "description": "The id in the path."},
-                    "attributes": _attributes(variant_changes),
+                    "attributes": _attributes(rules.VARIANT_UPDATE),
                 },
                 ["type", "id", "attributes"],
             )
@@ -348,9 +331,7 @@ def _schemas() -> dict[str, Schema]:
             _object(
                 {
                     "type": {"const": "catalog-item"},
-                    "attributes": _attributes(
-                        [*item_attributes, "integration_type", "catalog_type"], _ITEM_REQUIRED
-                    ),
+                    "attributes": _attributes(rules.ITEM_CREATE),
                     "relationships": _object({"categories": categories}),
                 },
                 ["type", "attributes"],
@@ -361,7 +342,7 @@ def _schemas() -> dict[str, Schema]:
                 {
                     "type": {"const": "catalog-item"},
                     "id": {**_ITEM_ID, "description": "The id in the path."},
-                    "attributes": _attributes(item_changes),
+                    "attributes": _attributes(rules.ITEM_UPDATE),
                     "relationships": _object({"categories": categories}),
                 },
                 ["type", "id", "attributes"],
@@ -371,7 +352,7 @@ def _schemas() -> dict[str, Schema]:
             {
                 "type": {"const": "catalog-variant"},
                 "id": _VARIANT_ID,
-                "attributes": _attributes(variant_changes),
+                "attributes": _attributes(rules.VARIANT_UPDATE),
             },
             ["type", "id", "attributes"],
         ),
