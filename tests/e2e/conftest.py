@@ -33,10 +33,13 @@ class Cluster:
     workdir: Path
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     base_url: str = ""
+    launcher: list[str] = field(default_factory=list)
+    """Put before every command: ``setpriv …`` to run as another user, ``nsenter …`` to run in
+    another mount namespace."""
 
     def cli(self, *args: str) -> str:
         done = subprocess.run(
-            [*BACKSTOCK, *args],
+            [*self.launcher, *BACKSTOCK, *args],
             env=self.env,
             cwd=self.workdir,
             capture_output=True,
@@ -58,7 +61,7 @@ class Cluster:
     def start(self, *args: str, log: str) -> subprocess.Popen[bytes]:
         with (self.workdir / log).open("wb") as out:  # the child keeps its own descriptor
             process = subprocess.Popen(
-                [*BACKSTOCK, *args],
+                [*self.launcher, *BACKSTOCK, *args],
                 env=self.env,
                 cwd=self.workdir,
                 stdout=out,
