@@ -36,9 +36,11 @@ class Call:
         """Authenticate, check the scope and the rate limit, then run ``operation(who, *args)``.
 
         On PostgreSQL the blocking database work runs on a worker thread, so one process
-        overlaps many requests' round trips. On SQLite it runs right here on the event loop:
-        its calls take microseconds, and a thread hop (plus the GIL hand-offs) would cost more
-        than it saves. A read operation shares one connection with the key check."""
+        overlaps many requests' round trips. On SQLite a read runs right here on the event
+        loop: it takes microseconds, and a thread hop (plus the GIL hand-offs) would cost more
+        than it saves; a write goes to a thread, so that its commit's fsync, or a wait for
+        another process's lock, never holds up the reads. A read operation shares one
+        connection with the key check."""
         authorization = self.request.headers.get("authorization")
         db = self.services.db
 
@@ -51,10 +53,9 @@ class Call:
             with db.read():
                 return work()
 
-        job = read_work if self.scope == READ else work
-        if db.is_sqlite:
-            return job()
-        return await to_thread.run_sync(job)
+        if self.scope == READ:
+            return read_work() if db.is_sqlite else await to_thread.run_sync(read_work)
+        return await to_thread.run_sync(work)
 
     def admit(self, who: Principal) -> None:
         """The scope, then the rate limit: after authentication, before any work."""

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from backstock.domain import bulk
 from backstock.domain.clock import now_us
-from backstock.domain.errors import NotFound
+from backstock.domain.errors import BackstockError, NotFound, TooManyJobs
 from backstock.domain.ids import ExternalId, compound_id, new_job_id
 from backstock.domain.pagination import Page, PageRequest
 from backstock.services import accounts
@@ -46,33 +47,99 @@ class JobSignal:
             return woken
 
 
+class GroupCommit:
+    """SQLite: jobs accepted by concurrent requests are committed together, in one transaction
+    on one thread at a time, so they share the commit's fsync; the event loop serves other
+    requests meanwhile. A job submitted while a commit is under way goes in the next one, so
+    an idle service commits each job at once and a busy one in groups. Each request awaits
+    its own outcome: its job (the 202 comes after the commit), its own 429, or the group's
+    failure (a 503 when the database cannot be written)."""
+
+    def __init__(self, commit: Callable[[list[store.NewJob]], list[JobRecord | BackstockError]]):
+        self._commit = commit
+        self._ready = threading.Condition()
+        self._pending: list[tuple[store.NewJob, asyncio.Future[JobRecord]]] = []
+        self._thread: threading.Thread | None = None
+
+    async def submit(self, new: store.NewJob) -> JobRecord:
+        outcome: asyncio.Future[JobRecord] = asyncio.get_running_loop().create_future()
+        with self._ready:
+            self._pending.append((new, outcome))
+            if self._thread is None:  # one committer per process, for its lifetime
+                self._thread = threading.Thread(
+                    target=self._run, name="backstock-group-commit", daemon=True
+                )
+                self._thread.start()
+            self._ready.notify()
+        return await outcome
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                while not self._pending:
+                    self._ready.wait()
+                group, self._pending = self._pending, []
+            outcomes: list[JobRecord | BaseException]
+            try:
+                outcomes = [*self._commit([new for new, _ in group])]
+            except Exception as exc:  # noqa: BLE001 - every request of the group gets it
+                outcomes = [exc] * len(group)
+            for (_, future), outcome in zip(group, outcomes, strict=True):
+                future.get_loop().call_soon_threadsafe(_settle, future, outcome)
+
+
+def _settle(future: asyncio.Future[JobRecord], outcome: JobRecord | BaseException) -> None:
+    if future.cancelled():  # the client went away; the job stands if it was committed
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
 @dataclass(frozen=True, slots=True)
 class JobService:
     db: Database
     direct: Direct
     settings: Settings
     signal: JobSignal
+    _group: GroupCommit = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_group", GroupCommit(self._insert))
 
     # ---- the API's side ----------------------------------------------------------------------
 
     def spawn_update_job(self, who: Principal, body: bytes) -> JobRecord:
         """Validate the body and commit the job, queued, in one transaction."""
-        new = self._new_job(who, body)
+        outcome = self._insert([self._new_job(who, body)])[0]
+        if isinstance(outcome, BackstockError):
+            raise outcome
+        return outcome
+
+    def _insert(self, batch: list[store.NewJob]) -> list[JobRecord | BackstockError]:
+        """Commit the jobs in one transaction, each taking its account's slot (or refused)."""
+        outcomes: list[JobRecord | BackstockError] = []
         with self.db.write() as conn:
-            job = store.insert_job(conn, new, self.settings.max_jobs_in_progress)
+            for new in batch:
+                try:
+                    outcomes.append(store.insert_job(conn, new, self.settings.max_jobs_in_progress))
+                except TooManyJobs as exc:  # nothing of it was written
+                    outcomes.append(exc)
         self.signal.notify()
-        return job
+        return outcomes
 
     async def spawn(
         self, authorization: str | None, body: bytes, admit: Callable[[Principal], None]
     ) -> JobRecord:
         """``spawn_update_job`` for a request: authenticate, ``admit`` (scope, rate limit),
-        then accept. On PostgreSQL acceptance is one autocommitted statement on the event loop."""
+        then accept. On PostgreSQL acceptance is one autocommitted statement on the event loop;
+        on SQLite a group commit on a thread (``GroupCommit``)."""
         who = await accounts.authenticate_direct(self.direct, authorization)
         admit(who)
-        if self.db.is_sqlite:
-            return self.spawn_update_job(who, body)
         new = self._new_job(who, body)
+        if self.db.is_sqlite:
+            return await self._group.submit(new)
         return await store.accept_job(self.direct, new, self.settings.max_jobs_in_progress)
 
     @staticmethod
