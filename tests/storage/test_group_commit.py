@@ -104,3 +104,18 @@ def test_a_failed_commit_fails_every_request_of_its_group(
     assert all(isinstance(o, Unavailable) for o in outcomes)
     with services.db.read() as conn:
         assert conn.execute(select(jobs.c.id)).all() == []
+
+
+def test_close_stops_the_committer_and_a_later_spawn_starts_another(
+    services_for: Callable[..., Services],
+) -> None:
+    services = services_for()
+    key = _key(services, "acme")
+    assert len(_spawn_all(services, [(key, _body(1))])) == 1
+    committer = services.jobs._group._thread
+    assert committer is not None and committer.is_alive()
+
+    services.jobs.close()
+    assert not committer.is_alive()
+    [job] = _spawn_all(services, [(key, _body(2))])
+    assert job.status == "queued"

@@ -18,4 +18,5 @@ class Services:
     limiter: Limiter
 
     def close(self) -> None:
+        self.jobs.close()
         self.db.dispose()

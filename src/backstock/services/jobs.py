@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -60,12 +61,13 @@ class GroupCommit:
         self._ready = threading.Condition()
         self._pending: list[tuple[store.NewJob, asyncio.Future[JobRecord]]] = []
         self._thread: threading.Thread | None = None
+        self._closing = False
 
     async def submit(self, new: store.NewJob) -> JobRecord:
         outcome: asyncio.Future[JobRecord] = asyncio.get_running_loop().create_future()
         with self._ready:
             self._pending.append((new, outcome))
-            if self._thread is None:  # one committer per process, for its lifetime
+            if self._thread is None:  # started on first use, stopped by ``close``
                 self._thread = threading.Thread(
                     target=self._run, name="backstock-group-commit", daemon=True
                 )
@@ -73,11 +75,26 @@ class GroupCommit:
             self._ready.notify()
         return await outcome
 
+    def close(self) -> None:
+        """Stop the committer once it has committed what is pending (a later ``submit``
+        starts another)."""
+        with self._ready:
+            thread, self._closing = self._thread, True
+            self._ready.notify_all()
+        if thread is not None:
+            thread.join()
+        with self._ready:
+            self._closing = False
+
     def _run(self) -> None:
         while True:
             with self._ready:
-                while not self._pending:
+                while not self._pending and not self._closing:
                     self._ready.wait()
+                if not self._pending:  # closing, with nothing left to commit
+                    if self._thread is threading.current_thread():
+                        self._thread = None
+                    return
                 group, self._pending = self._pending, []
             outcomes: list[JobRecord | BaseException]
             try:
@@ -85,7 +102,8 @@ class GroupCommit:
             except Exception as exc:  # noqa: BLE001 - every request of the group gets it
                 outcomes = [exc] * len(group)
             for (_, future), outcome in zip(group, outcomes, strict=True):
-                future.get_loop().call_soon_threadsafe(_settle, future, outcome)
+                with contextlib.suppress(RuntimeError):  # its event loop has closed: no one waits
+                    future.get_loop().call_soon_threadsafe(_settle, future, outcome)
 
 
 def _settle(future: asyncio.Future[JobRecord], outcome: JobRecord | BaseException) -> None:
@@ -107,6 +125,9 @@ class JobService:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_group", GroupCommit(self._insert))
+
+    def close(self) -> None:
+        self._group.close()
 
     # ---- the API's side ----------------------------------------------------------------------
 
