@@ -110,5 +110,11 @@ def test_revoked_key_stops_working_in_every_process_at_once(
     accounts.revoke_key(services.db, key.key_id)
     services.close()
     for api in (first, second):
-        response = api.get("/api/catalog-variants")
-        assert response.status_code == 401 and "revoked" in response.json()["errors"][0]["detail"]
+        # through FastAPI's routes, and through the fast lane (poll and spawn)
+        for response in (
+            api.get("/api/catalog-variants"),
+            api.get("/api/catalog-variant-bulk-update-jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV"),
+            api.post("/api/catalog-variant-bulk-update-jobs", bulk_body([("V", {"price": 1.0})])),
+        ):
+            assert response.status_code == 401, response.text
+            assert "revoked" in response.json()["errors"][0]["detail"]
