@@ -8,7 +8,6 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from backstock.domain.bulk import linked_external_ids
 from backstock.domain.filters import JOB_FILTERS, parse_filter
 from backstock.domain.pagination import PageRequest, decode_cursor
 from backstock.http import conventions
@@ -39,27 +38,13 @@ async def get_update_variants_job(request: Request, job_id: str) -> Response:
     call = begin(request, "get_update_variants_job", READ, allowed, _GET_FIELDS)
     include = "variants" in conventions.include(call.query, ("variants",))
     jobs = call.services.jobs
-    if not include:
-        job = await jobs.poll(call.request.headers.get("authorization"), job_id, call.admit)
-        return document({
-            "data": call.render.job(job),
-            "links": {"self": call.render.url(f"{PATH}/{job.id}")},
-        })  # fmt: skip
-
-    def fetch(who: Any) -> tuple[Any, list[dict[str, Any]]]:
-        job = jobs.get_job(who, job_id)
-        variants = (
-            jobs.job_variants(who, linked_external_ids(job.variant_linkage)) if include else []
-        )
-        return job, variants
-
-    job, variants = await call.run(fetch)
+    who, job = await jobs.poll(call.request.headers.get("authorization"), job_id, call.admit)
     body: dict[str, Any] = {
         "data": call.render.job(job),
         "links": {"self": call.render.url(f"{PATH}/{job.id}")},
     }
     if include:
-        body["included"] = [call.render.variant(v) for v in variants]
+        body["included"] = [call.render.variant(v) for v in await jobs.job_variants(who, job)]
     return document(body)
 
 

@@ -173,24 +173,23 @@ class JobService:
 
     async def poll(
         self, authorization: str | None, job_id: str, admit: Callable[[Principal], None]
-    ) -> JobRecord:
+    ) -> tuple[Principal, JobRecord]:
         """Authenticate and get the job in one statement: what clients do most. ``admit``
         (the scope and rate-limit checks) runs before anything of the job shows, even a 404."""
         key_id, secret = accounts.parse_key(authorization)
         record, job = await store.find_key_and_job(self.direct, key_id, job_id, now_us())
-        admit(accounts.verify(record, secret))
-        return self._found(job, job_id)
-
-    def get_job(self, who: Principal, job_id: str) -> JobRecord:
-        with self.db.read() as conn:
-            job = store.get_job(conn, who.account_id, job_id, now_us())
-        return self._found(job, job_id)
-
-    @staticmethod
-    def _found(job: JobRecord | None, job_id: str) -> JobRecord:
+        who = accounts.verify(record, secret)
+        admit(who)
         if job is None:
             raise NotFound(f"No catalog-variant-bulk-update-job with id '{job_id}'")
-        return job
+        return who, job
+
+    async def job_variants(self, who: Principal, job: JobRecord) -> list[dict[str, Any]]:
+        """The job's variants that exist, in the order the request named them."""
+        external_ids = bulk.linked_external_ids(job.variant_linkage)
+        records = await catalog_store.get_variants_direct(self.direct, who.account_id, external_ids)
+        found = {record["external_id"]: record for record in records}
+        return [found[external] for external in dict.fromkeys(external_ids) if external in found]
 
     def list_jobs(
         self, who: Principal, statuses: frozenset[str], page: PageRequest
@@ -202,21 +201,6 @@ class JobService:
         status = next(iter(statuses), None)
         with self.db.read() as conn:
             return store.list_jobs(conn, who.account_id, status, page, now_us())
-
-    def job_variants(self, who: Principal, external_ids: list[str]) -> list[dict[str, Any]]:
-        """The job's variants that exist, in the order the request named them."""
-        with self.db.read() as conn:
-            found = {
-                record["external_id"]: record
-                for record in catalog_store.get_variants(conn, who.account_id, external_ids)
-            }
-        seen: set[str] = set()
-        ordered = []
-        for external in external_ids:
-            if external in found and external not in seen:
-                seen.add(external)
-                ordered.append(found[external])
-        return ordered
 
     # ---- the worker's side -------------------------------------------------------------------
 

@@ -29,6 +29,8 @@ from backstock.domain.errors import BadRequest, Conflict
 from backstock.domain.filters import Condition
 from backstock.domain.ids import AccountId, ExternalId, InvalidCompoundId, parse_compound_id
 from backstock.domain.pagination import Page, PageRequest
+from backstock.storage.database import DriverQuery
+from backstock.storage.direct import Direct
 from backstock.storage.pages import paginate
 from backstock.storage.schema import catalog_items, catalog_variants
 
@@ -84,6 +86,33 @@ _VARIANT_SELECT = select(
     *(_V.c[name] for name in _VARIANT_NAMES[:-1]),
     catalog_items.c.external_id.label("item_external_id"),
 ).join(catalog_items, catalog_items.c.pk == _V.c.item_pk)
+
+
+_VARIANTS_SQL = (
+    f"SELECT {', '.join(f'v.{name}' for name in _VARIANT_NAMES[:-1])}, i.external_id"  # noqa: S608
+    " FROM catalog_variants AS v JOIN catalog_items AS i ON i.pk = v.item_pk"
+    " WHERE v.account_id = ? AND v.external_id "
+)
+_VARIANTS_ANY = DriverQuery(_VARIANTS_SQL + "= ANY(?)")  # PostgreSQL: the ids as one array
+
+
+async def get_variants_direct(
+    direct: Direct, account: AccountId, externals: Sequence[str]
+) -> list[Record]:
+    """``get_variants`` straight through the driver (a job's ``include=variants``)."""
+    unique = sorted(set(externals))
+    if not unique:
+        return []
+    if direct.is_sqlite:
+        query = DriverQuery(_VARIANTS_SQL + f"IN ({', '.join('?' * len(unique))})")
+        rows = await direct.all(query, account, *unique)
+    else:
+        rows = await direct.all(_VARIANTS_ANY, account, unique)
+    records = [_variant(row) for row in rows]
+    for record in records:  # SQLite stores a boolean as 0 or 1; SQLAlchemy would convert it
+        if record["published"] is not None:
+            record["published"] = bool(record["published"])
+    return records
 
 
 def _pk(record: Record) -> int:

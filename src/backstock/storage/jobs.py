@@ -150,12 +150,6 @@ _VISIBLE = and_(
     jobs.c.account_id == bindparam("account"),
     or_(jobs.c.expires_at.is_(None), jobs.c.expires_at > bindparam("now")),
 )
-_GET_JOB = DriverQuery(
-    f"SELECT {', '.join(_JOB_NAMES)} FROM jobs"  # noqa: S608 - column names are ours
-    " WHERE id = ? AND account_id = ? AND (expires_at IS NULL OR expires_at > ?)"
-)
-
-
 _KEY_AND_JOB = DriverQuery(
     f"SELECT {accounts_store.KEY_COLUMNS}, {', '.join(f'j.{name}' for name in _JOB_NAMES)}"
     f"{accounts_store.KEY_FROM} LEFT JOIN jobs AS j ON j.account_id = k.account_id"
@@ -172,12 +166,6 @@ async def find_key_and_job(
         return None, None
     job = row[accounts_store.KEY_WIDTH :]
     return accounts_store.key_record(row), None if job[0] is None else JobRecord(*job)
-
-
-def get_job(conn: Connection, account: AccountId, job_id: str, now: int) -> JobRecord | None:
-    """What clients poll: straight to the driver."""
-    row = _GET_JOB.fetch_one(conn, job_id, account, now)
-    return None if row is None else JobRecord(*row)
 
 
 def list_jobs(

@@ -61,7 +61,7 @@ def test_include_variants_adds_the_existing_variants(worker_api: Api) -> None:
     updates = [
         (second, {"price": 2.0}),
         ("GONE", {"price": 3.0}),
-        (first, {"price": 1.0}),
+        (first, {"price": 1.0, "published": True}),
         (second, {"sku": "TWO"}),
     ]
     job_id = spawn(worker_api, updates)
@@ -78,6 +78,7 @@ def test_include_variants_adds_the_existing_variants(worker_api: Api) -> None:
         assert resource["links"]["self"].endswith(quote(resource["id"], safe=""))
         assert worker_api.get(resource["links"]["self"]).json()["data"] == resource
     assert included[0]["attributes"]["sku"] == "TWO"
+    assert included[1]["attributes"]["published"] is True  # a JSON boolean on both databases
     assert cid(untouched) not in {resource["id"] for resource in included}
 
 
