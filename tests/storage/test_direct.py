@@ -95,3 +95,21 @@ def test_postgres_away_is_503_at_once() -> None:
         assert time.monotonic() - started < 2
 
     asyncio.run(scenario())
+
+
+@pytest.mark.postgres
+def test_postgres_all_connections_busy_is_503_after_the_pool_timeout(pg_url: str) -> None:
+    direct = Direct(Settings(database_url=pg_url, pool_size=1, pool_timeout_seconds=0.5))
+
+    async def scenario() -> None:
+        busy = asyncio.create_task(direct.one(SLEEP, 3))
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        with pytest.raises(Unavailable):
+            await direct.one(PID)
+        assert 0.4 < time.monotonic() - started < 2
+        await busy
+        assert await direct.one(PID) is not None  # the slot came back
+        await direct.close()
+
+    asyncio.run(scenario())

@@ -35,7 +35,10 @@ def _spawn_all(services: Services, requests: list[tuple[str, bytes]]) -> list[An
     """Spawn concurrently on one event loop; each request's job or exception, in order."""
 
     async def run() -> list[Any]:
-        spawns = [services.jobs.spawn(key, body, lambda _who: None) for key, body in requests]
+        async def admit(_who: object) -> None:
+            return None
+
+        spawns = [services.jobs.spawn(key, body, admit) for key, body in requests]
         try:
             return await asyncio.gather(*spawns, return_exceptions=True)
         finally:

@@ -64,6 +64,14 @@ class Call:
             who.account_id, self.operation, self.scope
         )
 
+    async def admit_async(self, who: Principal) -> None:
+        """``admit`` from the event loop: counted in memory right here, in Redis on a thread
+        (its round trips must not hold up the loop)."""
+        if self.services.settings.redis_url and self.services.limiter.enabled:
+            await to_thread.run_sync(self.admit, who)
+        else:
+            self.admit(who)
+
     async def body(self) -> bytes:
         settings = self.services.settings
         return await conventions.read_body(

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +87,17 @@ class GroupCommit:
             self._closing = False
 
     def _run(self) -> None:
+        try:
+            self._commit_until_closed()
+        except BaseException:
+            # Not expected (``_commit`` turns failures into outcomes): let the next submit
+            # start a committer rather than wait for this one.
+            with self._ready:
+                if self._thread is threading.current_thread():
+                    self._thread = None
+            raise
+
+    def _commit_until_closed(self) -> None:
         while True:
             with self._ready:
                 while not self._pending and not self._closing:
@@ -151,13 +162,13 @@ class JobService:
         return outcomes
 
     async def spawn(
-        self, authorization: str | None, body: bytes, admit: Callable[[Principal], None]
+        self, authorization: str | None, body: bytes, admit: Callable[[Principal], Awaitable[None]]
     ) -> JobRecord:
         """``spawn_update_job`` for a request: authenticate, ``admit`` (scope, rate limit),
         then accept. On PostgreSQL acceptance is one autocommitted statement on the event loop;
         on SQLite a group commit on a thread (``GroupCommit``)."""
         who = await accounts.authenticate_direct(self.direct, authorization)
-        admit(who)
+        await admit(who)
         new = self._new_job(who, body)
         if self.db.is_sqlite:
             return await self._group.submit(new)
@@ -172,14 +183,14 @@ class JobService:
         )  # fmt: skip
 
     async def poll(
-        self, authorization: str | None, job_id: str, admit: Callable[[Principal], None]
+        self, authorization: str | None, job_id: str, admit: Callable[[Principal], Awaitable[None]]
     ) -> tuple[Principal, JobRecord]:
         """Authenticate and get the job in one statement: what clients do most. ``admit``
         (the scope and rate-limit checks) runs before anything of the job shows, even a 404."""
         key_id, secret = accounts.parse_key(authorization)
         record, job = await store.find_key_and_job(self.direct, key_id, job_id, now_us())
         who = accounts.verify(record, secret)
-        admit(who)
+        await admit(who)
         if job is None:
             raise NotFound(f"No catalog-variant-bulk-update-job with id '{job_id}'")
         return who, job

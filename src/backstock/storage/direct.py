@@ -24,6 +24,7 @@ import psycopg
 from psycopg.pq import TransactionStatus
 from sqlalchemy.engine import make_url
 
+from backstock.domain.errors import Unavailable
 from backstock.settings import Settings
 from backstock.storage.database import Database, DriverQuery, sqlalchemy_url
 from backstock.storage.database import _translate_errors as translate_errors
@@ -50,6 +51,7 @@ class Direct:
         self._size = settings.pool_size
         self._slots: asyncio.Semaphore | None = None
         self._connect_timeout = max(1, round(settings.pool_timeout_seconds))
+        self._wait_timeout = settings.pool_timeout_seconds
 
     async def one(self, query: DriverQuery, *params: Any) -> Row | None:
         if self.is_sqlite:
@@ -93,7 +95,15 @@ class Direct:
     async def _postgres(self) -> AsyncIterator[psycopg.AsyncConnection[Row]]:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._size)
-        async with self._slots:
+        slots = self._slots
+        try:
+            async with asyncio.timeout(self._wait_timeout):
+                await slots.acquire()
+        except TimeoutError:
+            # every connection busy that long (a database that stopped answering): as the
+            # engine's pool does, give up rather than queue without end
+            raise Unavailable("The database is busy; retry later.", retry_after=1) from None
+        try:
             with translate_errors():
                 conn = self._idle.pop() if self._idle else await self._connect()
                 try:
@@ -105,6 +115,8 @@ class Direct:
                         self._idle.append(conn)
                     else:
                         await conn.close()
+        finally:
+            slots.release()
 
     async def _connect(self) -> psycopg.AsyncConnection[Row]:
         return await psycopg.AsyncConnection.connect(
