@@ -17,7 +17,7 @@ from sqlalchemy.exc import OperationalError as SAOperationalError
 from backstock.domain.errors import Unavailable
 from backstock.settings import Settings
 from backstock.storage import database, migrate
-from backstock.storage.database import Database, _translate_errors, unavailable_for
+from backstock.storage.database import Database, translate_errors, unavailable_for
 from backstock.worker import POISON_TRIES, Worker
 
 
@@ -70,7 +70,7 @@ def test_each_sqlite_fault_has_its_own_503(
 ) -> None:
     raw = sqlite_error(message, code)
     for exc in (raw, SAOperationalError("COMMIT", {}, raw)):  # from a DriverQuery, or wrapped
-        with pytest.raises(Unavailable) as caught, _translate_errors():
+        with pytest.raises(Unavailable) as caught, translate_errors():
             raise exc
         assert words in caught.value.detail
         assert caught.value.retry_after == retry_after

@@ -41,7 +41,7 @@ class Call:
         than it saves; a write goes to a thread, so that its commit's fsync, or a wait for
         another process's lock, never holds up the reads. A read operation shares one
         connection with the key check."""
-        authorization = self.request.headers.get("authorization")
+        authorization = self.authorization
         db = self.services.db
 
         def work() -> T:
@@ -56,6 +56,10 @@ class Call:
         if self.scope == READ:
             return read_work() if db.is_sqlite else await to_thread.run_sync(read_work)
         return await to_thread.run_sync(work)
+
+    @property
+    def authorization(self) -> str | None:
+        return self.request.headers.get("authorization")
 
     def admit(self, who: Principal) -> None:
         """The scope, then the rate limit: after authentication, before any work."""

@@ -25,9 +25,7 @@ _GET_FIELDS = {JOB_TYPE: JOB_FIELDS, "catalog-variant": VARIANT_FIELDS}
 async def spawn_update_variants_job(request: Request) -> Response:
     call = begin(request, "spawn_update_variants_job", WRITE, (f"fields[{JOB_TYPE}]",), _JOB_FIELDS)
     body = await call.body()
-    job = await call.services.jobs.spawn(
-        call.request.headers.get("authorization"), body, call.admit_async
-    )
+    job = await call.services.jobs.spawn(call.authorization, body, call.admit_async)
     resource = call.render.job(job)
     return document({"data": resource, "links": {"self": call.render.url(PATH)}}, 202)
 
@@ -38,7 +36,7 @@ async def get_update_variants_job(request: Request, job_id: str) -> Response:
     call = begin(request, "get_update_variants_job", READ, allowed, _GET_FIELDS)
     include = "variants" in conventions.include(call.query, ("variants",))
     jobs = call.services.jobs
-    who, job = await jobs.poll(call.request.headers.get("authorization"), job_id, call.admit_async)
+    who, job = await jobs.poll(call.authorization, job_id, call.admit_async)
     body: dict[str, Any] = {
         "data": call.render.job(job),
         "links": {"self": call.render.url(f"{PATH}/{job.id}")},

@@ -20,7 +20,13 @@ from starlette.responses import Response
 
 from backstock.domain import attributes as rules
 from backstock.domain.bulk import MAX_VARIANTS
-from backstock.domain.filters import ITEM_FILTERS, JOB_FILTERS, VARIANT_FILTERS, FieldRule
+from backstock.domain.filters import (
+    ITEM_FILTERS,
+    JOB_FILTERS,
+    MAX_FILTER_LENGTH,
+    VARIANT_FILTERS,
+    FieldRule,
+)
 from backstock.domain.ids import MAX_EXTERNAL_ID
 from backstock.domain.pagination import MAX_PAGE_SIZE
 from backstock.http import job_routes
@@ -561,7 +567,7 @@ def _parameters() -> dict[str, Schema]:
             "schema": schema,
         }
 
-    filter_schema = {"type": "string", "minLength": 1, "maxLength": 10_000}
+    filter_schema = {"type": "string", "minLength": 1, "maxLength": MAX_FILTER_LENGTH}
     return {
         "revision": {
             "name": "revision",

@@ -29,7 +29,14 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from backstock.domain.errors import Unavailable
 from backstock.settings import Settings
 
-__all__ = ["BUSY_TIMEOUT_MS", "Connection", "Database", "DriverQuery", "sqlalchemy_url"]
+__all__ = [
+    "BUSY_TIMEOUT_MS",
+    "Connection",
+    "Database",
+    "DriverQuery",
+    "sqlalchemy_url",
+    "translate_errors",
+]
 
 BUSY_TIMEOUT_MS = 10_000
 """How long a SQLite write waits for another process's write lock before it fails with 503.
@@ -92,7 +99,7 @@ class Database:
         if current is not None:
             yield current
             return
-        with _translate_errors(), self.engine.connect() as conn:
+        with translate_errors(), self.engine.connect() as conn:
             self._reading.conn = conn
             try:
                 yield conn
@@ -102,7 +109,7 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """One write transaction, committed when the block ends without an exception."""
-        with _translate_errors():
+        with translate_errors():
             if self._write_lock is None:
                 with self.engine.begin() as conn:
                     yield conn
@@ -206,7 +213,7 @@ def _stamp_opened(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
     record.info["opened"] = time.monotonic()
 
 
-class _translate_errors:  # noqa: N801 - used as a context manager like contextlib's
+class translate_errors:  # noqa: N801 - used as a context manager like contextlib's
     """Failures that retrying later can cure become ``Unavailable`` (503) above the storage
     layer, each with a detail that says what is wrong."""
 

@@ -8,7 +8,8 @@ SQLite: one connection per thread (requests run on the event loop's thread), ope
 same busy timeout as the engine's. The statement runs inline: it takes microseconds.
 PostgreSQL: psycopg's asyncio connections on the event loop, kept in a small pool. A connection
 that fails is closed, never reused; when none can be opened the caller gets ``Unavailable``
-at once (no waiting for a pool to heal), as the engine's connections do.
+at once (no waiting for a pool to heal), as the engine's connections do, and when all are busy
+for longer than the pool timeout, ``Unavailable`` too.
 """
 
 from __future__ import annotations
@@ -26,8 +27,13 @@ from sqlalchemy.engine import make_url
 
 from backstock.domain.errors import Unavailable
 from backstock.settings import Settings
-from backstock.storage.database import Database, DriverQuery, sqlalchemy_url
-from backstock.storage.database import _translate_errors as translate_errors
+from backstock.storage.database import (
+    BUSY_TIMEOUT_MS,
+    Database,
+    DriverQuery,
+    sqlalchemy_url,
+    translate_errors,
+)
 
 Row = tuple[Any, ...]
 
@@ -35,7 +41,6 @@ Row = tuple[Any, ...]
 class Direct:
     def __init__(self, settings: Settings) -> None:
         self.is_sqlite = settings.is_sqlite
-        self._busy_ms = 10_000
         self._sqlite_path = make_url(settings.database_url).database if self.is_sqlite else None
         self._local = threading.local()
         self._sqlite_conns: list[sqlite3.Connection] = []
@@ -85,7 +90,7 @@ class Direct:
             # Used by this thread only; ``close`` may close it from another.
             self._local.reopens = Database.sqlite_reopens
             conn = sqlite3.connect(self._sqlite_path, isolation_level=None, check_same_thread=False)
-            conn.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             self._local.conn = conn
             with self._sqlite_lock:
                 self._sqlite_conns.append(conn)
