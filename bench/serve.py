@@ -1,4 +1,4 @@
-"""Serve an ASGI app factory the way ``backstock serve`` does (same Granian options), or with
+"""Serve an ASGI app factory the way ``backstock serve`` does (``run_granian``), or with
 uvicorn for the comparison of servers.
 
     python -m bench.serve granian|uvicorn module:factory --port P [--workers N]
@@ -18,20 +18,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
     if args.server == "granian":
-        from granian import Granian
-        from granian.constants import Interfaces
+        from backstock.cli import run_granian
+        from backstock.settings import Settings
 
-        # The options of backstock.cli.serve, so floor and Backstock get the same server.
-        Granian(
-            args.target,
-            address="127.0.0.1",
-            port=args.port,
-            interface=Interfaces.ASGI,
-            workers=args.workers,
-            factory=True,
-            log_access=False,
-            respawn_failed_workers=True,
-        ).serve()
+        run_granian(
+            args.target, "127.0.0.1", args.port, args.workers,
+            Settings.model_fields["header_timeout_seconds"].default,
+        )  # fmt: skip
     else:
         import uvicorn
 

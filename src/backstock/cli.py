@@ -64,10 +64,6 @@ def serve(
     host: Host = None, port: Port = None, workers: Workers = None, no_worker: NoWorker = False
 ) -> None:
     """Serve the API (with an in-process job worker unless --no-worker)."""
-    from granian import Granian
-    from granian.constants import Interfaces
-    from granian.http import HTTP1Settings
-
     settings = _settings(
         host=host, port=port, workers=workers, run_worker=False if no_worker else None
     )
@@ -88,19 +84,35 @@ def serve(
         f"Get an API key: [bold]{_self_command()} keys create --account demo "
         "--scope catalogs:read --scope catalogs:write[/bold]"
     )
-    Granian(
+    run_granian(
         "backstock.bootstrap:app_from_environment",
-        address=settings.host,
-        port=settings.port,
+        settings.host,
+        settings.port,
+        settings.workers,
+        settings.header_timeout_seconds,
+    )
+
+
+def run_granian(
+    factory: str, host: str, port: int, workers: int, header_timeout_seconds: float
+) -> None:
+    """Serve the ASGI app ``factory`` (``module:function``) with granian, as ``serve`` does (the
+    benchmarks serve their floors through this too, so both get the same server)."""
+    from granian import Granian
+    from granian.constants import Interfaces
+    from granian.http import HTTP1Settings
+
+    Granian(
+        factory,
+        address=host,
+        port=port,
         interface=Interfaces.ASGI,
-        workers=settings.workers,
+        workers=workers,
         factory=True,
         log_access=False,
         respawn_failed_workers=True,
         # A client that trickles its headers is dropped; one that trickles its body gets 408.
-        http1_settings=HTTP1Settings(
-            header_read_timeout=int(settings.header_timeout_seconds * 1000)
-        ),
+        http1_settings=HTTP1Settings(header_read_timeout=int(header_timeout_seconds * 1000)),
     ).serve()
 
 
