@@ -11,7 +11,6 @@ Configured by environment: ``BENCH_FLOOR_DB`` and ``BENCH_FLOOR_CONNECTIONS``.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -19,9 +18,9 @@ from typing import Any
 from urllib.parse import quote
 
 import orjson
-import psycopg
 
 from bench.floor_spawn import sqlite_connect
+from bench.pgpool import FloorPool
 from bench.rawasgi import App, Receive, Scope, Send, lifespan, nothing, respond
 
 PREFIX = "$custom:::$default:::"
@@ -124,30 +123,19 @@ def create() -> App:
             conn.close()
 
     else:
-        pool: asyncio.Queue[psycopg.AsyncConnection[tuple[Any, ...]]] = asyncio.Queue()
-        size = int(os.environ.get("BENCH_FLOOR_CONNECTIONS", "8"))
+        pool = FloorPool(url)
         pg_job = JOB_SQL.format(p="%s")
         pg_variants = VARIANTS_SQL.format(p="%s", ids="= ANY(%s)")
-
-        async def startup() -> None:
-            for _ in range(size):
-                pool.put_nowait(await psycopg.AsyncConnection.connect(url, autocommit=True))
+        startup, shutdown = pool.open, pool.close
 
         async def fetch(job_id: str, include: bool) -> tuple[Any, list[Any] | None]:
-            conn = await pool.get()
-            try:
+            async with pool.connection() as conn:
                 job = await (await conn.execute(pg_job, (job_id,))).fetchone()
                 if job is None or not include:
                     return job, None
                 ids = [entry["id"][len(PREFIX) :] for entry in orjson.loads(job[10])]
                 cursor = await conn.execute(pg_variants, (job[1], ids))
                 return job, await cursor.fetchall()
-            finally:
-                pool.put_nowait(conn)
-
-        async def shutdown() -> None:
-            while not pool.empty():
-                await pool.get_nowait().close()
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

@@ -21,8 +21,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import orjson
-import psycopg
 
+from bench.pgpool import FloorPool
 from bench.rawasgi import App, Receive, Scope, Send, lifespan, read_body, respond
 
 TABLE = "floor_jobs"
@@ -72,27 +72,19 @@ def create() -> App:
             conn.close()
 
     else:
-        pool: asyncio.Queue[psycopg.AsyncConnection[tuple[object, ...]]] = asyncio.Queue()
-        size = int(os.environ.get("BENCH_FLOOR_CONNECTIONS", "8"))
+        pool = FloorPool(url)
         pg_insert = f"INSERT INTO {TABLE} (id, payload, total, created_at) VALUES (%s, %s, %s, %s)"
 
         async def startup() -> None:
-            for _ in range(size):
-                pool.put_nowait(await psycopg.AsyncConnection.connect(url, autocommit=True))
-            conn = await pool.get()
-            await conn.execute(PG_DDL)
-            pool.put_nowait(conn)
+            await pool.open()
+            async with pool.connection() as conn:
+                await conn.execute(PG_DDL)
 
         async def store(row: tuple[str, bytes, int, int]) -> None:
-            conn = await pool.get()
-            try:
+            async with pool.connection() as conn:
                 await conn.execute(pg_insert, row)
-            finally:
-                pool.put_nowait(conn)
 
-        async def shutdown() -> None:
-            while not pool.empty():
-                await pool.get_nowait().close()
+        shutdown = pool.close
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
