@@ -1,13 +1,26 @@
-"""Fixtures: a real SQLite file per test, a fresh PostgreSQL database per test (cloned from a
-migrated template), the app behind a test client, and API keys as factories."""
+"""The one fixture set.
+
+Databases: every test has one (``database_url``). By default it is a database shared by every
+test of the session on that engine, and tests are isolated by tenant instead: each test's keys
+belong to accounts of its own (``key_for``), and every statement in the service filters by
+account, so a leak between tenants would break the exact-list assertions all over the suite.
+A test marked ``own_database`` gets a fresh one (a SQLite file, or a clone of a migrated
+PostgreSQL template): for settings that change how the worker runs, or for looking at every
+row of a table.
+
+Apps: ``client`` serves the test's database with no job worker (accepted jobs stay queued);
+``worker_client`` serves a second shared database with its worker running; ``app_factory``
+makes apps with settings of the test's own, on its database. ``api``, ``worker_api``: clients
+with a key of a fresh account. ``live_server``: the worker app under uvicorn, for Klaviyo's
+SDK. ``make_cluster``: real ``backstock`` processes.
+"""
 
 from __future__ import annotations
 
 import os
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,27 +29,34 @@ import pytest
 from starlette.testclient import TestClient
 
 from backstock.bootstrap import build_app, build_services
-from backstock.services import accounts
 from backstock.services.container import Services
 from backstock.settings import Settings
 from backstock.storage import migrate
+from tests.support import BOTH_SCOPES, Api, Cluster, LiveServer, make_key, served
 
 PG_ADMIN = os.environ.get("BACKSTOCK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("BACKSTOCK_TEST_REDIS", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 TEMPLATE = f"backstock_tpl_{os.getpid()}"
-REVISION = "2026-10-15"
+KeyFactory = Callable[..., str]
 
 
-def _unavailable(what: str, exc: Exception) -> None:
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "own_database: the test gets a fresh database")
+
+
+def unavailable(what: str, exc: Exception) -> None:
     message = f"{what} is not reachable ({exc})"
     if IN_CI:
         pytest.fail(f"{message}; under CI=true these tests must run")
     pytest.skip(message)
 
 
-def _pg_url(database: str) -> str:
+def pg_url_of(database: str) -> str:
     return PG_ADMIN.rsplit("/", 1)[0] + "/" + database
+
+
+# ---- databases -----------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -44,11 +64,11 @@ def pg_template() -> Iterator[str]:
     try:
         admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
     except psycopg.Error as exc:
-        _unavailable("PostgreSQL at 127.0.0.1:5432", exc)
+        unavailable("PostgreSQL at 127.0.0.1:5432", exc)
     with admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}"')
         admin.execute(f'CREATE DATABASE "{TEMPLATE}"')
-    migrate.upgrade(_pg_url(TEMPLATE))
+    migrate.upgrade(pg_url_of(TEMPLATE))
     yield TEMPLATE
     with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
@@ -61,10 +81,48 @@ def cloned_database(template: str, prefix: str = "backstock_t") -> Iterator[str]
     with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
     try:
-        yield _pg_url(name)
+        yield pg_url_of(name)
     finally:
         with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def sqlite_database(folder: Path) -> str:
+    url = f"sqlite:///{folder / 'backstock.db'}"
+    migrate.upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def _shared() -> Iterator[dict[str, Any]]:
+    """The session's shared databases, apps and servers, made on first use."""
+    with ExitStack() as stack:
+        yield {"stack": stack}
+
+
+def _shared_database(request: pytest.FixtureRequest, engine: str, role: str) -> str:
+    shared = request.getfixturevalue("_shared")
+    name = f"{engine}-{role}"
+    if name not in shared:
+        if engine == "sqlite":
+            folder = request.getfixturevalue("tmp_path_factory").mktemp(role)
+            shared[name] = sqlite_database(folder)
+        else:
+            template = request.getfixturevalue("pg_template")
+            shared[name] = shared["stack"].enter_context(cloned_database(template, f"bs_{role}"))
+    url: str = shared[name]
+    return url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest) -> str:
+    """Run the test on both databases."""
+    return str(request.param)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return sqlite_database(tmp_path)
 
 
 @pytest.fixture
@@ -74,75 +132,87 @@ def pg_url(pg_template: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'backstock.db'}"
-    migrate.upgrade(url)
+def database_url(engine: str, request: pytest.FixtureRequest) -> str:
+    """The test's database: shared by the session, or its own when marked ``own_database``."""
+    if request.node.get_closest_marker("own_database") is None:
+        return _shared_database(request, engine, "idle")
+    url: str = request.getfixturevalue("sqlite_url" if engine == "sqlite" else "pg_url")
     return url
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest) -> str:
-    """Run the test on both databases."""
-    fixture = "sqlite_url" if request.param == "sqlite" else "pg_url"
-    url: str = request.getfixturevalue(fixture)
-    return url
+@pytest.fixture
+def worker_database_url(engine: str, request: pytest.FixtureRequest) -> str:
+    return _shared_database(request, engine, "worker")
+
+
+def test_settings(database_url: str, **overrides: Any) -> Settings:
+    # NORMAL: no fsync per commit. Durability across power loss is not under test here (the
+    # e2e tests run real processes with the default), and the API behaves the same either way.
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "rate_limits": "off",
+        "idle_check_seconds": 0.5,
+        "sqlite_synchronous": "NORMAL",
+    }
+    return Settings(**(values | overrides))
+
+
+test_settings.__test__ = False  # type: ignore[attr-defined]
 
 
 @pytest.fixture
 def settings_for(database_url: str) -> Callable[..., Settings]:
     def make(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {
-            "database_url": database_url,
-            "rate_limits": "off",
-            "idle_check_seconds": 0.5,
-        }
-        return Settings(**(values | overrides))
+        return test_settings(database_url, **overrides)
 
     return make
 
 
-@dataclass
-class Api:
-    """A test client that speaks like Klaviyo's SDK: key, revision and media type preset."""
+# ---- apps and services ---------------------------------------------------------------------------
 
-    client: TestClient
-    key: str
-    revision: str = REVISION
-    headers: dict[str, str] = field(default_factory=dict)
 
-    def _headers(self, extra: dict[str, str] | None) -> dict[str, str]:
-        base = {
-            "Authorization": f"Klaviyo-API-Key {self.key}",
-            "revision": self.revision,
-            "Accept": "application/vnd.api+json",
-            "Content-Type": "application/vnd.api+json",
-        }
-        return base | self.headers | (extra or {})
+def _shared_client(request: pytest.FixtureRequest, url: str, worker: bool) -> TestClient:
+    shared = request.getfixturevalue("_shared")
+    name = ("client", url)
+    if name not in shared:
+        app = build_app(test_settings(url, run_worker=worker))
+        shared[name] = shared["stack"].enter_context(TestClient(app, raise_server_exceptions=False))
+    client: TestClient = shared[name]
+    return client
 
-    def get(self, path: str, **kw: Any) -> Any:
-        return self.client.get(path, headers=self._headers(kw.pop("headers", None)), **kw)
 
-    def post(self, path: str, body: Any = None, **kw: Any) -> Any:
-        return self._send("POST", path, body, kw)
+@pytest.fixture
+def client(database_url: str, request: pytest.FixtureRequest) -> Iterator[TestClient]:
+    """The app on the test's database, without a job worker."""
+    if request.node.get_closest_marker("own_database") is None:
+        yield _shared_client(request, database_url, worker=False)
+        return
+    with TestClient(
+        build_app(test_settings(database_url, run_worker=False)), raise_server_exceptions=False
+    ) as made:
+        yield made
 
-    def patch(self, path: str, body: Any = None, **kw: Any) -> Any:
-        return self._send("PATCH", path, body, kw)
 
-    def delete(self, path: str, **kw: Any) -> Any:
-        return self.client.delete(path, headers=self._headers(kw.pop("headers", None)), **kw)
+@pytest.fixture
+def idle_client(client: TestClient) -> TestClient:
+    return client
 
-    def _send(self, method: str, path: str, body: Any, kw: dict[str, Any]) -> Any:
-        headers = self._headers(kw.pop("headers", None))
-        if body is not None and "content" not in kw:
-            kw["json"] = body
-        return self.client.request(method, path, headers=headers, **kw)
 
-    def as_key(self, key: str) -> Api:
-        return Api(self.client, key, self.revision, dict(self.headers))
+@pytest.fixture
+def worker_client(worker_database_url: str, request: pytest.FixtureRequest) -> TestClient:
+    """The app with its job worker running, on the shared worker database."""
+    return _shared_client(request, worker_database_url, worker=True)
+
+
+@pytest.fixture
+def services(client: TestClient) -> Services:
+    found: Services = client.app.services  # type: ignore[attr-defined]
+    return found
 
 
 @pytest.fixture
 def app_factory(settings_for: Callable[..., Settings]) -> Iterator[Callable[..., TestClient]]:
+    """Apps with settings of the test's own (a job worker unless ``run_worker=False``)."""
     clients: list[TestClient] = []
 
     def make(**overrides: Any) -> TestClient:
@@ -158,7 +228,7 @@ def app_factory(settings_for: Callable[..., Settings]) -> Iterator[Callable[...,
 
 @pytest.fixture
 def services_for(settings_for: Callable[..., Settings]) -> Iterator[Callable[..., Services]]:
-    """Services outside any app (the CLI's view), closed after the test."""
+    """Services outside any app (the CLI's and the worker's view), closed after the test."""
     made: list[Services] = []
 
     def make(**overrides: Any) -> Services:
@@ -170,139 +240,89 @@ def services_for(settings_for: Callable[..., Settings]) -> Iterator[Callable[...
         services.close()
 
 
-@pytest.fixture
-def key_for(services_for: Callable[..., Services]) -> Callable[..., str]:
-    services = services_for()
+def _key_factory(services: Services) -> KeyFactory:
+    """Keys of accounts of this test's own: ``make()`` and ``make("other")`` differ, and
+    neither is shared with any other test."""
+    tag = uuid.uuid4().hex[:10]
 
-    def make(
-        account: str = "acme", scopes: tuple[str, ...] = ("catalogs:read", "catalogs:write")
-    ) -> str:
-        return accounts.create_key(services.db, account, scopes).key
+    def make(account: str = "acme", scopes: tuple[str, ...] = BOTH_SCOPES) -> str:
+        return make_key(services, f"{account}-{tag}", scopes)
 
     return make
 
 
 @pytest.fixture
-def client(app_factory: Callable[..., TestClient]) -> TestClient:
-    return app_factory()
+def key_for(services: Services) -> KeyFactory:
+    return _key_factory(services)
 
 
 @pytest.fixture
-def api(client: TestClient, key_for: Callable[..., str]) -> Api:
+def idle_key(key_for: KeyFactory) -> KeyFactory:
+    return key_for
+
+
+@pytest.fixture
+def worker_key(worker_client: TestClient) -> KeyFactory:
+    return _key_factory(worker_client.app.services)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def api(client: TestClient, key_for: KeyFactory) -> Api:
+    """A fresh account on the app without a worker: accepted jobs stay queued."""
     return Api(client, key_for())
 
 
-# ---- catalog factories -----------------------------------------------------------------------
+@pytest.fixture
+def idle_api(api: Api) -> Api:
+    return api
 
 
-def item_body(external: str, **attributes: Any) -> dict[str, Any]:
-    base = {
-        "external_id": external,
-        "title": f"Item {external}",
-        "description": "d",
-        "url": "https://shop.example/i",
-    }
-    return {"data": {"type": "catalog-item", "attributes": base | attributes}}
-
-
-def variant_body(external: str, item: str, **attributes: Any) -> dict[str, Any]:
-    base = {
-        "external_id": external, "title": f"Variant {external}", "description": "d",
-        "sku": f"SKU-{external}", "inventory_quantity": 10, "price": 9.5,
-        "url": "https://shop.example/v",
-    }  # fmt: skip
-    return {
-        "data": {
-            "type": "catalog-variant",
-            "attributes": base | attributes,
-            "relationships": {"item": {"data": {"type": "catalog-item", "id": cid(item)}}},
-        }
-    }
-
-
-def cid(external: str) -> str:
-    return f"$custom:::$default:::{external}"
-
-
-def seed_catalog(api: Api, item: str = "ITEM", variants: int = 3) -> list[str]:
-    assert api.post("/api/catalog-items", item_body(item)).status_code == 201
-    externals = [f"{item}-V{i}" for i in range(variants)]
-    for external in externals:
-        response = api.post("/api/catalog-variants", variant_body(external, item))
-        assert response.status_code == 201, response.text
-    return externals
-
-
-def bulk_body(updates: list[tuple[str, dict[str, Any]]], shape: str = "data") -> dict[str, Any]:
-    variants = [{"type": "catalog-variant", "id": cid(e), "attributes": a} for e, a in updates]
-    return {
-        "data": {
-            "type": "catalog-variant-bulk-update-job",
-            "attributes": {"variants": {"data": variants} if shape == "data" else variants},
-        }
-    }
-
-
-# ---- a real HTTP server, for Klaviyo's SDK ---------------------------------------------------
-
-
-@dataclass
-class LiveServer:
-    url: str
-    key_for: Callable[..., str]
-
-    def sdk(self, key: str | None = None) -> Any:
-        from klaviyo_api import KlaviyoAPI
-
-        return KlaviyoAPI(key or self.key_for(), test_host=self.url, max_retries=1, max_delay=0)
-
-
-@contextmanager
-def served(app: Any) -> Iterator[str]:
-    """``app`` under uvicorn in a thread on a free loopback port; yields its base URL."""
-    import socket
-    import threading
-    import time
-
-    import uvicorn
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+@pytest.fixture
+def worker_api(worker_client: TestClient, worker_key: KeyFactory) -> Api:
+    """A fresh account on the app with its worker running."""
+    return Api(worker_client, worker_key())
 
 
 @pytest.fixture
 def live_server(
-    settings_for: Callable[..., Settings], key_for: Callable[..., str]
-) -> Iterator[LiveServer]:
-    """The app under uvicorn in a thread, on a free loopback port, with its worker running."""
-    with served(build_app(settings_for())) as url:
-        yield LiveServer(url, key_for)
+    worker_client: TestClient, worker_key: KeyFactory, request: pytest.FixtureRequest
+) -> LiveServer:
+    """The worker app's database under uvicorn (worker included) on a loopback port, one per
+    engine, for Klaviyo's SDK."""
+    shared = request.getfixturevalue("_shared")
+    services: Services = worker_client.app.services  # type: ignore[attr-defined]
+    name = ("live", services.settings.database_url)
+    if name not in shared:
+        app = build_app(test_settings(services.settings.database_url))
+        shared[name] = shared["stack"].enter_context(served(app))
+    return LiveServer(shared[name], worker_key)
 
 
-def wait_for_job(api: Api, job_id: str, timeout: float = 10.0) -> dict[str, Any]:
-    """Poll the job until it is complete; return its resource object."""
-    import time
+@pytest.fixture
+def module_live_server(live_server: LiveServer) -> LiveServer:
+    return live_server
 
-    deadline = time.monotonic() + timeout
-    while True:
-        response = api.get(f"/api/catalog-variant-bulk-update-jobs/{job_id}")
-        assert response.status_code == 200, response.text
-        data: dict[str, Any] = response.json()["data"]
-        if data["attributes"]["status"] == "complete":
-            return data
-        assert time.monotonic() < deadline, f"job {job_id} not complete: {data}"
-        time.sleep(0.01)
+
+# ---- real processes ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cluster_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKSTOCK_")}
+    env |= {"BACKSTOCK_RATE_LIMITS": "off", "BACKSTOCK_LOG_LEVEL": "warning"}
+    return env
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path, cluster_env: dict[str, str]) -> Iterator[Callable[..., Cluster]]:
+    made: list[Cluster] = []
+
+    def make(**settings: str) -> Cluster:
+        env = cluster_env | {f"BACKSTOCK_{k.upper()}": v for k, v in settings.items()}
+        cluster = Cluster(env, tmp_path)
+        made.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.stop_all()

@@ -1,29 +1,56 @@
-"""The composition root: settings in, services, app and worker out. No import-time effects."""
+"""The composition root: settings in; the database, its stores, the services, the app and the
+worker out. The one module that wires storage into the services. No import-time effects."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
-import threading
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
-from fastapi import FastAPI
-
-from backstock.http.app import create_app
+from backstock.http.app import App
+from backstock.services.accounts import Accounts
+from backstock.services.catalog import Catalog
 from backstock.services.container import Services
-from backstock.services.jobs import JobService, JobSignal
+from backstock.services.jobs import Jobs, JobSignal
 from backstock.services.limits import Limiter
 from backstock.settings import Settings
+from backstock.storage.accounts import AccountStore
+from backstock.storage.catalog import CatalogStore
 from backstock.storage.database import Database
-from backstock.storage.direct import Direct
+from backstock.storage.jobs import JobStore
 from backstock.storage.notify import listen_for_jobs
 from backstock.worker import Worker
 
 log = logging.getLogger("backstock")
+T = TypeVar("T")
 
 
 def build_services(settings: Settings) -> Services:
     db = Database(settings)
-    jobs = JobService(db, Direct(settings), settings, JobSignal())
-    return Services(settings, db, jobs, Limiter(settings))
+    catalog = CatalogStore(db)
+    signal = JobSignal()
+    return Services(
+        settings=settings,
+        accounts=Accounts(AccountStore(db)),
+        catalog=Catalog(catalog),
+        jobs=Jobs(JobStore(db), catalog, settings, signal),
+        limiter=Limiter(settings),
+        signal=signal,
+        ping=db.ping,
+        close_loop=db.close_loop,
+        close=db.close,
+    )
+
+
+def build_worker(services: Services, concurrency: int) -> Worker:
+    """A worker; on PostgreSQL it LISTENs for jobs accepted by any process."""
+    settings = services.settings
+    listen = None
+    if not settings.is_sqlite:
+        listen = functools.partial(listen_for_jobs, settings.database_url)
+    return Worker(services, concurrency, listen)
 
 
 def migrate_database(settings: Settings) -> None:
@@ -33,50 +60,37 @@ def migrate_database(settings: Settings) -> None:
     migrate.upgrade(settings.database_url)
 
 
-class Runtime:
-    """A worker plus, on PostgreSQL, the LISTEN thread that wakes it."""
+def run(services: Services, work: Callable[[], Awaitable[T]]) -> T:
+    """Run ``work`` to completion from synchronous code (the CLI, tests), closing the
+    connections of its event loop afterwards."""
 
-    def __init__(self, services: Services, concurrency: int) -> None:
-        self.services = services
-        self.worker = Worker(services.jobs, concurrency)
-        self._listener: threading.Thread | None = None
+    async def main() -> T:
+        try:
+            return await work()
+        finally:
+            await services.close_loop()
 
-    def start(self) -> None:
-        settings = self.services.settings
-        if not settings.is_sqlite:
-            self._listener = threading.Thread(
-                target=listen_for_jobs,
-                args=(settings.database_url, self.services.jobs.signal.notify, self.worker.stop),
-                name="backstock-listen",
-                daemon=True,
-            )
-            self._listener.start()
-        self.worker.start()
-
-    def stop(self) -> None:
-        self.worker.shutdown()
-        if self._listener is not None:
-            self._listener.join(2.0)
+    return asyncio.run(main())
 
 
-def build_app(settings: Settings) -> FastAPI:
+def build_app(settings: Settings) -> App:
     """The API, with an in-process worker unless ``run_worker`` is off."""
     services = build_services(settings)
-    runtime = Runtime(services, settings.worker_concurrency) if settings.run_worker else None
+    worker = build_worker(services, settings.worker_concurrency) if settings.run_worker else None
 
     def startup() -> None:
-        if runtime is not None:
-            runtime.start()
+        if worker is not None:
+            worker.start()
 
     def shutdown() -> None:
-        if runtime is not None:
-            runtime.stop()
+        if worker is not None:
+            worker.shutdown()
         services.close()
 
-    return create_app(services, startup, shutdown)
+    return App(services, startup, shutdown)
 
 
-def app_from_environment() -> FastAPI:
+def app_from_environment() -> App:
     """The ASGI factory the server processes import (settings from ``BACKSTOCK_*``)."""
     settings = Settings()
     logging.basicConfig(

@@ -14,10 +14,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from backstock.bootstrap import Runtime, build_services, migrate_database
+from backstock.bootstrap import build_services, build_worker, migrate_database, run
 from backstock.domain.clock import to_iso
 from backstock.domain.errors import BackstockError
-from backstock.services import accounts
 from backstock.services.container import Services
 from backstock.settings import Settings
 
@@ -149,19 +148,19 @@ def worker(
     if settings.is_sqlite:
         migrate_database(settings)
     services = build_services(settings)
-    runtime = Runtime(services, settings.worker_concurrency)
+    runner = build_worker(services, settings.worker_concurrency)
 
     def stop(_signum: int, _frame: object) -> None:
-        runtime.worker.stop.set()
+        runner.stop.set()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    runtime.start()
+    runner.start()
     where = _redact(settings.database_url)
     err.print(f"Worker running ({settings.worker_concurrency} at once) on {where}")
-    while not runtime.worker.stop.wait(0.5):
+    while not runner.stop.wait(0.5):
         pass
-    runtime.stop()
+    runner.shutdown()
     services.close()
 
 
@@ -178,7 +177,7 @@ def accounts_create(name: str) -> None:
     """Create an account."""
     services = _services()
     try:
-        account_id = accounts.create_account(services.db, name)
+        account_id = run(services, lambda: services.accounts.create_account(name))
     except BackstockError as exc:
         raise _fail(exc) from exc
     typer.echo(f"{account_id}")
@@ -196,7 +195,7 @@ def keys_create(
     """Create an API key and print it (alone, on stdout). It is shown only this once."""
     services = _services()
     try:
-        key = accounts.create_key(services.db, account, scope)
+        key = run(services, lambda: services.accounts.create_key(account, scope))
     except BackstockError as exc:
         raise _fail(exc) from exc
     err.print(f"Key id {key.key_id} for account '{account}' with {', '.join(sorted(key.scopes))}")
@@ -208,7 +207,7 @@ def keys_list(account: Annotated[str, typer.Option(help="Account name.")]) -> No
     """List an account's keys (never the keys themselves)."""
     services = _services()
     try:
-        records = accounts.list_keys(services.db, account)
+        records = run(services, lambda: services.accounts.list_keys(account))
     except BackstockError as exc:
         raise _fail(exc) from exc
     table = Table("key id", "scopes", "created", "revoked")
@@ -227,7 +226,7 @@ def keys_revoke(key_id: str) -> None:
     """Revoke a key; it stops working at once in every process."""
     services = _services()
     try:
-        accounts.revoke_key(services.db, key_id)
+        run(services, lambda: services.accounts.revoke_key(key_id))
     except BackstockError as exc:
         raise _fail(exc) from exc
     err.print(f"Revoked {key_id}")

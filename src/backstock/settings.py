@@ -49,8 +49,13 @@ class Settings(BaseSettings):
 
     rate_limits: str = "on"
     """``on`` or ``off``."""
-    write_limits: str = "75/second;700/minute"
-    read_limits: str = "350/second;3500/minute"
+    write_limits: str | None = None
+    """Limits of every write operation (``75/second;750/minute``); unset: Klaviyo's, per
+    operation."""
+    read_limits: str | None = None
+    """Limits of every read operation; unset: Klaviyo's, per operation."""
+    operation_limits: str = ""
+    """Limits of named operations (``OPERATION=LIMITS,…``), ahead of everything else."""
     redis_url: str | None = None
     """Shared rate-limit counters for several API processes (``redis://host:6379/0``)."""
     redis_key_prefix: str = "backstock"
@@ -76,6 +81,23 @@ class Settings(BaseSettings):
             raise ValueError("BACKSTOCK_RATE_LIMITS must be 'on' or 'off'")
         return value
 
+    @field_validator("write_limits", "read_limits")
+    @classmethod
+    def _limits(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_limits(value)
+        return value
+
+    @field_validator("operation_limits")
+    @classmethod
+    def _operation_limits(cls, value: str) -> str:
+        _limit_map(value)
+        return value
+
+    @property
+    def operation_limit_map(self) -> dict[str, str]:
+        return _limit_map(self.operation_limits)
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
@@ -87,3 +109,23 @@ class Settings(BaseSettings):
     @property
     def job_retention(self) -> timedelta:
         return timedelta(days=self.job_retention_days)
+
+
+def _limit_map(text: str) -> dict[str, str]:
+    found = {}
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        operation, _, limits = entry.partition("=")
+        if not operation.strip() or not limits:
+            raise ValueError(f"'{entry}' is not OPERATION=LIMITS")
+        _check_limits(limits)
+        found[operation.strip()] = limits.strip()
+    return found
+
+
+def _check_limits(value: str) -> None:
+    from limits import parse_many
+
+    try:
+        parse_many(value)
+    except ValueError as exc:
+        raise ValueError(f"'{value}' is not a rate limit such as 75/second;750/minute") from exc

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import time
 
-from tests.conftest import LiveServer, cid
+from tests.support import LiveServer, cid
 
 
 def test_sdk_creates_item_variant_and_runs_bulk_job(live_server: LiveServer) -> None:

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from tests.conftest import Api, bulk_body, seed_catalog
+from tests.support import Api, bulk_body, seed_catalog
 
 
 def test_bulk_job_completes(api: Api) -> None:

@@ -11,9 +11,11 @@ import pytest
 from starlette.testclient import TestClient
 
 from backstock.bootstrap import build_services
-from backstock.services import accounts
 from backstock.settings import Settings
-from tests.conftest import Api, bulk_body, cid, item_body, variant_body, wait_for_job
+from tests.support import Api, bulk_body, cid, item_body, variant_body, wait_for_job
+from tests.support import call as service_call
+
+pytestmark = pytest.mark.own_database
 
 ITEM = cid("ITEM")
 VARIANT = cid("ITEM-V")
@@ -62,7 +64,8 @@ def endpoints(job_id: str) -> list[tuple[str, str, Any, str, bool]]:
 
 
 @pytest.fixture
-def owner(api: Api) -> tuple[Api, str]:
+def owner(app_factory: Callable[..., TestClient], key_for: Callable[..., str]) -> tuple[Api, str]:
+    api = Api(app_factory(), key_for())  # with its job worker
     assert api.post("/api/catalog-items", item_body("ITEM")).status_code == 201
     assert api.post("/api/catalog-variants", variant_body("ITEM-V", "ITEM")).status_code == 201
     job = api.post("/api/catalog-variant-bulk-update-jobs", bulk_body([("ITEM-V", {"price": 3.0})]))
@@ -103,11 +106,11 @@ def test_revoked_key_stops_working_in_every_process_at_once(
 ) -> None:
     settings = settings_for()
     services = build_services(settings)
-    key = accounts.create_key(services.db, "acme", ["catalogs:read"])
+    key = service_call(services, lambda: services.accounts.create_key("acme", ["catalogs:read"]))
     first, second = Api(app_factory(), key.key), Api(app_factory(), key.key)
     assert first.get("/api/catalog-variants").status_code == 200
     assert second.get("/api/catalog-variants").status_code == 200
-    accounts.revoke_key(services.db, key.key_id)
+    service_call(services, lambda: services.accounts.revoke_key(key.key_id))
     services.close()
     for api in (first, second):
         # through FastAPI's routes, and through the fast lane (poll and spawn)

@@ -6,9 +6,9 @@ import logging
 
 import pytest
 
-from backstock.services import catalog
-from backstock.services.jobs import JobService
-from tests.conftest import Api
+from backstock.services.catalog import Catalog
+from backstock.services.jobs import Jobs
+from tests.support import Api
 
 
 @pytest.fixture
@@ -23,8 +23,8 @@ def _boom(*_args: object, **_kwargs: object) -> None:
 @pytest.mark.parametrize(
     ("target", "name", "path"),
     [
-        (catalog, "list_variants", "/api/catalog-variants"),  # through FastAPI's router
-        (JobService, "poll", "/api/catalog-variant-bulk-update-jobs/01ABC"),  # the fast lane
+        (Catalog, "list_resources", "/api/catalog-variants"),
+        (Jobs, "get", "/api/catalog-variant-bulk-update-jobs/01ABC"),
     ],
 )
 def test_unhandled_error_is_a_jsonapi_500(

@@ -27,7 +27,7 @@ from backstock.services import accounts
 from backstock.services.container import Services
 from backstock.settings import Settings
 from backstock.storage import migrate
-from tests.conftest import Api, bulk_body, item_body, served, variant_body
+from tests.support import Api, bulk_body, item_body, served, variant_body
 
 KLAVIYO = Path(__file__).parent / "klaviyo"
 

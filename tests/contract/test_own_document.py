@@ -14,6 +14,7 @@ from typing import Any
 import jsonschema_rs
 import requests
 import schemathesis
+from backstock.http.jsonapi import MEDIA_TYPE
 from fastapi.routing import APIRoute
 from schemathesis.checks import (
     content_type_conformance,
@@ -24,7 +25,6 @@ from schemathesis.checks import (
 )
 
 from backstock.http import openapi
-from backstock.http.jsonapi import MEDIA_TYPE
 from tests.contract.conftest import Target, fuzz, jsonapi_error_document, phases
 
 DOCUMENT = openapi.build()

@@ -14,8 +14,7 @@ from sqlalchemy import create_engine, select
 
 from backstock.storage.database import sqlalchemy_url
 from backstock.storage.schema import catalog_variants, jobs
-from tests.conftest import bulk_body, cid, item_body, variant_body
-from tests.e2e.conftest import Cluster, kill
+from tests.support import Cluster, bulk_body, cid, item_body, kill, variant_body
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 

@@ -14,8 +14,8 @@ from backstock.bootstrap import build_app
 from backstock.settings import Settings
 from backstock.storage.database import sqlalchemy_url
 from backstock.storage.schema import catalog_variants, jobs
-from tests.conftest import Api, bulk_body, seed_catalog
 from tests.proxy import CuttableProxy
+from tests.support import Api, bulk_body, seed_catalog
 
 pytestmark = [pytest.mark.postgres]
 

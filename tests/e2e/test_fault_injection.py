@@ -12,12 +12,11 @@ from pathlib import Path
 
 import httpx2 as httpx
 import pytest
+from backstock.domain.bulk import load_payload
 from sqlalchemy import create_engine, select
 
-from backstock.domain.bulk import load_payload
 from backstock.storage.schema import catalog_variants, jobs
-from tests.conftest import bulk_body, item_body, variant_body
-from tests.e2e.conftest import Cluster, kill
+from tests.support import Cluster, bulk_body, item_body, kill, variant_body
 
 pytestmark = [pytest.mark.e2e]
 

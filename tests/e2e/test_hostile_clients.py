@@ -13,8 +13,7 @@ import httpx2 as httpx
 import orjson
 import pytest
 
-from tests.conftest import bulk_body
-from tests.e2e.conftest import Cluster
+from tests.support import Cluster, bulk_body
 
 pytestmark = pytest.mark.e2e
 

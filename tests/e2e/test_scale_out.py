@@ -16,8 +16,8 @@ from sqlalchemy import create_engine, select
 
 from backstock.storage.database import sqlalchemy_url
 from backstock.storage.schema import catalog_variants, jobs
-from tests.conftest import REDIS_URL, bulk_body, item_body, variant_body
-from tests.e2e.conftest import Cluster, kill
+from tests.conftest import REDIS_URL
+from tests.support import Cluster, bulk_body, item_body, kill, variant_body
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis]
 

@@ -32,12 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from backstock.domain.bulk import load_payload
+
 from backstock.storage.database import BUSY_TIMEOUT_MS
 from backstock.worker import POISON_TRIES
-from tests.conftest import IN_CI, bulk_body, item_body, variant_body
-from tests.e2e.conftest import Cluster
 
 pytestmark = [pytest.mark.e2e]
 
@@ -357,6 +355,8 @@ def go_through(
 
 LOCKER = """
 import sqlite3, sys
+from tests.support import Cluster, bulk_body, item_body, variant_body
+from tests.conftest import IN_CI
 conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10)
 sys.stdin.readline()
 conn.execute("BEGIN EXCLUSIVE")

@@ -9,12 +9,12 @@ import time
 
 import psycopg
 import pytest
+from backstock.storage.direct import Direct
 
 from backstock.domain.errors import Unavailable
 from backstock.settings import Settings
 from backstock.storage.database import DriverQuery
-from backstock.storage.direct import Direct
-from tests.e2e.conftest import free_port
+from tests.support import free_port
 
 PID = DriverQuery("SELECT pg_backend_pid()")
 SLEEP = DriverQuery("SELECT pg_sleep(?)")

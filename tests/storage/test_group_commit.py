@@ -14,7 +14,7 @@ from backstock.domain.errors import TooManyJobs, Unavailable
 from backstock.services import accounts
 from backstock.services.container import Services
 from backstock.storage.schema import jobs
-from tests.conftest import bulk_body
+from tests.support import bulk_body
 
 
 @pytest.fixture

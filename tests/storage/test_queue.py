@@ -21,7 +21,7 @@ from backstock.services.container import Services
 from backstock.storage.schema import accounts as accounts_table
 from backstock.storage.schema import catalog_variants, jobs
 from backstock.worker import Worker
-from tests.conftest import bulk_body, item_body, variant_body
+from tests.support import bulk_body, item_body, variant_body
 
 
 def principal(services: Services, account: str = "acme") -> Principal:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from backstock.bootstrap import build_services
 from backstock.cli import app
-from backstock.services.accounts import authenticate
+from backstock.domain import keys
 from backstock.settings import Settings
+from tests.support import call
 
 
 @pytest.fixture
@@ -31,13 +33,18 @@ def test_keys_create_prints_only_the_key_and_it_works(run, tmp_path: Path) -> No
     assert key.startswith("pk_") and "\n" not in key
     services = build_services(Settings(database_url=f"sqlite:///{tmp_path / 'cli.db'}"))
     try:
-        who = authenticate(services.db, f"Klaviyo-API-Key {key}")
+
+        def authenticate() -> Any:
+            presented = keys.from_authorization(f"Klaviyo-API-Key {key}")
+            return call(services, lambda: services.accounts.authenticate(presented))
+
+        who = authenticate()
         assert who.scopes == {"catalogs:read"}
         listed = run("keys", "list", "--account", "demo")
         assert who.key_id in listed.stdout and key not in listed.stdout
         assert run("keys", "revoke", who.key_id).exit_code == 0
         with pytest.raises(Exception, match="revoked"):
-            authenticate(services.db, f"Klaviyo-API-Key {key}")
+            authenticate()
         assert run("keys", "revoke", who.key_id).exit_code == 1  # already revoked
     finally:
         services.close()

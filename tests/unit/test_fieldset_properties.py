@@ -7,11 +7,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
+from backstock.domain.resources import ITEM, VARIANT
+
+ITEM_FIELDS, VARIANT_FIELDS = ITEM.fields, VARIANT.fields
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from backstock.http.jsonapi import ITEM_FIELDS, VARIANT_FIELDS
-from tests.conftest import Api, cid, seed_catalog
+from tests.support import Api, cid, seed_catalog
 
 
 @pytest.fixture

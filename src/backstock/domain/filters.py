@@ -45,30 +45,30 @@ import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from types import MappingProxyType
 from typing import Final, Literal, TypeAlias
 
 from backstock.domain.errors import InvalidParameter
+from backstock.domain.resources import Resource
 
 __all__ = [
-    "ITEM_FILTERS",
-    "JOB_FILTERS",
     "LIST_OPERATORS",
     "MAX_FILTER_LENGTH",
     "MAX_NESTING_DEPTH",
     "OPERATORS",
-    "VARIANT_FILTERS",
     "Condition",
     "FieldKind",
     "FieldRule",
     "FilterValue",
     "Scalar",
     "parse_filter",
+    "rules_for",
 ]
 
 Scalar: TypeAlias = str | int | float | bool | datetime | None
 FilterValue: TypeAlias = Scalar | tuple[Scalar, ...]
-FieldKind: TypeAlias = Literal["string", "bool", "datetime", "number", "string_list"]
+FieldKind: TypeAlias = Literal["string", "bool", "string_list"]
 
 MAX_FILTER_LENGTH: Final = 10_000
 MAX_NESTING_DEPTH: Final = 10
@@ -106,9 +106,8 @@ class FieldRule:
     """What a field accepts: its operators, the kind of its values and optional string choices.
 
     Operators in ``LIST_OPERATORS`` take a non-empty list whose items have the scalar kind
-    (``string_list`` means string items); all others take one scalar of that kind. ``datetime``
-    fields also accept quoted ISO-8601 strings (returned as ``datetime``); ``number`` fields
-    accept int and float but not booleans; ``null`` is never accepted.
+    (``string_list`` means string items); all others take one scalar of that kind; ``null`` is
+    never accepted.
     """
 
     operators: frozenset[str]
@@ -121,36 +120,12 @@ class FieldRule:
             raise ValueError(f"Unknown filter operators in rule: {sorted(unknown)}")
 
 
-_EQUALS: Final = frozenset({"equals"})
-_ANY: Final = frozenset({"any"})
-_CONTAINS: Final = frozenset({"contains"})
-
-VARIANT_FILTERS: Final = MappingProxyType(
-    {
-        "ids": FieldRule(_ANY, "string_list"),
-        "item.id": FieldRule(_EQUALS, "string"),
-        "item": FieldRule(_EQUALS, "string"),
-        "sku": FieldRule(_EQUALS, "string"),
-        "title": FieldRule(_CONTAINS, "string"),
-        "published": FieldRule(_EQUALS, "bool"),
-    }
-)
-ITEM_FILTERS: Final = MappingProxyType(
-    {
-        "ids": FieldRule(_ANY, "string_list"),
-        "category.id": FieldRule(_EQUALS, "string"),
-        "category": FieldRule(_EQUALS, "string"),
-        "title": FieldRule(_CONTAINS, "string"),
-        "published": FieldRule(_EQUALS, "bool"),
-    }
-)
-JOB_FILTERS: Final = MappingProxyType(
-    {
-        "status": FieldRule(
-            _EQUALS, "string", frozenset({"queued", "processing", "complete", "cancelled"})
-        ),
-    }
-)
+@cache
+def rules_for(resource: Resource) -> Mapping[str, FieldRule]:
+    """The filter fields of a resource's lists, from its description."""
+    return MappingProxyType(
+        {f.name: FieldRule(frozenset({f.operator}), f.kind) for f in resource.filters}
+    )
 
 
 # --------------------------------------------------------------------------- public entry
@@ -425,18 +400,6 @@ def _as_bool(value: Scalar) -> bool | None:
     return value if isinstance(value, bool) else None
 
 
-def _as_number(value: Scalar) -> int | float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return value
-
-
-def _as_datetime(value: Scalar) -> datetime | None:
-    if isinstance(value, datetime):
-        return value
-    return _parse_datetime(value) if isinstance(value, str) else None
-
-
 # Each converter returns the accepted value, or None when the value has the wrong kind
 # (null is never an accepted filter value, so None can double as "rejected").
 _CONVERTERS: Final[Mapping[str, Callable[[Scalar], Scalar]]] = MappingProxyType(
@@ -444,8 +407,6 @@ _CONVERTERS: Final[Mapping[str, Callable[[Scalar], Scalar]]] = MappingProxyType(
         "string": _as_string,
         "string_list": _as_string,
         "bool": _as_bool,
-        "number": _as_number,
-        "datetime": _as_datetime,
     }
 )
 _KIND_NAMES: Final = MappingProxyType(
@@ -453,8 +414,6 @@ _KIND_NAMES: Final = MappingProxyType(
         "string": "a quoted string",
         "string_list": "a quoted string",
         "bool": "true or false",
-        "number": "a number",
-        "datetime": "an ISO-8601 datetime",
     }
 )
 _LIST_NAMES: Final = MappingProxyType(
@@ -462,8 +421,6 @@ _LIST_NAMES: Final = MappingProxyType(
         "string": "quoted strings",
         "string_list": "quoted strings",
         "bool": "true/false values",
-        "number": "numbers",
-        "datetime": "ISO-8601 datetimes",
     }
 )
 

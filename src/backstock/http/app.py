@@ -1,230 +1,226 @@
-"""The ASGI application: routes, one error renderer for every failure, health endpoints."""
+"""The ASGI application: one request path and one error boundary for every operation.
+
+A request is routed on the route table (``http.routes``), then, in this order and before any
+of its work: the revision and ``Accept`` headers, the query parameters, the key (from the
+headers alone: no byte of the body is read for a request without a valid key), the scope and
+the rate limit. Then the operation's handler reads the body, if it takes one, calls one service
+function and renders its result. Any ``BackstockError`` becomes a JSON:API error document; any
+other exception is logged once and becomes a 500 without a stack trace.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
-from fastapi import FastAPI
-from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Match
-
-from backstock.domain.errors import (
-    BackstockError,
-    BadRequest,
-    MethodNotAllowed,
-    NotFound,
-)
-from backstock.http import catalog_routes, job_routes, openapi
-from backstock.http.jsonapi import document, error_response
+from backstock.domain import keys
+from backstock.domain.errors import BackstockError, MethodNotAllowed, NotFound, Unavailable
+from backstock.http import openapi, requests
+from backstock.http.render import MEDIA_TYPE, Renderer, dumps, error_body, parse_fields
+from backstock.http.requests import NULLABLE_SINCE, Request, Scope
+from backstock.http.routes import Call, Operation, Response, document, operations
 from backstock.services.container import Services
+from backstock.services.limits import LimitState
 
 log = logging.getLogger("backstock.http")
 
-Scope = MutableMapping[str, Any]
-ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
+
+@dataclass(frozen=True, slots=True)
+class Public:
+    """A route that needs no key: health, this API's description."""
+
+    id: str
+    method: str
+    path: str
+    handler: Callable[[Request, Services], Awaitable[Response]]
+    content_type: str = MEDIA_TYPE
 
 
-def create_app(
-    services: Services,
-    on_startup: Callable[[], None] | None = None,
-    on_shutdown: Callable[[], None] | None = None,
-) -> FastAPI:
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        if on_startup:
-            on_startup()
-        try:
-            yield
-        finally:
-            if on_shutdown:
-                on_shutdown()
-            await services.jobs.direct.close()  # its connections belong to this event loop
-
-    app = _BackstockAPI(
-        title="Backstock",
-        version="0.1.0",
-        lifespan=lifespan,
-        redirect_slashes=False,
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,  # our own document instead (http/openapi.py): FastAPI cannot see bodies
-    )
-    app.state.services = services
-    app.include_router(catalog_routes.router)
-    app.include_router(job_routes.router)
-    app.add_api_route(openapi.PATH, openapi.serve, methods=["GET"], include_in_schema=False)
-    _health_routes(app, services)
-    _error_handlers(app)
-    return app
+Route = Operation | Public
 
 
-class _BackstockAPI(FastAPI):
-    """FastAPI with ``EdgeMiddleware`` outermost, in front of even Starlette's error and
-    FastAPI's telemetry layers (it renders unhandled errors itself), and the two hottest
-    operations served before FastAPI's own ``__call__`` (see ``_fast_route``)."""
+class _Node:
+    __slots__ = ("children", "routes", "wildcard")
 
-    def build_middleware_stack(self) -> ASGIApp:
-        return EdgeMiddleware(super().build_middleware_stack())
-
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and (fast := _fast_route(scope["method"], _path(scope))):
-            scope["app"] = self
-            await _serve(fast[0], fast[1], scope, receive, send)
-            return
-        await super().__call__(scope, receive, send)
+    def __init__(self) -> None:
+        self.children: dict[str, _Node] = {}
+        self.wildcard: _Node | None = None
+        self.routes: dict[str, Route] = {}
 
 
-Handler = Callable[..., Awaitable[Response]]
-_JOBS = job_routes.PATH
-_JOB = _JOBS + "/"
+class Router:
+    """Routes on path segments: a ``{name}`` segment matches any non-empty segment, taken
+    still percent-encoded (so an id's ``%2F`` is not a separator)."""
+
+    def __init__(self, routes: Iterable[Route]) -> None:
+        self.root = _Node()
+        for route in routes:
+            node = self.root
+            for segment in route.path[1:].split("/"):
+                if segment.startswith("{"):
+                    node.wildcard = node.wildcard or _Node()
+                    node = node.wildcard
+                else:
+                    node = node.children.setdefault(segment, _Node())
+            node.routes[route.method] = route
+
+    def match(self, method: str, path: str) -> tuple[Route, tuple[str, ...]]:
+        node: _Node | None = self.root
+        params: list[str] = []
+        for segment in path[1:].split("/"):
+            child = node.children.get(segment) if node else None
+            if child is None and node is not None and node.wildcard is not None and segment:
+                params.append(segment)
+                child = node.wildcard
+            node = child
+            if node is None:
+                break
+        if node is None or not node.routes:
+            raise NotFound("No such endpoint.")
+        route = node.routes.get(method)
+        if route is None:
+            allowed = ", ".join(sorted(node.routes))
+            raise MethodNotAllowed(f"This path allows {allowed}.", headers={"Allow": allowed})
+        return route, tuple(params)
 
 
-def _path(scope: Scope) -> str:
-    """The path to route on: the raw one (so an id's ``%2F`` is not taken for a separator),
-    without one trailing slash (so both spellings of every path are served directly)."""
-    raw = scope.get("raw_path")
-    path: str = raw.decode("latin-1").partition("?")[0] if raw else scope["path"]
-    if len(path) > 1 and path.endswith("/"):
-        path = path[:-1]
-    scope["path"] = path
-    return path
-
-
-def _fast_route(method: str, path: str) -> tuple[Handler, tuple[str, ...]] | None:
-    """The two hottest operations, spawn and get job, go straight to their handlers: FastAPI's
-    routing, dependency and middleware layers cost more than everything else they do."""
-    if path == _JOBS and method == "POST":
-        return job_routes.spawn_update_variants_job, ()
-    if method == "GET" and path.startswith(_JOB) and "/" not in (job_id := path[len(_JOB) :]):
-        return job_routes.get_update_variants_job, (job_id,)
-    return None
-
-
-class EdgeMiddleware:
-    """Adds the ``RateLimit-*`` headers of the request's tightest window to the response,
-    and turns any unhandled exception into a JSON:API 500 without a stack trace."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+class App:
+    def __init__(
+        self,
+        services: Services,
+        on_startup: Callable[[], None] | None = None,
+        on_shutdown: Callable[[], None] | None = None,
+    ) -> None:
+        self.services = services
+        self.router = Router([*operations(), *_PUBLIC])
+        self._on_startup = on_startup
+        self._on_shutdown = on_shutdown
+        self._count_on_thread = bool(services.settings.redis_url)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":  # its path is normalized already (``_path``)
-            send = _with_limit_headers(scope, send)
-        started = False
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "websocket":  # no WebSocket here
+            await send({"type": "websocket.close", "code": 1008})
 
-        async def tracking_send(message: MutableMapping[str, Any]) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+    async def _http(self, scope: Scope, receive: Any, send: Any) -> None:
+        request = Request(scope, receive)
+        counted: list[LimitState] = []
+        content_type = MEDIA_TYPE
         try:
-            await self.app(scope, receive, tracking_send)
+            route, params = self.router.match(request.method, request.path)
+            if isinstance(route, Public):
+                content_type = route.content_type
+                response = await route.handler(request, self.services)
+            else:
+                response = await self._operation(route, request, params, counted)
+        except BackstockError as exc:
+            response = error_response(exc)
         except Exception:
-            # Logged here, once, and not re-raised; the client gets a JSON:API 500 without a
-            # stack trace (Starlette's error layer inside has sent it already, if started).
-            if scope["type"] != "http":
-                raise
-            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
-            if not started:
-                await error_response(BackstockError())(scope, receive, send)
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            response = error_response(BackstockError())
+        if counted:
+            response.headers.update(counted[0].headers())
+        await _send(send, response, content_type)
 
-
-async def _serve(
-    handler: Handler, args: tuple[str, ...], scope: Scope, receive: Any, send: Any
-) -> None:
-    """Run one handler the way the app would: same errors, same headers."""
-    try:
-        response = await handler(Request(scope, receive), *args)
-    except BackstockError as exc:
-        response = error_response(exc)
-    except Exception:
-        log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
-        response = error_response(BackstockError())
-    state = scope.get("state", {}).get("limit")
-    if state is not None:
-        response.headers.update(state.headers())
-    await response(scope, receive, send)
-
-
-def _with_limit_headers(scope: Scope, send: Any) -> Any:
-    async def sender(message: MutableMapping[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            state = scope.get("state", {}).get("limit")
-            if state is not None:
-                extra = [(k.encode(), v.encode()) for k, v in state.headers().items()]
-                message["headers"] = [*message.get("headers", []), *extra]
-        await send(message)
-
-    return sender
-
-
-def _health_routes(app: FastAPI, services: Services) -> None:
-    @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> Response:
-        return document({"status": "ok"})
-
-    @app.get("/readyz", include_in_schema=False)
-    def readyz() -> Response:
-        checks: dict[str, str] = {}
-        try:
-            with services.db.read() as conn:
-                conn.exec_driver_sql("SELECT 1")
-            checks["database"] = "ok"
-        except Exception as exc:  # noqa: BLE001
-            checks["database"] = f"unavailable: {type(exc).__name__}"
-        if services.limiter.enabled and services.settings.redis_url:
-            ok = services.limiter.check()
-            checks["rate_limits"] = "ok" if ok else "redis unreachable: failing open"
-        ready = checks["database"] == "ok"
-        return document(
-            {"status": "ready" if ready else "unavailable", "checks": checks}, 200 if ready else 503
+    async def _operation(
+        self, op: Operation, request: Request, params: tuple[str, ...], counted: list[LimitState]
+    ) -> Response:
+        headers = request.headers
+        revision = requests.revision(headers)
+        requests.check_accept(headers)
+        query = request.query
+        requests.check_query(query, op.query)
+        fields = parse_fields(query, op.fields)
+        services = self.services
+        who = await services.accounts.authenticate(
+            keys.from_authorization(headers.get("authorization"))
         )
+        who.require(op.scope)
+        limiter = services.limiter
+        if limiter.enabled:
+            limits = limiter.limits(op.id, op.scope, op.limits)
+            if self._count_on_thread:  # Redis round trips must not hold up the event loop
+                state = await asyncio.to_thread(limiter.hit, who.account_id, op.id, limits)
+            else:
+                state = limiter.hit(who.account_id, op.id, limits)
+            if state is not None:
+                counted.append(state)
+        base = services.settings.base_url or request.base_url
+        render = Renderer(base, fields, omit_nulls=revision < NULLABLE_SINCE)
+        return await op.handler(Call(request, services, who, params, query, render))
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                if self._on_startup:
+                    self._on_startup()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self._on_shutdown:
+                    self._on_shutdown()
+                await self.services.close_loop()  # its connections belong to this event loop
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
 
-_API_ROUTES = [*catalog_routes.router.routes, *job_routes.router.routes]
+def error_response(exc: BackstockError) -> Response:
+    headers = dict(exc.headers)
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(int(exc.retry_after))
+    return Response(exc.status, error_body(exc), headers)
 
 
-def _allowed_methods(request: Request) -> str:
-    """Every method some route serves on this path (Starlette's own ``Allow`` names only the
-    methods of the first route that matched the path), health and /openapi.json included."""
-    methods: set[str] = set()
-    for route in (*_API_ROUTES, *request.app.router.routes):
-        if isinstance(route, APIRoute) and route.matches(request.scope)[0] is not Match.NONE:
-            methods |= route.methods or set()
-    return ", ".join(sorted(methods))
+async def _send(send: Any, response: Response, content_type: str) -> None:
+    headers = [(b"content-length", str(len(response.body)).encode())]
+    if response.status != 204:
+        headers.append((b"content-type", content_type.encode()))
+    headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()]
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": response.body})
 
 
-def _error_handlers(app: FastAPI) -> None:
-    async def backstock_error(_request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, BackstockError)
-        return error_response(exc)
+# ---- routes that need no key ---------------------------------------------------------------------
 
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        if exc.status_code == 404:
-            return error_response(NotFound("No such endpoint."))
-        if exc.status_code == 405:
-            allowed = _allowed_methods(request)
-            detail = f"This path allows {allowed}."
-            return error_response(MethodNotAllowed(detail), {"Allow": allowed})
-        error = BackstockError(str(exc.detail))
-        error.status = exc.status_code  # type: ignore[misc]
-        return error_response(error)
 
-    async def validation_error(_request: Request, exc: Exception) -> Response:
-        return error_response(BadRequest(str(exc)))
+async def _healthz(_request: Request, _services: Services) -> Response:
+    return document({"status": "ok"})
 
-    async def unhandled(_request: Request, _exc: Exception) -> Response:
-        return error_response(BackstockError())  # EdgeMiddleware logs it
 
-    app.add_exception_handler(BackstockError, backstock_error)
-    app.add_exception_handler(Exception, unhandled)
-    app.add_exception_handler(HTTPException, http_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
+async def _readyz(_request: Request, services: Services) -> Response:
+    checks: dict[str, str] = {}
+    try:
+        await services.ping()
+        checks["database"] = "ok"
+    except Unavailable as exc:
+        checks["database"] = f"unavailable: {exc.detail}"
+    limiter = services.limiter
+    if limiter.enabled and services.settings.redis_url:
+        ok = await asyncio.to_thread(limiter.check)
+        checks["rate_limits"] = "ok" if ok else "redis unreachable: failing open"
+    ready = checks["database"] == "ok"
+    status = {"status": "ready" if ready else "unavailable", "checks": checks}
+    return document(status, 200 if ready else 503)
+
+
+@cache
+def _openapi_document() -> bytes:
+    return dumps(openapi.build([*operations(), *_PUBLIC]))
+
+
+async def _openapi(_request: Request, _services: Services) -> Response:
+    return Response(200, _openapi_document())
+
+
+_PUBLIC = (
+    Public("healthz", "GET", "/healthz", _healthz),
+    Public("readyz", "GET", "/readyz", _readyz),
+    Public("openapi", "GET", openapi.PATH, _openapi, "application/json"),
+)

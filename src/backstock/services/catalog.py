@@ -1,132 +1,132 @@
-"""Catalog items and variants: one function per operation, each one transaction."""
+"""Catalog items, variants and categories: one function per operation, generic over the
+resource descriptions."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Literal
 
-from backstock.domain import documents
-from backstock.domain.clock import now_us
-from backstock.domain.errors import NotFound
+from backstock.domain import bodies
+from backstock.domain.catalog import Outcome, Record, Refusal
+from backstock.domain.errors import Conflict, NotFound
 from backstock.domain.filters import Condition
 from backstock.domain.ids import ExternalId, compound_id
+from backstock.domain.keys import Principal
 from backstock.domain.pagination import Page, PageRequest
-from backstock.services.accounts import Principal
-from backstock.storage import catalog as store
-from backstock.storage.database import Database
-
-Record = dict[str, Any]
+from backstock.domain.resources import Resource, resource
+from backstock.services.stores import CatalogStore
 
 
-def _missing(kind: str, external: str) -> NotFound:
-    return NotFound(f"No catalog {kind} with id '{compound_id(external)}'")
+def missing(res: Resource, external: str) -> NotFound:
+    return NotFound(f"No catalog {res.noun} with id '{compound_id(external)}'")
 
 
-# ---- items -----------------------------------------------------------------------------------
+def _refused(
+    res: Resource, refusal: Refusal, external: str, pointers: dict[str, list[str]]
+) -> Exception:
+    if refusal.reason == "exists":
+        detail = f"A catalog {res.noun} with external_id '{external}' already exists"
+        return Conflict(detail, pointer="/data/attributes/external_id")
+    if refusal.reason == "missing":
+        return missing(res, external)
+    target = resource(res.relation(refusal.relation).target)
+    pointer = pointers.get(refusal.relation, [None] * (refusal.index + 1))[refusal.index]
+    return NotFound(
+        f"No catalog {target.noun} with id '{compound_id(refusal.external)}'", pointer=pointer
+    )
 
 
-def create_item(db: Database, who: Principal, document: Any) -> Record:
-    draft = documents.parse_item_create(document)
-    with db.write() as conn:
-        return store.insert_item(
-            conn, who.account_id, draft.external_id, draft.attributes, draft.category_ids, now_us()
-        )
+class Catalog:
+    def __init__(self, store: CatalogStore) -> None:
+        self.store = store
 
+    async def create(self, who: Principal, res: Resource, body: bytes) -> Record:
+        entry = bodies.decode_create(res, body)
+        item = (entry.external_id, entry.attributes, entry.links)
+        outcome, record = await self.store.write_one("create", res, who.account_id, item)
+        if outcome is not None:
+            raise _refused(res, outcome, entry.external_id, entry.pointers)
+        assert record is not None
+        return record
 
-def get_item(db: Database, who: Principal, external: ExternalId) -> Record:
-    with db.read() as conn:
-        found = store.get_item(conn, who.account_id, external)
+    async def get(self, who: Principal, res: Resource, external: ExternalId) -> Record:
+        found = await self.store.get(res, who.account_id, external)
         if found is None:
-            raise _missing("item", external)
+            raise missing(res, external)
         return found
 
+    async def list_resources(
+        self, who: Principal, res: Resource, conditions: Sequence[Condition], page: PageRequest
+    ) -> Page[Record]:
+        found = await self.store.list_records(res, who.account_id, conditions, page)
+        assert found is not None
+        return found
 
-def list_items(
-    db: Database, who: Principal, conditions: list[Condition], page: PageRequest
-) -> Page[Record]:
-    with db.read() as conn:
-        return store.list_items(conn, who.account_id, conditions, page)
-
-
-def item_variant_ids(db: Database, who: Principal, items: list[Record]) -> dict[int, list[str]]:
-    """The external ids of each item's variants, keyed by the item's ``pk``."""
-    with db.read() as conn:
-        return {
-            item["pk"]: store.variant_ids_of_item(conn, who.account_id, item["pk"])
-            for item in items
-        }
-
-
-def update_item(db: Database, who: Principal, external: ExternalId, document: Any) -> Record:
-    attributes, categories = documents.parse_item_update(document, compound_id(external))
-    with db.write() as conn:
-        found = store.update_item(conn, who.account_id, external, attributes, categories, now_us())
-    if found is None:
-        raise _missing("item", external)
-    return found
-
-
-def delete_item(db: Database, who: Principal, external: ExternalId) -> None:
-    with db.write() as conn:
-        if not store.delete_item(conn, who.account_id, external):
-            raise _missing("item", external)
-
-
-# ---- variants --------------------------------------------------------------------------------
-
-
-def create_variant(db: Database, who: Principal, document: Any) -> Record:
-    draft = documents.parse_variant_create(document)
-    with db.write() as conn:
-        parent = store.item_pk(conn, who.account_id, draft.item_external_id, hold=True)
-        if parent is None:
-            raise NotFound(
-                f"No catalog item with id '{compound_id(draft.item_external_id)}'",
-                pointer=draft.item_pointer,
-            )
-        return store.insert_variant(
-            conn, who.account_id, draft.external_id, parent, draft.attributes, now_us()
+    async def related(
+        self,
+        who: Principal,
+        owner: Resource,
+        relation: str,
+        external: ExternalId,
+        conditions: Sequence[Condition],
+        page: PageRequest,
+    ) -> Page[Record]:
+        """A page of what ``owner`` ``external`` relates to (an item's variants, a category's
+        items, an item's categories); 404 when it does not exist."""
+        target = resource(owner.relation(relation).target)
+        found = await self.store.list_records(
+            target, who.account_id, conditions, page, (owner, relation, external)
         )
+        if found is None:
+            raise missing(owner, external)
+        return found
 
+    async def included(
+        self, who: Principal, owner: Resource, relation: str, records: Sequence[Record]
+    ) -> tuple[dict[str, list[str]], list[Record]]:
+        """What ``include`` adds to ``records``: the external ids of each one's related
+        resources (by its external id), and those resources, once each."""
+        children = await self.store.related(
+            owner, relation, who.account_id, [r["pk"] for r in records]
+        )
+        parent = resource(owner.relation(relation).target).parent
+        assert parent is not None  # include follows a parent's children (an item's variants)
+        ids: dict[str, list[str]] = {r["external_id"]: [] for r in records}
+        for child in children:
+            ids[child[f"{parent.name}_external_id"]].append(child["external_id"])
+        return ids, children
 
-def get_variant(db: Database, who: Principal, external: ExternalId) -> Record:
-    with db.read() as conn:
-        found = store.get_variant(conn, who.account_id, external)
-    if found is None:
-        raise _missing("variant", external)
-    return found
+    async def update(
+        self, who: Principal, res: Resource, external: ExternalId, body: bytes
+    ) -> Record:
+        entry = bodies.decode_update(res, body, external)
+        item = (entry.external_id, entry.attributes, entry.links)
+        outcome, record = await self.store.write_one("update", res, who.account_id, item)
+        if outcome is not None:
+            raise _refused(res, outcome, external, entry.pointers)
+        assert record is not None
+        return record
 
+    async def delete(self, who: Principal, res: Resource, external: ExternalId) -> None:
+        outcome, _ = await self.store.write_one("delete", res, who.account_id, (external, {}, {}))
+        if outcome is not None:
+            raise missing(res, external)
 
-def list_variants(
-    db: Database,
-    who: Principal,
-    conditions: list[Condition],
-    page: PageRequest,
-    item: ExternalId | None = None,
-) -> Page[Record]:
-    with db.read() as conn:
-        parent = None
-        if item is not None:
-            parent = store.item_pk(conn, who.account_id, item)
-            if parent is None:
-                raise _missing("item", item)
-        return store.list_variants(conn, who.account_id, conditions, page, parent)
-
-
-def update_variant(db: Database, who: Principal, external: ExternalId, document: Any) -> Record:
-    attributes = documents.parse_update(document, "catalog-variant", compound_id(external))
-    with db.write() as conn:
-        found = store.update_variant(conn, who.account_id, external, attributes, now_us())
-    if found is None:
-        raise _missing("variant", external)
-    return found
-
-
-def delete_variant(db: Database, who: Principal, external: ExternalId) -> None:
-    with db.write() as conn:
-        if not store.delete_variant(conn, who.account_id, external):
-            raise _missing("variant", external)
-
-
-def variants_by_ids(db: Database, who: Principal, externals: list[str]) -> list[Record]:
-    with db.read() as conn:
-        return store.get_variants(conn, who.account_id, externals)
+    async def change_links(
+        self,
+        who: Principal,
+        res: Resource,
+        relation: str,
+        external: ExternalId,
+        body: bytes,
+        how: Literal["add", "replace", "remove"],
+    ) -> None:
+        """A relationship request: add, replace or remove links of ``res`` ``external``."""
+        target = resource(res.relation(relation).target)
+        related = bodies.decode_linkage(target, body)
+        outcome: Outcome = await self.store.change_links(
+            res, relation, who.account_id, external, related, how
+        )
+        if outcome is not None:
+            pointers = {relation: [f"/data/{index}/id" for index in range(len(related))]}
+            raise _refused(res, outcome, external, pointers)

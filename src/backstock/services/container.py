@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from backstock.services.jobs import JobService
+from backstock.services.accounts import Accounts
+from backstock.services.catalog import Catalog
+from backstock.services.jobs import Jobs, JobSignal
 from backstock.services.limits import Limiter
 from backstock.settings import Settings
-from backstock.storage.database import Database
 
 
 @dataclass(frozen=True, slots=True)
 class Services:
     settings: Settings
-    db: Database
-    jobs: JobService
+    accounts: Accounts
+    catalog: Catalog
+    jobs: Jobs
     limiter: Limiter
-
-    def close(self) -> None:
-        self.jobs.close()
-        self.db.dispose()
+    signal: JobSignal
+    ping: Callable[[], Awaitable[None]]
+    """Raise ``Unavailable`` unless the database answers (``/readyz``)."""
+    close_loop: Callable[[], Awaitable[None]]
+    """Close the connections of the running event loop (at its end)."""
+    close: Callable[[], None]
+    """Close everything else (the process is done with the database)."""

@@ -45,13 +45,27 @@ class LimitState:
         }
 
 
+SEED_LIMITS = {
+    "bulk_update_catalog_variants": "75/second;700/minute",
+    "get_bulk_update_variants_job": "350/second;3500/minute",
+}
+"""The limits the seeds give their two operations: where they differ from Klaviyo's newest
+document, the seeds win."""
+
+
 class Limiter:
+    """Each operation's limits, first found of: ``BACKSTOCK_OPERATION_LIMITS`` naming it;
+    ``BACKSTOCK_WRITE_LIMITS`` or ``BACKSTOCK_READ_LIMITS`` (every write's or read's); the
+    seeds' (``SEED_LIMITS``); Klaviyo's own (``x-klaviyo-ratelimit``, given by the route)."""
+
     def __init__(self, settings: Settings, storage: Storage | None = None) -> None:
         self.enabled = settings.rate_limits == "on"
-        self._windows = {
-            "catalogs:write": parse_many(settings.write_limits),
-            "catalogs:read": parse_many(settings.read_limits),
+        self._by_scope = {
+            "catalogs:write": settings.write_limits,
+            "catalogs:read": settings.read_limits,
         }
+        self._by_operation = settings.operation_limit_map
+        self._windows: dict[str, list[RateLimitItem]] = {}
         if storage is None:
             storage = _storage(settings)
         self.storage = storage
@@ -59,12 +73,24 @@ class Limiter:
         self.degraded = False
         self._retry_at = 0.0
 
-    def hit(self, account: AccountId, operation: str, scope: str) -> LimitState | None:
+    def limits(self, operation: str, scope: str, klaviyo: str) -> str:
+        """The limits that apply to an operation (``75/second;750/minute``)."""
+        return (
+            self._by_operation.get(operation)
+            or self._by_scope[scope]
+            or SEED_LIMITS.get(operation)
+            or klaviyo
+        )
+
+    def hit(self, account: AccountId, operation: str, limits: str) -> LimitState | None:
         """Count one request; raise ``Throttled`` (429) if a window is full."""
         if not self.enabled or (self.degraded and time.monotonic() < self._retry_at):
             return None
+        windows = self._windows.get(limits)
+        if windows is None:
+            windows = self._windows[limits] = parse_many(limits)
         try:
-            return self._hit(self._windows[scope], str(account), operation)
+            return self._hit(windows, str(account), operation)
         except Throttled:
             raise
         except Exception as exc:  # noqa: BLE001 - any storage failure means fail open

@@ -3,103 +3,119 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
-from sqlalchemy.exc import IntegrityError
-
-from backstock.domain.errors import Conflict
+from backstock.domain.clock import now_us
+from backstock.domain.errors import Conflict, NotFound
 from backstock.domain.ids import AccountId
-from backstock.storage.database import DriverQuery
-from backstock.storage.direct import Direct
-from backstock.storage.schema import accounts, api_keys
+from backstock.domain.keys import AccountRecord, KeyRecord
+from backstock.storage.database import Database
+from backstock.storage.sql import Conn, Statement
 
-
-@dataclass(frozen=True, slots=True)
-class KeyRecord:
-    id: str
-    account_id: AccountId
-    account_name: str
-    secret_hash: str
-    scopes: frozenset[str]
-    created_at: int
-    revoked_at: int | None
-
-
-def insert_account(conn: Connection, name: str, now: int) -> AccountId:
-    try:
-        result = conn.execute(
-            insert(accounts).values(name=name, created_at=now).returning(accounts.c.id)
-        )
-    except IntegrityError as exc:
-        raise Conflict(f"An account named '{name}' already exists") from exc
-    return AccountId(result.scalar_one())
-
-
-def find_account(conn: Connection, name: str) -> AccountId | None:
-    found = conn.execute(select(accounts.c.id).where(accounts.c.name == name)).scalar()
-    return None if found is None else AccountId(found)
-
-
-def insert_key(
-    conn: Connection, key_id: str, account: AccountId, secret_hash: str, scopes: str, now: int
-) -> None:
-    conn.execute(
-        insert(api_keys).values(
-            id=key_id, account_id=account, secret_hash=secret_hash, scopes=scopes, created_at=now
-        )
-    )
-
-
-_KEY_COLUMNS = (
-    api_keys.c.id,
-    api_keys.c.account_id,
-    accounts.c.name,
-    api_keys.c.secret_hash,
-    api_keys.c.scopes,
-    api_keys.c.created_at,
-    api_keys.c.revoked_at,
+_INSERT_ACCOUNT = Statement(
+    "insert_account",
+    "INSERT INTO accounts (name, created_at) VALUES (:name, :now) "
+    "ON CONFLICT (name) DO NOTHING RETURNING id",
 )
-_KEYS = select(*_KEY_COLUMNS).join(accounts, accounts.c.id == api_keys.c.account_id)
+_FIND_ACCOUNT = Statement("find_account", "SELECT id FROM accounts WHERE name = :name")
+_LIST_ACCOUNTS = Statement(
+    "list_accounts", "SELECT id, name, created_at, open_jobs FROM accounts ORDER BY id"
+)
+_INSERT_KEY = Statement(
+    "insert_key",
+    "INSERT INTO api_keys (id, account_id, secret_hash, scopes, created_at) "
+    "VALUES (:key, :account, :secret_hash, :scopes, :now)",
+)
+_KEYS = (
+    "SELECT k.id, k.account_id, a.name, k.secret_hash, k.scopes, k.created_at, k.revoked_at"
+    " FROM api_keys AS k JOIN accounts AS a ON a.id = k.account_id"
+)
+_FIND_KEY = Statement("find_key", _KEYS + " WHERE k.id = :key")
+_LIST_KEYS = Statement("list_keys", _KEYS + " WHERE k.account_id = :account ORDER BY k.created_at")
+_REVOKE_KEY = Statement(
+    "revoke_key",
+    "UPDATE api_keys SET revoked_at = :now WHERE id = :key AND revoked_at IS NULL",
+)
 
 
-def key_record(row: Sequence[Any]) -> KeyRecord:
-    key_id, account, name, secret_hash, scopes, created, revoked = row[:KEY_WIDTH]
+async def insert_account(conn: Conn, name: str, now: int) -> AccountId:
+    row = await conn.one(_INSERT_ACCOUNT, {"name": name, "now": now})
+    if row is None:
+        raise Conflict(f"An account named '{name}' already exists")
+    return AccountId(row[0])
+
+
+async def find_account(conn: Conn, name: str) -> AccountId | None:
+    row = await conn.one(_FIND_ACCOUNT, {"name": name})
+    return None if row is None else AccountId(row[0])
+
+
+async def list_accounts(conn: Conn) -> list[AccountRecord]:
+    return [AccountRecord(AccountId(r[0]), *r[1:]) for r in await conn.all(_LIST_ACCOUNTS)]
+
+
+async def insert_key(
+    conn: Conn, key_id: str, account: AccountId, secret_hash: str, scopes: str, now: int
+) -> None:
+    params = {"key": key_id, "account": account, "secret_hash": secret_hash, "scopes": scopes}
+    await conn.run(_INSERT_KEY, params | {"now": now})
+
+
+def _key(row: Sequence[Any]) -> KeyRecord:
+    key_id, account, name, secret_hash, scopes, created, revoked = row
     return KeyRecord(
         key_id, AccountId(account), name, secret_hash, frozenset(scopes.split()), created, revoked
     )
 
 
-KEY_COLUMNS = "k.id, k.account_id, a.name, k.secret_hash, k.scopes, k.created_at, k.revoked_at"
-KEY_FROM = " FROM api_keys AS k JOIN accounts AS a ON a.id = k.account_id"
-"""``KeyRecord``'s columns, and where they come from, for statements that find a key."""
-KEY_WIDTH = 7
-_FIND_KEY = DriverQuery("SELECT " + KEY_COLUMNS + KEY_FROM + " WHERE k.id = ?")
+async def find_key(conn: Conn, key_id: str) -> KeyRecord | None:
+    """Run on every request."""
+    row = await conn.one(_FIND_KEY, {"key": key_id})
+    return None if row is None else _key(row)
 
 
-def find_key(conn: Connection, key_id: str) -> KeyRecord | None:
-    """Run on every request: straight to the driver."""
-    row = _FIND_KEY.fetch_one(conn, key_id)
-    return None if row is None else key_record(row)
+async def list_keys(conn: Conn, account: AccountId) -> list[KeyRecord]:
+    return [_key(row) for row in await conn.all(_LIST_KEYS, {"account": account})]
 
 
-async def find_key_direct(direct: Direct, key_id: str) -> KeyRecord | None:
-    row = await direct.one(_FIND_KEY, key_id)
-    return None if row is None else key_record(row)
+async def revoke_key(conn: Conn, key_id: str, now: int) -> bool:
+    return await conn.run(_REVOKE_KEY, {"key": key_id, "now": now}) == 1
 
 
-def list_keys(conn: Connection, account: AccountId) -> list[KeyRecord]:
-    rows = conn.execute(
-        _KEYS.where(api_keys.c.account_id == account).order_by(api_keys.c.created_at)
-    )
-    return [key_record(row) for row in rows]
+class AccountStore:
+    """Accounts and keys, as the services see them: every method one read or one write."""
 
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
-def revoke_key(conn: Connection, key_id: str, now: int) -> bool:
-    result = conn.execute(
-        update(api_keys)
-        .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-        .values(revoked_at=now)
-    )
-    return result.rowcount == 1
+    async def find_key(self, key_id: str) -> KeyRecord | None:
+        return await self.db.read(lambda conn: find_key(conn, key_id))
+
+    async def create_account(self, name: str) -> AccountId:
+        return await self.db.write(lambda conn: insert_account(conn, name, now_us()))
+
+    async def list_accounts(self) -> list[AccountRecord]:
+        return await self.db.read(list_accounts)
+
+    async def create_key(self, account: str, key_id: str, secret_hash: str, scopes: str) -> None:
+        """Store a key of ``account``, creating the account when it is new."""
+
+        async def unit(conn: Conn) -> None:
+            account_id = await find_account(conn, account)
+            if account_id is None:
+                account_id = await insert_account(conn, account, now_us())
+            await insert_key(conn, key_id, account_id, secret_hash, scopes, now_us())
+
+        await self.db.write(unit)
+
+    async def list_keys(self, account: str) -> list[KeyRecord]:
+        async def unit(conn: Conn) -> list[KeyRecord]:
+            account_id = await find_account(conn, account)
+            if account_id is None:
+                raise NotFound(f"No account named '{account}'")
+            return await list_keys(conn, account_id)
+
+        return await self.db.read(unit)
+
+    async def revoke_key(self, key_id: str) -> bool:
+        return await self.db.write(lambda conn: revoke_key(conn, key_id, now_us()))

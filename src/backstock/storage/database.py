@@ -1,216 +1,357 @@
-"""The engine and its transactions: the one place that knows which database is underneath.
+"""The database: the one owner of every connection, and the only place that knows which
+database is underneath.
 
-SQLite: WAL, ``BEGIN IMMEDIATE`` for every write transaction (so a writer takes the lock at the
-start instead of failing at commit), and a process-wide lock in front of it so that threads of
-one process queue in Python rather than in SQLite's sleeping busy handler.
-PostgreSQL: psycopg 3, READ COMMITTED, a pool sized by configuration.
+Work is handed in as a *unit*: a coroutine function taking a ``Conn``. ``read`` runs one at once
+(each statement its own transaction); ``write`` runs one in a transaction, committed when it
+returns, rolled back when it raises.
 
-Failures that waiting can cure (the database away, locked, full, read-only, failing I/O)
-become ``Unavailable``: a 503 with ``Retry-After`` for requests, a retry for the worker.
+SQLite: reads run on the calling thread's own connection (microseconds; the event loop does not
+hop threads for them). Every write of the process goes to one writer thread, which commits
+the units pending at the time in one ``BEGIN IMMEDIATE`` transaction, each unit in a savepoint:
+concurrent writes share one fsync, one unit's failure (a 409, a 429) rolls back that unit
+only, and the event loop never waits on a commit or on another process's lock.
+
+PostgreSQL: psycopg's asyncio connections, a small pool per event loop (the API's, each
+worker's), autocommit for reads and one transaction per write unit.
+
+Failures that waiting can cure (the database away, locked, full, read-only, failing I/O) become
+``Unavailable``: a 503 with ``Retry-After`` for requests, a retry for the worker.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
+import os
 import sqlite3
 import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any, ClassVar, Literal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Literal, TypeVar
 
 import psycopg
-from sqlalchemy import Connection, create_engine, event
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.pool import ConnectionPoolEntry
+from psycopg.pq import TransactionStatus
 
 from backstock.domain.errors import Unavailable
 from backstock.settings import Settings
+from backstock.storage.sql import Conn, Statement, run_to_completion
 
-__all__ = [
-    "BUSY_TIMEOUT_MS",
-    "Connection",
-    "Database",
-    "DriverQuery",
-    "sqlalchemy_url",
-    "translate_errors",
-]
+log = logging.getLogger("backstock.storage")
+
+T = TypeVar("T")
+Unit = Callable[[Conn], Awaitable[T]]
 
 BUSY_TIMEOUT_MS = 10_000
-"""How long a SQLite write waits for another process's write lock before it fails with 503.
-Threads of one process wait for each other on the process's write lock, no longer than this."""
+"""How long a SQLite write waits for another process's write lock before it fails with 503."""
 
 _HURRIED_BUSY_MS = 250
 """The wait while the file is known to be locked (a write has just waited out the full busy
-timeout): writes fail fast until one gets through, rather than each holding its caller (on
-SQLite, the event loop) for the full timeout."""
+timeout): writes fail fast until one gets through, rather than each waiting the full timeout."""
+
+_PING = Statement("ping", "SELECT 1")
 
 
-def sqlalchemy_url(url: str) -> str:
-    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+def postgres_url(url: str) -> str:
+    """The libpq form of a ``postgresql://`` or ``postgresql+psycopg://`` URL."""
+    for prefix in ("postgresql+psycopg://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url.removeprefix(prefix)
+            return "postgresql://" + url.removeprefix(prefix)
     return url
 
 
-class Database:
-    sqlite_reopens: ClassVar[int] = 0
-    """How many times a write in this process found its SQLite file read-only and closed the
-    pool's connections. A connection kept outside the pool (``Direct``'s) that was opened before
-    the latest of these must close too: until all of them have, the file stays read-only."""
+def sqlalchemy_url(url: str) -> str:
+    """The same URL for SQLAlchemy (Alembic and the tests use it)."""
+    if url.startswith("sqlite"):
+        return url
+    return "postgresql+psycopg://" + postgres_url(url).removeprefix("postgresql://")
 
+
+def sqlite_path(url: str) -> str:
+    return url.removeprefix("sqlite:///").removeprefix("sqlite://") or ":memory:"
+
+
+class Database:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.is_sqlite = settings.is_sqlite
-        self._write_lock = threading.Lock() if self.is_sqlite else None
-        self._reading = threading.local()
-        self._locked_out = False  # SQLite: the last write timed out on another's lock
-        self._stale_before = 0.0  # SQLite: connections opened before this are closed on checkin
-        self.engine = self._create_engine(settings)
-        if self.is_sqlite:
-            event.listen(self.engine, "connect", _stamp_opened)
-            event.listen(self.engine, "checkin", self._close_if_stale)
+        self.dialect: Literal["sqlite", "postgresql"] = (
+            "sqlite" if settings.is_sqlite else "postgresql"
+        )
+        # SQLite
+        self._path = sqlite_path(settings.database_url) if settings.is_sqlite else ""
+        self._local = threading.local()
+        self._opened: list[sqlite3.Connection] = []
+        self._opened_lock = threading.Lock()
+        self._generation = 0  # bumped when a write finds the file read-only: reopen everything
+        self._writer = _Writer(self) if settings.is_sqlite else None
+        # PostgreSQL
+        self._pg_url = "" if settings.is_sqlite else postgres_url(settings.database_url)
+        self._pools: dict[asyncio.AbstractEventLoop, _Pool] = {}
 
-    @staticmethod
-    def _create_engine(settings: Settings) -> Engine:
-        url = sqlalchemy_url(settings.database_url)
-        pool: dict[str, Any] = {
-            "pool_size": settings.pool_size,
-            "max_overflow": settings.pool_max_overflow,
-            "pool_timeout": settings.pool_timeout_seconds,
-            "pool_pre_ping": False,
-        }
-        if settings.is_sqlite:
-            engine = create_engine(url, connect_args={"check_same_thread": False}, **pool)
-            _configure_sqlite(engine, settings.sqlite_synchronous)
-        else:
-            engine = create_engine(url, pool_recycle=1800, **pool)
-        return engine
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
 
-    @contextmanager
-    def read(self) -> Iterator[Connection]:
-        """A connection for reads; on SQLite a deferred transaction (a consistent snapshot).
+    async def read(self, unit: Unit[T]) -> T:
+        if self._writer is not None:
+            with translate_errors():
+                return await unit(Conn("sqlite", self._thread_connection()))
+        async with self._pool().connection() as driver:
+            return await unit(Conn("postgresql", driver))
 
-        Re-entrant per thread: a read inside a read shares the outer one's connection, so a
-        request that authenticates and then reads does one checkout and one transaction."""
-        current: Connection | None = getattr(self._reading, "conn", None)
-        if current is not None:
-            yield current
-            return
-        with translate_errors(), self.engine.connect() as conn:
-            self._reading.conn = conn
-            try:
-                yield conn
-            finally:
-                self._reading.conn = None
+    async def write(self, unit: Unit[T], *, single: bool = False) -> T:
+        """``single``: the unit runs one statement, which on PostgreSQL is its own transaction
+        (no ``BEGIN`` and ``COMMIT`` round trips)."""
+        if self._writer is not None:
+            return await self._writer.submit(unit)
+        async with self._pool().connection() as driver:
+            with translate_errors():
+                if single:
+                    return await unit(Conn("postgresql", driver))
+                async with driver.transaction():
+                    return await unit(Conn("postgresql", driver))
 
-    @contextmanager
-    def write(self) -> Iterator[Connection]:
-        """One write transaction, committed when the block ends without an exception."""
-        with translate_errors():
-            if self._write_lock is None:
-                with self.engine.begin() as conn:
-                    yield conn
-                return
-            if not self._write_lock.acquire(timeout=BUSY_TIMEOUT_MS / 1000):
-                raise Unavailable(_SQLITE_FAILURES[sqlite3.SQLITE_BUSY][0], retry_after=1)
-            try:
-                with self.engine.connect() as conn, self._immediate(conn):
-                    yield conn
-            except (DBAPIError, sqlite3.Error) as exc:  # BEGIN goes straight to the driver
-                self._after_failure(exc)
-                raise
-            finally:
-                self._write_lock.release()
+    async def ping(self) -> None:
+        """Raise ``Unavailable`` unless the database answers."""
+        await self.read(lambda conn: conn.one(_PING))
 
-    @contextmanager
-    def _immediate(self, conn: Connection) -> Iterator[None]:
-        """A ``BEGIN IMMEDIATE`` transaction; a short busy wait while the file is locked out."""
-        hurried = self._locked_out
-        driver: Any = conn.connection.driver_connection
-        if hurried:  # straight to the driver: through SQLAlchemy it would begin a transaction
-            driver.execute(f"PRAGMA busy_timeout={_HURRIED_BUSY_MS}")
-        conn.info["immediate"] = True
+    # ---- SQLite connections ------------------------------------------------------------------
+
+    def open_sqlite(self) -> sqlite3.Connection:
+        """A new connection to the file, set up as every connection of the process is."""
+        driver = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         try:
-            with conn.begin():
-                self._locked_out = False
-                yield
+            # The busy timeout first: with it, the statements below wait out another writer.
+            driver.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            driver.execute(f"PRAGMA synchronous={self.settings.sqlite_synchronous}")
+            driver.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.Error as exc:
+            driver.close()
+            raise unavailable_for(exc) or exc from exc
+        with self._opened_lock:
+            self._opened.append(driver)
+        return driver
+
+    def _thread_connection(self) -> sqlite3.Connection:
+        local = self._local
+        driver: sqlite3.Connection | None = getattr(local, "driver", None)
+        if driver is not None and local.generation != self._generation:
+            self._forget(driver)  # opened while the file was read-only: it must close
+            driver = None
+        if driver is None:
+            local.generation = self._generation
+            driver = local.driver = self.open_sqlite()
+        return driver
+
+    def _forget(self, driver: sqlite3.Connection) -> None:
+        with self._opened_lock:
+            if driver in self._opened:
+                self._opened.remove(driver)
+        driver.close()
+
+    def _found_read_only(self) -> None:
+        """A connection opened while the file could not be written stays read-only, and every
+        connection of this process to the file shares its read-only WAL index: a write can
+        succeed again only once all of them are closed. Each reopens on its next use."""
+        self._generation += 1
+
+    # ---- PostgreSQL pools --------------------------------------------------------------------
+
+    def _pool(self) -> _Pool:
+        loop = asyncio.get_running_loop()
+        pool = self._pools.get(loop)
+        if pool is None:
+            pool = self._pools[loop] = _Pool(self._pg_url, self.settings)
+        return pool
+
+    async def close_loop(self) -> None:
+        """Close this event loop's connections (at the end of the loop that used them)."""
+        loop = asyncio.get_running_loop()
+        pool = self._pools.pop(loop, None)
+        if pool is not None:
+            await pool.close()
+
+    def close(self) -> None:
+        """Stop the writer and close every SQLite connection; the next use starts afresh."""
+        if self._writer is not None:
+            self._writer.close()
+        with self._opened_lock:
+            opened, self._opened = self._opened, []
+        for driver in opened:
+            with contextlib.suppress(sqlite3.Error):
+                driver.close()
+        self._local = threading.local()
+
+
+class _Writer:
+    """SQLite: the thread every write of the process is committed on, in groups."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._ready = threading.Condition()
+        self._pending: list[tuple[Unit[Any], asyncio.Future[Any]]] = []
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._locked_out = False  # the last BEGIN timed out on another process's lock
+
+    async def submit(self, unit: Unit[T]) -> T:
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        with self._ready:
+            self._pending.append((unit, future))
+            if self._thread is None:  # started on first use, stopped by ``close``
+                self._thread = threading.Thread(
+                    target=self._run, name="backstock-sqlite-writer", daemon=True
+                )
+                self._thread.start()
+            self._ready.notify()
+        return await future
+
+    def close(self) -> None:
+        """Stop once what is pending is committed (a later ``submit`` starts another)."""
+        with self._ready:
+            thread, self._closing = self._thread, True
+            self._ready.notify_all()
+        if thread is not None:
+            thread.join()
+        with self._ready:
+            self._closing = False
+
+    def _run(self) -> None:
+        driver: sqlite3.Connection | None = None
+        generation = -1
+        try:
+            while True:
+                with self._ready:
+                    while not self._pending and not self._closing:
+                        self._ready.wait()
+                    if not self._pending:  # closing, with nothing left to commit
+                        return
+                    group, self._pending = self._pending, []
+                if driver is None or generation != self._db._generation:
+                    if driver is not None:
+                        self._db._forget(driver)
+                    generation, driver = self._db._generation, None
+                    try:
+                        driver = self._db.open_sqlite()
+                    except Exception as exc:  # noqa: BLE001 - each waiting unit gets it
+                        _settle_all(group, exc)
+                        continue
+                _settle(group, self._commit(driver, group))
         finally:
-            conn.info["immediate"] = False
+            with self._ready:
+                if self._thread is threading.current_thread():
+                    self._thread = None
+
+    def _commit(self, driver: sqlite3.Connection, group: list[Any]) -> list[Any]:
+        conn = Conn("sqlite", driver)
+        try:
+            self._begin(driver)
+            outcomes = [self._unit(driver, conn, unit) for unit, _ in group]
+            driver.execute("COMMIT")
+        except Exception as exc:  # noqa: BLE001 - every unit of the group gets it
+            with contextlib.suppress(sqlite3.Error):
+                if driver.in_transaction:
+                    driver.execute("ROLLBACK")
+            return [self._translated(exc)] * len(group)
+        return outcomes
+
+    def _unit(self, driver: sqlite3.Connection, conn: Conn, unit: Unit[Any]) -> Any:
+        driver.execute("SAVEPOINT unit")
+        try:
+            outcome: Any = run_to_completion(unit(conn))  # type: ignore[arg-type]
+        except Exception as exc:
+            if not driver.in_transaction:
+                raise  # SQLite rolled the whole transaction back (full disk, I/O error)
+            driver.execute("ROLLBACK TO unit")
+            driver.execute("RELEASE unit")
+            return self._translated(exc)
+        driver.execute("RELEASE unit")
+        return outcome
+
+    def _begin(self, driver: sqlite3.Connection) -> None:
+        hurried = self._locked_out
+        if hurried:
+            driver.execute(f"PRAGMA busy_timeout={_HURRIED_BUSY_MS}")
+        try:
+            driver.execute("BEGIN IMMEDIATE")
+            self._locked_out = False
+        finally:
             if hurried:
                 with contextlib.suppress(sqlite3.Error):
                     driver.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
-    def _after_failure(self, exc: DBAPIError | sqlite3.Error) -> None:
-        code = _sqlite_code(exc.orig if isinstance(exc, DBAPIError) else exc)
+    def _translated(self, exc: BaseException) -> BaseException:
+        code = _sqlite_code(exc)
         if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
             self._locked_out = True
         elif code == sqlite3.SQLITE_READONLY:
-            # A connection opened while the file could not be written stays read-only, and
-            # every connection of this process to the file shares its read-only WAL index: a
-            # write can succeed again only once all of them are closed. Close the idle ones
-            # now and those in use when they come back; the next ones open the file afresh.
-            self._stale_before = time.monotonic()
-            Database.sqlite_reopens += 1
-            self.engine.dispose()
-
-    def _close_if_stale(self, _dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-        if record.info.get("opened", 0.0) < self._stale_before:
-            record.invalidate()
-
-    def dispose(self) -> None:
-        self.engine.dispose()
+            self._db._found_read_only()
+        return unavailable_for(exc) or exc
 
 
-class DriverQuery:
-    """A read handed straight to the database driver, for the few statements on the hottest
-    paths: SQLAlchemy's execution machinery costs several times what SQLite takes to answer
-    them. Written with ``?`` placeholders; PostgreSQL gets ``%s``. Each runs on its own (no
-    transaction is begun for it), which is all a single-statement read needs."""
-
-    def __init__(self, sql: str) -> None:
-        self.qmark = sql
-        self.format = sql.replace("?", "%s")
-
-    def fetch_one(self, conn: Connection, *params: Any) -> tuple[Any, ...] | None:
-        driver: Any = conn.connection.driver_connection
-        if conn.dialect.name == "sqlite":
-            row = driver.execute(self.qmark, params).fetchone()
-        else:
-            with driver.cursor() as cursor:
-                cursor.execute(self.format, params)
-                row = cursor.fetchone()
-        return None if row is None else tuple(row)
+def _settle(group: list[tuple[Any, asyncio.Future[Any]]], outcomes: list[Any]) -> None:
+    for (_, future), outcome in zip(group, outcomes, strict=True):
+        with contextlib.suppress(RuntimeError):  # its event loop has closed: no one waits
+            future.get_loop().call_soon_threadsafe(_resolve, future, outcome)
 
 
-def _configure_sqlite(engine: Engine, synchronous: str) -> None:
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_connection: Any, _record: Any) -> None:
-        # Let SQLAlchemy's "begin" event emit BEGIN itself (pysqlite would defer it).
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        # The busy timeout first: with it, the statements below wait out another writer.
-        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        # WAL is a property of the file, set once; switching needs an exclusive lock, which a
-        # new connection must not ask for while others are writing.
-        if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-            cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA synchronous={synchronous}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn: Connection) -> None:
-        # Straight to the driver: SQLAlchemy's statement path costs more than the BEGIN.
-        driver = conn.connection.driver_connection
-        assert driver is not None
-        driver.execute("BEGIN IMMEDIATE" if conn.info.get("immediate") else "BEGIN")
+def _settle_all(group: list[tuple[Any, asyncio.Future[Any]]], exc: BaseException) -> None:
+    _settle(group, [unavailable_for(exc) or exc] * len(group))
 
 
-def _stamp_opened(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-    record.info["opened"] = time.monotonic()
+def _resolve(future: asyncio.Future[Any], outcome: Any) -> None:
+    if future.cancelled():  # the caller went away; what was committed stands
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+class _Pool:
+    """PostgreSQL: asyncio connections of one event loop, at most ``pool_size`` at once. A
+    connection goes back only when idle and unbroken; when none can be opened the caller gets
+    ``Unavailable`` at once (no waiting for a pool to heal), and when all are busy for longer
+    than the pool timeout, ``Unavailable`` too."""
+
+    def __init__(self, url: str, settings: Settings) -> None:
+        self._url = url
+        self._idle: list[psycopg.AsyncConnection[Any]] = []
+        self._slots = asyncio.Semaphore(settings.pool_size)
+        self._connect_timeout = max(1, round(settings.pool_timeout_seconds))
+        self._wait_timeout = settings.pool_timeout_seconds
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        try:
+            async with asyncio.timeout(self._wait_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise Unavailable("The database is busy; retry later.", retry_after=1) from None
+        try:
+            with translate_errors():
+                driver = self._idle.pop() if self._idle else await self._connect()
+                try:
+                    yield driver
+                finally:
+                    # Reused only when idle: not after a failure, nor when cancelled mid-query.
+                    idle = driver.info.transaction_status == TransactionStatus.IDLE
+                    if idle and not driver.broken:
+                        self._idle.append(driver)
+                    else:
+                        await driver.close()
+        finally:
+            self._slots.release()
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        return await psycopg.AsyncConnection.connect(
+            self._url, autocommit=True, connect_timeout=self._connect_timeout
+        )
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for driver in idle:
+            await driver.close()
 
 
 class translate_errors:  # noqa: N801 - used as a context manager like contextlib's
@@ -221,10 +362,7 @@ class translate_errors:  # noqa: N801 - used as a context manager like contextli
         return None
 
     def __exit__(self, kind: Any, exc: BaseException | None, _tb: Any) -> Literal[False]:
-        if isinstance(exc, PoolTimeout):
-            raise Unavailable("The database is busy; retry later.", retry_after=1) from exc
-        # raw driver errors come from a DriverQuery, which bypasses SQLAlchemy's own wrapping
-        if isinstance(exc, DBAPIError | sqlite3.OperationalError | psycopg.OperationalError):
+        if isinstance(exc, sqlite3.OperationalError | psycopg.OperationalError):
             unavailable = unavailable_for(exc)
             if unavailable is not None:
                 raise unavailable from exc
@@ -256,14 +394,15 @@ _SQLITE_FAILURES: dict[int, tuple[str, int]] = {
 def unavailable_for(exc: BaseException) -> Unavailable | None:
     """The 503 for a failure that retrying later can cure, else ``None`` (a bug: a 500).
 
-    SQLite says which by its result code; PostgreSQL by its message: the server away,
-    starting or stopping, or this transaction chosen as a deadlock or serialization victim."""
-    orig = exc.orig if isinstance(exc, DBAPIError) else exc
-    code = _sqlite_code(orig)
+    SQLite says which by its result code; PostgreSQL by its kind: the server away, starting or
+    stopping, or this transaction chosen as a deadlock or serialization victim."""
+    if isinstance(exc, Unavailable):
+        return exc
+    code = _sqlite_code(exc)
     if code in _SQLITE_FAILURES:
         detail, retry_after = _SQLITE_FAILURES[code]
         return Unavailable(detail, retry_after=retry_after)
-    if (isinstance(exc, DBAPIError) and exc.connection_invalidated) or _is_gone(orig):
+    if isinstance(exc, psycopg.OperationalError) or _is_gone(exc):
         return Unavailable("The database is unavailable; retry later.", retry_after=1)
     return None
 
@@ -275,18 +414,15 @@ def _sqlite_code(exc: BaseException | None) -> int | None:
 
 
 def _is_gone(exc: BaseException | None) -> bool:
+    if not isinstance(exc, psycopg.Error):
+        return False
     text = str(exc).lower()
-    markers = (
-        "connection",
-        "server closed",
-        "terminating",
-        "database is locked",
-        "readonly",
-        "disk",
-        "unable to open",
-        "starting up",
-        "shutting down",
-        "deadlock detected",
-        "could not serialize",
-    )
+    markers = ("connection", "server closed", "terminating", "starting up", "shutting down")
     return any(marker in text for marker in markers)
+
+
+def restrict_file(path: str) -> None:
+    """Database files are readable by their owner only."""
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(path + suffix, 0o600)

@@ -1,200 +1,158 @@
 """The job table is the queue.
 
-Acceptance inserts one row holding the validated payload, in the same transaction as the
-account's open-job counter (the 500-jobs cap) and, on PostgreSQL, a ``NOTIFY``.
+Acceptance inserts the job's row and, beside it, its validated payload, in the same
+transaction as the account's open-job counter (the 500-jobs cap) and, on PostgreSQL, a
+``NOTIFY``.
 
 A worker claims the *head* of an account's queue: the oldest unfinished job of that account,
-when it is queued or its lease has lapsed. So jobs of one account run one at a time, in
-acceptance order, whichever worker runs them; jobs of different accounts run in parallel.
+whatever its kind, when it is queued or its lease has lapsed. So jobs of one account run one at
+a time, in acceptance order, whichever worker runs them; jobs of different accounts run in
+parallel.
 
 Each batch of items is applied in one transaction that first fences on the lease (owner and
-``next_index``), then writes the variants, then moves ``next_index`` and the counters. A batch
-commits whole or not at all, so a resumed job never applies or counts an item twice.
+``next_index``), then writes the catalog, then moves ``next_index`` and the counters. A batch
+commits whole or not at all, so a resumed job never applies or counts an item twice. The job
+that completes frees its account's slot and drops its payload in the same transaction.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 import orjson
-from sqlalchemy import Connection, and_, bindparam, delete, func, or_, select, text, update
-from sqlalchemy.engine import Row
+from sqlalchemy import Select, bindparam, select
 
+from backstock.domain import jobs as domain
+from backstock.domain.bodies import entries_pointer, load_payload
+from backstock.domain.catalog import Outcome
+from backstock.domain.clock import now_us
 from backstock.domain.errors import TooManyJobs
 from backstock.domain.ids import AccountId, JobId
+from backstock.domain.jobs import ClaimedJob, JobRecord, NewJob
 from backstock.domain.pagination import Page, PageRequest
-from backstock.storage import accounts as accounts_store
-from backstock.storage.accounts import KeyRecord
-from backstock.storage.catalog import JSON_COLUMNS
-from backstock.storage.database import DriverQuery
-from backstock.storage.direct import Direct
-from backstock.storage.pages import paginate
-from backstock.storage.schema import accounts, jobs
+from backstock.domain.resources import Resource
+from backstock.storage import catalog, pages
+from backstock.storage.database import Database
+from backstock.storage.schema import jobs
+from backstock.storage.sql import Conn, Statement, composed
 
-NOTIFY_CHANNEL = "backstock_jobs"  # also spelled out in _ACCEPT_POSTGRES
+NOTIFY_CHANNEL = "backstock_jobs"  # also spelled out in _ACCEPT's PostgreSQL form
 
 
-@dataclass(frozen=True, slots=True)
-class JobRecord:
-    pk: int
-    id: JobId
-    status: str
-    shape: str
-    total_count: int
-    completed_count: int
-    failed_count: int
-    created_at: int
-    completed_at: int | None
-    expires_at: int | None
-    errors: str
-    """The job's ``errors`` array as JSON text."""
-    variant_linkage: str
-    """The request's variants as JSON:API resource identifiers (JSON text)."""
-
-
-_JOB_NAMES = (
-    "pk", "id", "status", "shape", "total_count", "completed_count", "failed_count",
-    "created_at", "completed_at", "expires_at", "errors", "variant_linkage",
+_JOB_COLUMNS = (
+    "pk", "id", "kind", "status", "shape", "total_count", "completed_count", "failed_count",
+    "created_at", "completed_at", "expires_at", "errors", "linkage",
 )  # fmt: skip
-_JOB_SELECT = select(*(jobs.c[name] for name in _JOB_NAMES))
 
 
-def _job(row: Row[Any]) -> JobRecord:
-    return JobRecord(*row)  # type: ignore[call-arg]
-
-
-# Statements of the hot paths are built once; each call only binds its values.
-_TAKE_SLOT = (
-    update(accounts)
-    .where(accounts.c.id == bindparam("account"), accounts.c.open_jobs < bindparam("max_open"))
-    .values(open_jobs=accounts.c.open_jobs + 1)
+_TAKE_SLOT = Statement(
+    "take_slot",
+    "UPDATE accounts SET open_jobs = open_jobs + 1 WHERE id = :account AND open_jobs < :max_open",
 )
-_INSERT_JOB = jobs.insert().returning(jobs.c.pk)
-# PostgreSQL: the same three steps in one round trip. The slot is taken (the account row
-# stays locked to the end of the transaction, which also orders one account's jobs), the job
-# inserted only if it was, and the NOTIFY is delivered at commit to every LISTENing worker.
-_ACCEPT_POSTGRES = DriverQuery("""
+_INSERT_JOB = Statement(
+    "insert_job",
+    """INSERT INTO jobs (id, account_id, kind, status, shape, total_count, linkage, errors,
+                         created_at)
+       VALUES (:id, :account, :kind, 'queued', :shape, :total, :linkage, '[]', :now)
+    RETURNING pk""",
+)
+_INSERT_PAYLOAD = Statement(
+    "insert_payload", "INSERT INTO job_payloads (job_pk, payload) VALUES (:pk, :payload)"
+)
+# PostgreSQL: the same steps in one statement, its own transaction. The slot is taken (the
+# account row stays locked to the end, which also orders one account's jobs), the job and its
+# payload inserted only if it was, and the NOTIFY delivered at commit to every LISTENing worker.
+_ACCEPT_POSTGRES = Statement(
+    "accept_job",
+    """
 WITH slot AS (
     UPDATE accounts SET open_jobs = open_jobs + 1
-     WHERE id = ? AND open_jobs < ?
+     WHERE id = :account AND open_jobs < :max_open
  RETURNING id),
 job AS (
-    INSERT INTO jobs (id, account_id, status, shape, total_count, payload, variant_linkage,
-                      errors, created_at)
-    SELECT ?, slot.id, 'queued', ?, ?, ?, ?, '[]', ?
+    INSERT INTO jobs (id, account_id, kind, status, shape, total_count, linkage, errors,
+                      created_at)
+    SELECT :id, slot.id, :kind, 'queued', :shape, :total, :linkage, '[]', :now
       FROM slot
- RETURNING pk)
+ RETURNING pk),
+payload AS (
+    INSERT INTO job_payloads (job_pk, payload) SELECT pk, :payload FROM job)
 SELECT job.pk, pg_notify('backstock_jobs', '') FROM job
-""")
+""",
+)
 
 
-@dataclass(frozen=True, slots=True)
-class NewJob:
-    account: AccountId
-    id: JobId
-    shape: str
-    total: int
-    payload: bytes
-    linkage: str
-    created_at: int
-
-    def accept_params(self, max_open: int) -> tuple[Any, ...]:
-        return (
-            self.account, max_open, self.id, self.shape, self.total, self.payload,
-            self.linkage, self.created_at,
-        )  # fmt: skip
-
-
-def insert_job(conn: Connection, new: NewJob, max_open: int) -> JobRecord:
+async def accept(conn: Conn, new: NewJob, max_open: int) -> JobRecord:
     """Queue the job, if the account has fewer than ``max_open`` open jobs (else 429)."""
-    if conn.dialect.name == "postgresql":
-        row = _ACCEPT_POSTGRES.fetch_one(conn, *new.accept_params(max_open))
-        return _accepted(new, None if row is None else row[0], max_open)
-    taken = conn.execute(_TAKE_SLOT, {"account": new.account, "max_open": max_open})
-    pk = None
-    if taken.rowcount == 1:
-        values = {
-            "id": new.id, "account_id": new.account, "status": "queued", "shape": new.shape,
-            "total_count": new.total, "payload": new.payload, "variant_linkage": new.linkage,
-            "errors": "[]", "created_at": new.created_at,
-        }  # fmt: skip
-        pk = conn.execute(_INSERT_JOB, values).scalar_one()
-    return _accepted(new, pk, max_open)
-
-
-async def accept_job(direct: Direct, new: NewJob, max_open: int) -> JobRecord:
-    """``insert_job`` on PostgreSQL as one autocommitted statement (its own transaction)."""
-    row = await direct.one(_ACCEPT_POSTGRES, *new.accept_params(max_open))
-    return _accepted(new, None if row is None else row[0], max_open)
-
-
-def _accepted(new: NewJob, pk: int | None, max_open: int) -> JobRecord:
+    params = {
+        "account": new.account, "max_open": max_open, "id": new.id, "kind": new.kind,
+        "shape": new.shape, "total": new.total, "linkage": new.linkage, "now": new.created_at,
+        "payload": new.payload,
+    }  # fmt: skip
+    if conn.postgres:
+        row = await conn.one(_ACCEPT_POSTGRES, params)
+        pk = None if row is None else row[0]
+    elif await conn.run(_TAKE_SLOT, params):
+        row = await conn.one(_INSERT_JOB, params)
+        assert row is not None
+        pk = row[0]
+        await conn.run(_INSERT_PAYLOAD, {"pk": pk, "payload": new.payload})
+    else:
+        pk = None
     if pk is None:
         raise TooManyJobs(
             f"This account already has {max_open} jobs queued or processing; "
             "wait for some to complete.",
             retry_after=1,
         )
-    return JobRecord(
-        pk, new.id, "queued", new.shape, new.total, 0, 0, new.created_at, None, None, "[]",
-        new.linkage,
-    )  # fmt: skip
+    return new.record(pk)
 
 
-_VISIBLE = and_(
-    # the account's jobs that have not expired (expired ones await the reaper)
-    jobs.c.account_id == bindparam("account"),
-    or_(jobs.c.expires_at.is_(None), jobs.c.expires_at > bindparam("now")),
-)
-_KEY_AND_JOB = DriverQuery(
-    f"SELECT {accounts_store.KEY_COLUMNS}, {', '.join(f'j.{name}' for name in _JOB_NAMES)}"
-    f"{accounts_store.KEY_FROM} LEFT JOIN jobs AS j ON j.account_id = k.account_id"
-    " AND j.id = ? AND (j.expires_at IS NULL OR j.expires_at > ?) WHERE k.id = ?"
+_GET_JOB = Statement(
+    "get_job",
+    """SELECT pk, id, kind, status, shape, total_count, completed_count, failed_count,
+              created_at, completed_at, expires_at, errors, linkage
+         FROM jobs
+        WHERE account_id = :account AND id = :id AND kind = :kind
+          AND (expires_at IS NULL OR expires_at > :now)""",
 )
 
 
-async def find_key_and_job(
-    direct: Direct, key_id: str, job_id: str, now: int
-) -> tuple[KeyRecord | None, JobRecord | None]:
-    """A poll in one statement: the caller's key and, of that key's account only, the job."""
-    row = await direct.one(_KEY_AND_JOB, job_id, now, key_id)
-    if row is None:
-        return None, None
-    job = row[accounts_store.KEY_WIDTH :]
-    return accounts_store.key_record(row), None if job[0] is None else JobRecord(*job)
+def _job(row: Any) -> JobRecord:
+    return JobRecord(*row)
 
 
-def list_jobs(
-    conn: Connection, account: AccountId, status: str | None, page: PageRequest, now: int
+async def get_job(
+    conn: Conn, account: AccountId, kind: str, job_id: str, now: int
+) -> JobRecord | None:
+    """A job of the account, of this kind, not expired (expired ones await the reaper)."""
+    params = {"account": account, "id": job_id, "kind": kind, "now": now}
+    row = await conn.one(_GET_JOB, params)
+    return None if row is None else _job(row)
+
+
+async def list_jobs(
+    conn: Conn, account: AccountId, kind: str, status: str | None, page: PageRequest, now: int
 ) -> Page[JobRecord]:
     """Keyset-paginated on ``pk`` (newest first when ``page.descending``)."""
-    query = _JOB_SELECT.where(_VISIBLE).params(account=account, now=now)
-    if status is not None:
-        query = query.where(jobs.c.status == status)
-    return paginate(conn, query, jobs.c.pk, page, _job, lambda job: job.pk)
+
+    def build() -> Select[Any]:
+        query = select(*(jobs.c[name] for name in _JOB_COLUMNS)).where(
+            jobs.c.account_id == bindparam("account"),
+            jobs.c.kind == bindparam("kind"),
+            jobs.c.expires_at.is_(None) | (jobs.c.expires_at > bindparam("now")),
+        )
+        if status is not None:
+            query = query.where(jobs.c.status == bindparam("status"))
+        return pages.paged(query, jobs.c.pk, page)
+
+    params = {"account": account, "kind": kind, "now": now, "status": status}
+    compiled = composed(("jobs", status is not None, pages.shape(page)), conn.dialect, build)
+    rows = [_job(row) for row in await conn.query(compiled, params | pages.params(page))]
+    return pages.page_of(rows, page, lambda job: job.pk)
 
 
 # ---- the worker's side -----------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class ClaimedJob:
-    pk: int
-    id: JobId
-    account_id: AccountId
-    shape: str
-    total_count: int
-    completed_count: int
-    failed_count: int
-    next_index: int
-    payload: bytes
-    errors: list[dict[str, Any]]
-    owner: str
-    lease_expires_at: int = 0
 
 
 _CLAIM = """
@@ -205,52 +163,55 @@ UPDATE jobs
        SELECT j.pk FROM jobs AS j
         WHERE j.status IN ('queued', 'processing')
           AND (j.status = 'queued' OR j.lease_expires_at < :now)
-          -- only the head of its account's queue: ordering per account
+          -- only the head of its account's queue: ordering per account, across kinds
           AND NOT EXISTS (SELECT 1 FROM jobs AS e
                            WHERE e.account_id = j.account_id
                              AND e.status IN ('queued', 'processing') AND e.pk < j.pk)
         ORDER BY j.pk LIMIT 1 {lock})
    AND status IN ('queued', 'processing')
-RETURNING pk, id, account_id, shape, total_count, completed_count, failed_count,
-          next_index, payload, errors
+RETURNING pk, id, account_id, kind, shape, total_count, completed_count, failed_count,
+          next_index, errors
 """
-_CLAIM_SQLITE = text(_CLAIM.format(lock=""))  # BEGIN IMMEDIATE: one writer at a time
-# PostgreSQL: a head another worker is claiming right now is skipped, not waited for.
-_CLAIM_POSTGRES = text(_CLAIM.format(lock="FOR UPDATE SKIP LOCKED"))
+_CLAIM_NEXT = Statement(
+    "claim_next_job",
+    _CLAIM.replace("{lock}", ""),  # SQLite: BEGIN IMMEDIATE, one writer at a time
+    # PostgreSQL: a head another worker is claiming right now is skipped, not waited for.
+    _CLAIM.replace("{lock}", "FOR UPDATE SKIP LOCKED"),
+)
+_PAYLOAD = Statement("job_payload", "SELECT payload FROM job_payloads WHERE job_pk = :pk")
 
 
-def claim_next_job(conn: Connection, owner: str, now: int, lease_us: int) -> ClaimedJob | None:
-    claim = _CLAIM_POSTGRES if conn.dialect.name == "postgresql" else _CLAIM_SQLITE
-    row = conn.execute(claim, {"owner": owner, "now": now, "expires": now + lease_us}).first()
+async def claim_next_job(conn: Conn, owner: str, now: int, lease_us: int) -> ClaimedJob | None:
+    params = {"owner": owner, "now": now, "expires": now + lease_us}
+    row = await conn.one(_CLAIM_NEXT, params)
     if row is None:
         return None
-    pk, job_id, account, shape, total, done, failed, next_index, payload, errors = row
-    return ClaimedJob(
-        pk, JobId(job_id), AccountId(account), shape, total, done, failed, next_index,
-        bytes(payload), orjson.loads(errors), owner, now + lease_us,
+    pk, job_id, account, kind, shape, total, done, failed, next_index, errors = row
+    job = ClaimedJob(
+        pk, JobId(job_id), AccountId(account), kind, shape, total, done, failed, next_index,
+        orjson.loads(errors), owner, lease_expires_at=now + lease_us,
     )  # fmt: skip
+    payload = await conn.one(_PAYLOAD, {"pk": pk})
+    job.payload = b"" if payload is None else bytes(payload[0])
+    return job
 
 
-_FENCE = (
-    update(jobs)
-    .where(
-        jobs.c.pk == bindparam("job"),
-        jobs.c.lease_owner == bindparam("owner"),
-        jobs.c.status == "processing",
-    )
-    .values(lease_expires_at=bindparam("lease_expires"))
-    .returning(jobs.c.next_index, jobs.c.completed_count, jobs.c.failed_count, jobs.c.errors)
+_FENCE = Statement(
+    "fence",
+    """UPDATE jobs SET lease_expires_at = :lease_expires
+        WHERE pk = :job AND lease_owner = :owner AND status = 'processing'
+    RETURNING next_index, completed_count, failed_count, errors""",
 )
 
 
-def fence(conn: Connection, job: ClaimedJob, now: int, lease_us: int) -> bool:
+async def fence(conn: Conn, job: ClaimedJob, now: int, lease_us: int) -> bool:
     """Renew the lease if this worker still holds it, and reload the job's progress from the
     row: the database, not the worker's memory, says where the job stands (a batch whose
     commit outcome the worker never learned is then neither lost nor applied twice).
 
     Run first in every batch transaction; the UPDATE takes the job's row lock."""
     params = {"job": job.pk, "owner": job.owner, "lease_expires": now + lease_us}
-    row = conn.execute(_FENCE, params).first()
+    row = await conn.one(_FENCE, params)
     if row is None:
         return False
     job.next_index, job.completed_count, job.failed_count, errors = row
@@ -259,132 +220,39 @@ def fence(conn: Connection, job: ClaimedJob, now: int, lease_us: int) -> bool:
     return True
 
 
-_UPDATE_CACHE: dict[tuple[str, tuple[str, ...]], str] = {}
-
-
-def _update_sql(paramstyle: str, columns: tuple[str, ...]) -> str:
-    """``UPDATE … SET <columns>`` for the driver itself, in its own parameter style (on
-    PostgreSQL it returns a row when the variant exists)."""
-    sql = _UPDATE_CACHE.get((paramstyle, columns))
-    if sql is None:
-        mark = "?" if paramstyle == "qmark" else "%s"
-        sets = "".join(f"{name} = {mark}, " for name in columns)  # names from a fixed set
-        sql = (
-            f"UPDATE catalog_variants SET {sets}updated = {mark}, "  # noqa: S608
-            f"update_count = update_count + 1 WHERE account_id = {mark} AND external_id = {mark}"
-        )
-        if mark == "%s":
-            sql += " RETURNING 1"
-        _UPDATE_CACHE[(paramstyle, columns)] = sql
-    return sql
-
-
-def apply_variant_changes(
-    conn: Connection, account: AccountId, changes: Sequence[tuple[str, dict[str, Any]]], now: int
-) -> list[bool]:
-    """Apply partial updates in order; for each, whether its variant exists (and so was
-    updated). Consecutive updates that set the same attributes share one ``executemany``,
-    handed to the driver as tuples (SQLAlchemy's per-row parameter processing cost more than
-    the statement here).
-
-    PostgreSQL: each UPDATE returns a row when it found its variant, so nothing can slip
-    between a check and the write. SQLite: one query finds the variants first (one writer at
-    a time: none can vanish before the writes)."""
-    postgres = conn.dialect.name == "postgresql"
-    present = None if postgres else _existing(conn, account, changes)
-    style = conn.dialect.paramstyle
-    found: list[bool] = []
-    run: list[tuple[Any, ...]] = []
-    run_columns: tuple[str, ...] = ()
-    for external, attributes in changes:
-        if present is not None and external not in present:
-            found.append(False)
-            continue
-        columns = tuple(attributes)
-        if columns != run_columns and run:
-            found += _execute_run(conn, postgres, _update_sql(style, run_columns), run)
-            run = []
-        run_columns = columns
-        run.append((*_column_values(attributes), now, account, external))
-        if present is not None:
-            found.append(True)
-    if run:
-        found += _execute_run(conn, postgres, _update_sql(style, run_columns), run)
-    return found
-
-
-def _column_values(attributes: dict[str, Any]) -> list[Any]:
-    """``encode_columns`` for values validated at acceptance (numbers are floats already)."""
-    return [
-        msgspec.json.encode(value).decode() if name in JSON_COLUMNS and value is not None else value
-        for name, value in attributes.items()
-    ]
-
-
-def _existing(
-    conn: Connection, account: AccountId, changes: Sequence[tuple[str, dict[str, Any]]]
-) -> set[str]:
-    """Straight to the driver: SQLAlchemy's expanding ``IN`` costs more than the query."""
-    externals = list({external for external, _ in changes})
-    marks = ", ".join("?" * len(externals))
-    sql = f"SELECT external_id FROM catalog_variants WHERE account_id = ? AND external_id IN ({marks})"  # noqa: S608, E501
-    driver: Any = conn.connection.driver_connection
-    return {row[0] for row in driver.execute(sql, (account, *externals))}
-
-
-def _execute_run(
-    conn: Connection, postgres: bool, sql: str, rows: list[tuple[Any, ...]]
-) -> list[bool]:
-    if not postgres:
-        conn.exec_driver_sql(sql, rows)
-        return []
-    driver: Any = conn.connection.driver_connection
-    with driver.cursor() as cursor:
-        cursor.executemany(sql, rows, returning=True)
-        found = [cursor.fetchone() is not None]
-        while cursor.nextset():
-            found.append(cursor.fetchone() is not None)
-    return found
-
-
-_PROGRESS = (
-    update(jobs)
-    .where(jobs.c.pk == bindparam("job"))
-    .values(
-        next_index=bindparam("end"),
-        completed_count=jobs.c.completed_count + bindparam("completed"),
-        failed_count=jobs.c.failed_count + bindparam("failed"),
-        errors=bindparam("errors"),
-        status=bindparam("status"),
-        completed_at=bindparam("completed_at"),
-        expires_at=bindparam("expires_at"),
-        lease_owner=bindparam("owner"),
-        lease_expires_at=bindparam("lease_expires"),
-    )
+_PROGRESS = Statement(
+    "record_progress",
+    """UPDATE jobs
+          SET next_index = :end, completed_count = completed_count + :completed,
+              failed_count = failed_count + :failed, errors = :errors, status = :status,
+              completed_at = :completed_at, expires_at = :expires_at, lease_owner = :owner,
+              lease_expires_at = :lease_expires
+        WHERE pk = :job""",
 )
-_FREE_SLOT = (
-    update(accounts)
-    .where(accounts.c.id == bindparam("account"))
-    .values(open_jobs=accounts.c.open_jobs - 1)
+_FREE_SLOT = Statement(
+    "free_slot", "UPDATE accounts SET open_jobs = open_jobs - 1 WHERE id = :account"
 )
-
-
-# PostgreSQL: the last batch's progress and the freed slot in one round trip (a data-modifying
-# WITH runs whether or not the statement reads it).
-_COMPLETE_POSTGRES = text("""
+_DROP_PAYLOAD = Statement("drop_payload", "DELETE FROM job_payloads WHERE job_pk = :job")
+# PostgreSQL: the last batch's progress, the freed slot and the dropped payload in one round
+# trip (a data-modifying WITH runs whether or not the statement reads it).
+_COMPLETE_POSTGRES = Statement(
+    "complete_job",
+    """
 WITH progress AS (
     UPDATE jobs
        SET next_index = :end, completed_count = completed_count + :completed,
            failed_count = failed_count + :failed, errors = :errors, status = :status,
            completed_at = :completed_at, expires_at = :expires_at, lease_owner = :owner,
            lease_expires_at = :lease_expires
-     WHERE pk = :job)
+     WHERE pk = :job),
+payload AS (DELETE FROM job_payloads WHERE job_pk = :job)
 UPDATE accounts SET open_jobs = open_jobs - 1 WHERE id = :account
-""")
+""",
+)
 
 
-def record_progress(
-    conn: Connection,
+async def record_progress(
+    conn: Conn,
     job: ClaimedJob,
     end: int,
     completed: int,
@@ -392,7 +260,8 @@ def record_progress(
     now: int,
     retention_us: int,
 ) -> bool:
-    """Move the job past a batch; completes it (and frees its slot) when it was the last."""
+    """Move the job past a batch; completes it (frees its slot, drops its payload) when it was
+    the last."""
     done = end >= job.total_count
     params = {
         "job": job.pk, "end": end, "completed": completed, "failed": len(errors),
@@ -402,36 +271,152 @@ def record_progress(
         "expires_at": now + retention_us if done else None,
         "owner": None if done else job.owner,
         "lease_expires": None if done else job.lease_expires_at,
+        "account": job.account_id,
     }  # fmt: skip
-    if done and conn.dialect.name == "postgresql":
-        conn.execute(_COMPLETE_POSTGRES, params | {"account": job.account_id})
+    if done and conn.postgres:
+        await conn.run(_COMPLETE_POSTGRES, params)
         return done
-    conn.execute(_PROGRESS, params)
+    await conn.run(_PROGRESS, params)
     if done:
-        conn.execute(_FREE_SLOT, {"account": job.account_id})
+        await conn.run(_FREE_SLOT, params)
+        await conn.run(_DROP_PAYLOAD, params)
     return done
 
 
-def release_job(conn: Connection, job: ClaimedJob) -> None:
+_RELEASE = Statement(
+    "release_job",
+    """UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL
+        WHERE pk = :job AND lease_owner = :owner AND status = 'processing'""",
+)
+
+
+async def release_job(conn: Conn, job: ClaimedJob) -> None:
     """Hand a job back (graceful shutdown): queued again, at the position it reached."""
-    conn.execute(
-        update(jobs)
-        .where(jobs.c.pk == job.pk, jobs.c.lease_owner == job.owner, jobs.c.status == "processing")
-        .values(status="queued", lease_owner=None, lease_expires_at=None)
-    )
+    await conn.run(_RELEASE, {"job": job.pk, "owner": job.owner})
 
 
-def delete_expired_jobs(conn: Connection, now: int, limit: int = 1000) -> int:
-    doomed = select(jobs.c.pk).where(jobs.c.expires_at < now).limit(limit).scalar_subquery()
-    return conn.execute(delete(jobs).where(jobs.c.pk.in_(doomed))).rowcount
+_DELETE_EXPIRED = Statement(
+    "delete_expired_jobs",
+    "DELETE FROM jobs WHERE pk IN (SELECT pk FROM jobs WHERE expires_at < :now LIMIT :limit)",
+)
 
 
-def next_lease_expiry(conn: Connection) -> int | None:
+async def delete_expired_jobs(conn: Conn, now: int, limit: int = 1000) -> int:
+    return await conn.run(_DELETE_EXPIRED, {"now": now, "limit": limit})
+
+
+_NEXT_LAPSE = Statement(
+    "next_lease_expiry",
+    "SELECT min(lease_expires_at) FROM jobs WHERE status = 'processing'",
+)
+
+
+async def next_lease_expiry(conn: Conn) -> int | None:
     """When the earliest lease of a processing job lapses (the worker's idle wake-up)."""
-    query = select(func.min(jobs.c.lease_expires_at)).where(jobs.c.status == "processing")
-    found = conn.execute(query).scalar()
-    return None if found is None else int(found)
+    row = await conn.one(_NEXT_LAPSE)
+    return None if row is None or row[0] is None else int(row[0])
 
 
-def new_error_id() -> str:
-    return str(uuid.uuid4())
+# ---- applying a batch: the one engine, generic over the kind of job -------------------------
+
+
+async def apply_batch(
+    conn: Conn, job: ClaimedJob, now: int, batch_size: int, retention_us: int
+) -> bool:
+    """Apply the batch at ``job.next_index`` and count it (the caller holds the job); each
+    item's outcome is written with its change. Whether the job is complete."""
+    kind = domain.kind(job.kind)
+    start = job.next_index
+    end = min(start + batch_size, job.total_count)
+    entries = load_payload(job.payload)[start:end]
+    outcomes = await catalog.apply(conn, kind.action, kind.resource, job.account_id, entries, now)
+    errors = _errors(kind.resource, job, start, [e[0] for e in entries], outcomes)
+    completed = len(entries) - len(errors)
+    return await record_progress(conn, job, end, completed, errors, now, retention_us)
+
+
+def _errors(
+    res: Resource, job: ClaimedJob, start: int, externals: list[str], outcomes: list[Outcome]
+) -> list[dict[str, Any]]:
+    base = entries_pointer(res.plural, job.shape)  # type: ignore[arg-type]
+    return [
+        domain.refused(res, refusal, external, f"{base}/{index}")
+        for index, (external, refusal) in enumerate(zip(externals, outcomes, strict=True), start)
+        if refusal is not None
+    ]
+
+
+async def fail_batch(
+    conn: Conn, job: ClaimedJob, now: int, batch_size: int, retention_us: int
+) -> bool:
+    """Give up on the batch at ``next_index``: its items fail with ``internal_error``, nothing
+    of it applied, and the job moves on instead of holding its account's queue."""
+    kind = domain.kind(job.kind)
+    start = job.next_index
+    end = min(start + batch_size, job.total_count)
+    base = entries_pointer(kind.resource.plural, job.shape)  # type: ignore[arg-type]
+    errors = [
+        domain.internal_error(kind.resource, entry[0], f"{base}/{index}")
+        for index, entry in enumerate(load_payload(job.payload)[start:end], start)
+    ]
+    return await record_progress(conn, job, end, 0, errors, now, retention_us)
+
+
+class JobStore:
+    """The queue, as the services see it: every method one read or one write."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def accept(self, new: NewJob, max_open: int) -> JobRecord:
+        return await self.db.write(lambda conn: accept(conn, new, max_open), single=True)
+
+    async def get(self, account: AccountId, kind: str, job_id: str) -> JobRecord | None:
+        return await self.db.read(lambda conn: get_job(conn, account, kind, job_id, now_us()))
+
+    async def list_jobs(
+        self, account: AccountId, kind: str, status: str | None, page: PageRequest
+    ) -> Page[JobRecord]:
+        return await self.db.read(
+            lambda conn: list_jobs(conn, account, kind, status, page, now_us())
+        )
+
+    async def claim(
+        self, owner: str, lease_us: int, batch_size: int, retention_us: int, first_batch: bool
+    ) -> tuple[ClaimedJob, bool] | None:
+        """Claim the next job and, with ``first_batch``, apply its first batch in the same
+        transaction (one commit for a job of one batch). The job, and whether it is complete."""
+
+        async def unit(conn: Conn) -> tuple[ClaimedJob, bool] | None:
+            now = now_us()
+            job = await claim_next_job(conn, owner, now, lease_us)
+            if job is None:
+                return None
+            done = first_batch and await apply_batch(conn, job, now, batch_size, retention_us)
+            return job, done
+
+        return await self.db.write(unit)
+
+    async def run_batch(
+        self, job: ClaimedJob, lease_us: int, batch_size: int, retention_us: int, *, fail: bool
+    ) -> bool | None:
+        """Apply (or, with ``fail``, give up on) the next batch of a held job: whether the job
+        is complete, or None when the lease was lost (another worker has the job now)."""
+        step = fail_batch if fail else apply_batch
+
+        async def unit(conn: Conn) -> bool | None:
+            now = now_us()
+            if not await fence(conn, job, now, lease_us):
+                return None
+            return await step(conn, job, now, batch_size, retention_us)
+
+        return await self.db.write(unit)
+
+    async def release(self, job: ClaimedJob) -> None:
+        await self.db.write(lambda conn: release_job(conn, job))
+
+    async def delete_expired(self) -> int:
+        return await self.db.write(lambda conn: delete_expired_jobs(conn, now_us()))
+
+    async def next_lease_expiry(self) -> int | None:
+        return await self.db.read(next_lease_expiry)

@@ -1,8 +1,13 @@
-"""The tables. Timestamps are integer microseconds since the epoch (UTC) on both databases;
-JSON members are stored as text written by orjson. Every tenant table carries ``account_id``.
+"""The tables. The catalog tables' attribute columns come from the resource descriptions
+(``domain.resources``). Timestamps are integer microseconds since the epoch (UTC) on both
+databases; JSON attributes are stored as the JSON text of their value. Every tenant table
+carries ``account_id``, and every query filters by it.
 """
 
 from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any, Final
 
 from sqlalchemy import (
     BigInteger,
@@ -14,12 +19,16 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
     UniqueConstraint,
     text,
 )
+
+from backstock.domain.ids import MAX_EXTERNAL_ID
+from backstock.domain.resources import CATEGORY, ITEM, RESOURCES, VARIANT, Resource
 
 metadata = MetaData(
     naming_convention={
@@ -55,57 +64,65 @@ api_keys = Table(
     Column("revoked_at", BigInteger, nullable=True),
 )
 
-_CATALOG_COLUMNS = (
-    ("title", Text),
-    ("description", Text),
-    ("url", Text),
-    ("price", Float),
-    ("image_full_url", Text),
-    ("image_thumbnail_url", Text),
-    ("images", Text),
-    ("custom_metadata", Text),
-    ("published", Boolean),
-)
+COLUMN_TYPES: Final[dict[str, Any]] = {
+    "text": Text,
+    "number": Float,
+    "policy": Integer,
+    "boolean": Boolean,
+    "strings": Text,  # JSON
+    "metadata": Text,  # JSON
+}
+JSON_KINDS: Final = frozenset({"strings", "metadata"})
 
 
-def _catalog_columns() -> list[Column[object]]:
-    return [Column(name, kind, nullable=True) for name, kind in _CATALOG_COLUMNS]
+def _catalog_table(res: Resource, *extra: Any) -> Table:
+    """A catalog resource's table: its key, account, external id, one column per stored
+    attribute, and its timestamps."""
+    attributes = [
+        Column(a.name, COLUMN_TYPES[a.kind], nullable=True)
+        for a in res.stored
+        if a.kind != "identity"
+    ]
+    return Table(
+        res.table,
+        metadata,
+        Column("pk", Serial, primary_key=True, autoincrement=True),
+        Column("account_id", ForeignKey("accounts.id"), nullable=False),
+        Column("external_id", String(MAX_EXTERNAL_ID), nullable=False),
+        *attributes,
+        Column("created", BigInteger, nullable=False),
+        Column("updated", BigInteger, nullable=False),
+        # How many updates have landed on this row: lets tests and operators check that
+        # every accepted update was applied exactly once.
+        Column("update_count", BigInteger, nullable=False, server_default=text("0")),
+        UniqueConstraint("account_id", "external_id"),
+        Index(None, "account_id", "pk"),
+        *extra,
+    )
 
 
-catalog_items = Table(
-    "catalog_items",
-    metadata,
-    Column("pk", Serial, primary_key=True, autoincrement=True),
-    Column("account_id", ForeignKey("accounts.id"), nullable=False),
-    Column("external_id", String(512), nullable=False),
-    *_catalog_columns(),
-    Column("categories", Text, nullable=False, server_default=text("'[]'")),
-    Column("created", BigInteger, nullable=False),
-    Column("updated", BigInteger, nullable=False),
-    UniqueConstraint("account_id", "external_id"),
-    Index(None, "account_id", "pk"),
-)
-
-catalog_variants = Table(
-    "catalog_variants",
-    metadata,
-    Column("pk", Serial, primary_key=True, autoincrement=True),
-    Column("account_id", ForeignKey("accounts.id"), nullable=False),
-    Column("external_id", String(512), nullable=False),
+catalog_items = _catalog_table(ITEM)
+catalog_categories = _catalog_table(CATEGORY)
+catalog_variants = _catalog_table(
+    VARIANT,
     Column("item_pk", ForeignKey("catalog_items.pk"), nullable=False),
-    *_catalog_columns(),
-    Column("sku", Text, nullable=True),
-    Column("inventory_policy", Integer, nullable=True),
-    Column("inventory_quantity", Float, nullable=True),
-    Column("created", BigInteger, nullable=False),
-    Column("updated", BigInteger, nullable=False),
-    # How many bulk-job updates have landed on this row: lets tests and operators check
-    # that every accepted update was applied exactly once.
-    Column("update_count", BigInteger, nullable=False, server_default=text("0")),
-    UniqueConstraint("account_id", "external_id"),
-    Index(None, "account_id", "pk"),
     Index(None, "item_pk", "pk"),
     Index(None, "account_id", "sku"),
+)
+
+item_categories = Table(
+    "item_categories",
+    metadata,
+    Column("account_id", ForeignKey("accounts.id"), nullable=False),
+    Column("item_pk", ForeignKey("catalog_items.pk"), nullable=False),
+    Column("category_pk", ForeignKey("catalog_categories.pk"), nullable=False),
+    PrimaryKeyConstraint("item_pk", "category_pk"),
+    Index(None, "category_pk", "item_pk"),
+)
+"""Which items are in which categories (``catalog-item`` ⟷ ``catalog-category``)."""
+
+TABLES: Final = MappingProxyType(
+    {res.type: metadata.tables[res.table] for res in RESOURCES.values()}
 )
 
 _OPEN = "status IN ('queued', 'processing')"
@@ -116,6 +133,7 @@ jobs = Table(
     Column("pk", Serial, primary_key=True, autoincrement=True),
     Column("id", String(26), nullable=False, unique=True),
     Column("account_id", ForeignKey("accounts.id"), nullable=False),
+    Column("kind", String(48), nullable=False),
     Column("status", String(16), nullable=False),
     Column("shape", String(8), nullable=False),
     Column("total_count", Integer, nullable=False),
@@ -123,9 +141,8 @@ jobs = Table(
     Column("failed_count", Integer, nullable=False, server_default=text("0")),
     # Items [0, next_index) are applied and counted; moved in the same transaction as them.
     Column("next_index", Integer, nullable=False, server_default=text("0")),
-    Column("payload", LargeBinary, nullable=False),
-    # The request's variants as JSON:API resource identifiers, rendered once at acceptance.
-    Column("variant_linkage", Text, nullable=False),
+    # The request's resources as JSON:API resource identifiers, rendered once at acceptance.
+    Column("linkage", Text, nullable=False),
     Column("errors", Text, nullable=False, server_default=text("'[]'")),
     Column("created_at", BigInteger, nullable=False),
     Column("completed_at", BigInteger, nullable=True),
@@ -134,7 +151,7 @@ jobs = Table(
     Column("lease_expires_at", BigInteger, nullable=True),
     Column("attempts", Integer, nullable=False, server_default=text("0")),
     Index(None, "account_id", "pk"),
-    Index(None, "account_id", "status", "pk"),
+    Index(None, "account_id", "kind", "pk"),
     # The queue: only unfinished jobs, in acceptance order per account.
     Index(
         "ix_jobs_open",
@@ -145,4 +162,14 @@ jobs = Table(
     ),
     Index("ix_jobs_queue", "pk", sqlite_where=text(_OPEN), postgresql_where=text(_OPEN)),
     Index("ix_jobs_expires_at", "expires_at"),
+)
+
+job_payloads = Table(
+    "job_payloads",
+    metadata,
+    Column("job_pk", ForeignKey("jobs.pk", ondelete="CASCADE"), primary_key=True),
+    # The validated request, ``[[external_id, {attributes}, {relation: [ids]}], ...]``: kept
+    # apart from the job row, which every claim and batch rewrites, and deleted when the job
+    # completes (the job document and ``include`` need only the linkage).
+    Column("payload", LargeBinary, nullable=False),
 )

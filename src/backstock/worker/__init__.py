@@ -1,19 +1,26 @@
-"""The job worker: claims jobs from the job table and applies them batch by batch."""
+"""The job worker: claims jobs from the job table and applies them batch by batch.
+
+It runs its own event loop on a thread of its own (``start``), with ``concurrency`` tasks each
+running one job at a time, so the API's event loop never waits for it. On PostgreSQL it also
+LISTENs for new jobs; on SQLite the process's ``JobSignal`` wakes it.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 from backstock.domain.errors import BackstockError
-from backstock.services.jobs import JobService
-from backstock.storage.jobs import ClaimedJob
+from backstock.domain.jobs import ClaimedJob
+from backstock.services.container import Services
 
 log = logging.getLogger("backstock.worker")
 
@@ -27,84 +34,118 @@ def worker_name() -> str:
 
 
 class Worker:
-    """``concurrency`` threads, each claiming and running one job at a time.
+    """A sleeping task wakes when a signal says a job arrived, or when the earliest lease of
+    a running job lapses (capped at ``idle_check_seconds``)."""
 
-    A thread sleeps only when there was nothing to claim, until a signal says a job arrived
-    or until the earliest lease of a running job lapses (capped at ``idle_check_seconds``).
-    """
-
-    def __init__(self, jobs: JobService, concurrency: int = 1) -> None:
-        self.jobs = jobs
+    def __init__(
+        self,
+        services: Services,
+        concurrency: int = 1,
+        listen: Callable[[Callable[[], None], asyncio.Event], Coroutine[Any, Any, None]]
+        | None = None,
+    ) -> None:
+        self.services = services
+        self.jobs = services.jobs
         self.concurrency = concurrency
         self.stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        """Set (from any thread) to stop: each task finishes its batch and hands its job back."""
+        self._listen = listen
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._wake: asyncio.Event | None = None
         self._last_reap = 0.0
 
     def start(self) -> None:
-        for index in range(self.concurrency):
-            thread = threading.Thread(
-                target=self._loop, name=f"backstock-worker-{index}", daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
+        self._thread = threading.Thread(target=self._main, name="backstock-worker", daemon=True)
+        self._thread.start()
 
     def shutdown(self, timeout: float = 30.0) -> None:
-        """Finish the current batch, hand the job back, and return."""
+        """Finish the current batches, hand the jobs back, and return."""
         self.stop.set()
-        self.jobs.signal.notify()
-        deadline = time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        loop, stopping = self._loop, self._stopping
+        if loop is not None and stopping is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has finished already
+                loop.call_soon_threadsafe(stopping.set)
+        if self._thread is not None:
+            self._thread.join(timeout)
 
-    def run_forever(self) -> None:
-        self.start()
-        while not self.stop.wait(1.0):
-            pass
-        self.shutdown()
+    def _main(self) -> None:
+        asyncio.run(self._run())
 
-    def _loop(self) -> None:
-        owner = worker_name()
+    async def _run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        self._wake = self.services.signal.attach()
+        if self.stop.is_set():
+            self._stopping.set()
+        watcher = asyncio.create_task(self._watch_stop())
+        tasks = [asyncio.create_task(self._loop_forever()) for _ in range(self.concurrency)]
+        if self._listen is not None:
+            tasks.append(asyncio.create_task(self._listen(self._wake.set, self._stopping)))
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            watcher.cancel()
+            self.services.signal.detach(self._wake)
+            await self.services.close_loop()
+
+    async def _watch_stop(self) -> None:
+        """The threading ``stop`` (set by a signal handler) as the loop's ``_stopping``."""
+        assert self._stopping is not None
         while not self.stop.is_set():
-            claimed = self._retrying(
+            await asyncio.sleep(0.1)
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop.is_set() or (self._stopping is not None and self._stopping.is_set())
+
+    async def _loop_forever(self) -> None:
+        owner = worker_name()
+        while not self.stopping:
+            claimed = await self._retrying(
                 lambda: self.jobs.claim(owner),
-                # the first batch keeps failing: claim alone, and let _run deal with the batch
+                # the first batch keeps failing: claim alone, and let _run_job deal with it
                 on_poison=lambda: self.jobs.claim(owner, first_batch=False),
             )
             if claimed is None:
-                self._retrying(self._idle)
+                await self._retrying(self._idle)
             elif not claimed[1]:  # claimed, first batch applied, more to do
-                self._run(claimed[0])
+                await self._run_job(claimed[0])
 
-    def _run(self, job: ClaimedJob) -> None:
+    async def _run_job(self, job: ClaimedJob) -> None:
         """Run ``job`` batch by batch; a failed batch is retried (its transaction rolled back
         or its outcome unknown: the fence at the start of the next try sorts that out)."""
-        log.debug("worker: running job %s", job.id)
-        while not self.stop.is_set():
-            done = self._retrying(
-                lambda: self.jobs.run_batch(job), on_poison=lambda: self.jobs.fail_batch(job)
+        while not self.stopping:
+            done = await self._retrying(
+                lambda: self.jobs.run_batch(job),
+                on_poison=lambda: self.jobs.run_batch(job, fail=True),
             )
             if done:
                 return
-            if done is None and not self.stop.is_set():
+            if done is None and not self.stopping:
                 log.info("worker: job %s is no longer ours (its lease was lost)", job.id)
                 return
-        self._hand_back(job)
+        await self._hand_back(job)
 
-    def _hand_back(self, job: ClaimedJob) -> None:
+    async def _hand_back(self, job: ClaimedJob) -> None:
         """On shutdown: queue the job again at once, rather than after its lease lapses. A few
         tries only (the worker is stopping); if they fail, the lease still frees the job."""
         for attempt in range(3):
             try:
-                self.jobs.release(job)
+                await self.jobs.release(job)
             except Exception:  # noqa: BLE001 - any failure: try again, then leave it to the lease
-                time.sleep(0.1 * (attempt + 1))
+                await asyncio.sleep(0.1 * (attempt + 1))
             else:
                 log.info("worker: handed job %s back", job.id)
                 return
         log.warning("worker: could not hand job %s back; its lease will free it", job.id)
 
-    def _retrying(
-        self, action: Callable[[], T], on_poison: Callable[[], T] | None = None
+    async def _retrying(
+        self,
+        action: Callable[[], Awaitable[T]],
+        on_poison: Callable[[], Awaitable[T]] | None = None,
     ) -> T | None:
         """Run ``action`` until it succeeds, backing off while the database is away (which
         may last); ``None`` if the worker is stopped meanwhile. After ``POISON_TRIES``
@@ -112,9 +153,9 @@ class Worker:
         ``on_poison``, retried the same way."""
         backoff = 0.05
         unexpected = 0
-        while not self.stop.is_set():
+        while not self.stopping:
             try:
-                return action()
+                return await action()
             except BackstockError as exc:
                 log.warning("worker: %s; retrying in %.2f s", exc.detail, backoff)
             except Exception:
@@ -122,19 +163,35 @@ class Worker:
                 unexpected += 1
                 if on_poison is not None and unexpected >= POISON_TRIES:
                     action, on_poison, unexpected = on_poison, None, 0
-            self.stop.wait(backoff)
+            await self._sleep(backoff)
             backoff = min(backoff * 2, 2.0)
         return None
 
-    def _idle(self) -> None:
+    async def _sleep(self, seconds: float) -> None:
+        assert self._stopping is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _idle(self) -> None:
         now = time.monotonic()
         if now - self._last_reap > REAP_EVERY_SECONDS:
             self._last_reap = now
-            deleted = self.jobs.delete_expired()
+            deleted = await self.jobs.delete_expired()
             if deleted:
                 log.info("worker: deleted %d expired jobs", deleted)
-        wait = self.jobs.settings.idle_check_seconds
-        lapse = self.jobs.seconds_to_next_lapse()
+        wait = self.services.settings.idle_check_seconds
+        lapse = await self.jobs.seconds_to_next_lapse()
         if lapse is not None:
             wait = min(wait, lapse + 0.01)
-        self.jobs.signal.wait(wait)
+        assert self._wake is not None
+        assert self._stopping is not None
+        wake, stopping = (
+            asyncio.create_task(self._wake.wait()),
+            asyncio.create_task(self._stopping.wait()),
+        )
+        try:
+            await asyncio.wait([wake, stopping], timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            wake.cancel()
+            stopping.cancel()
+        self._wake.clear()

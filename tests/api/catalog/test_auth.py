@@ -7,21 +7,25 @@ from typing import Any
 
 import pytest
 
-from backstock.services import accounts
 from backstock.services.container import Services
-from tests.api.catalog.conftest import (
+from tests.support import (
     READ,
     WRITE,
+    Api,
     all_item_ids,
     all_variant_ids,
     assert_error,
+    call,
+    cid,
     ids,
+    item_body,
     item_path,
     key_id,
     ok,
+    seed_catalog,
+    variant_body,
     variant_path,
 )
-from tests.conftest import Api, cid, item_body, seed_catalog, variant_body
 
 _PATCH_VARIANT = {"data": {"type": "catalog-variant", "id": cid("V"), "attributes": {"price": 1}}}
 _PATCH_ITEM = {"data": {"type": "catalog-item", "id": cid("I"), "attributes": {"title": "x"}}}
@@ -152,7 +156,7 @@ def test_write_only_key_can_write(api: Api, key_for: Callable[..., str]) -> None
 def test_revoked_key_is_401(api: Api, services: Services, key_for: Callable[..., str]) -> None:
     before = _seed(api)
     survivor = api.as_key(key_for())  # a second key of the same account
-    accounts.revoke_key(services.db, key_id(api.key))
+    call(services, lambda: services.accounts.revoke_key(key_id(api.key)))
     errors = assert_error(api.get("/api/catalog-variants"), 401, "not_authenticated")
     assert "revoked" in errors[0]["detail"]
     assert_error(api.delete(variant_path(cid("V"))), 401, "not_authenticated")

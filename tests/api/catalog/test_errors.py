@@ -7,15 +7,18 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.api.catalog.conftest import (
+from tests.support import (
+    Api,
     all_item_ids,
     all_variant_ids,
     assert_error,
+    cid,
+    item_body,
     item_path,
     ok,
+    variant_body,
     variant_path,
 )
-from tests.conftest import Api, cid, item_body, variant_body
 
 BIG_METADATA = {"blob": "x" * (100 * 1024)}
 

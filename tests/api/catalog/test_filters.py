@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from tests.api.catalog.conftest import assert_error, ids, item_path, ok, variant_path
-from tests.conftest import Api, cid, item_body, variant_body
+from tests.support import (
+    Api,
+    assert_error,
+    cid,
+    ids,
+    item_body,
+    item_path,
+    ok,
+    variant_body,
+    variant_path,
+)
 
 # Variants: (external id, item, title, sku, published)
 VARIANTS = [

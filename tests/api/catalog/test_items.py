@@ -7,18 +7,22 @@ from typing import Any
 
 import pytest
 
-from tests.api.catalog.conftest import (
+from tests.support import (
     BASE,
+    Api,
     all_item_ids,
     all_variant_ids,
     assert_error,
+    category_body,
+    cid,
     enc,
     ids,
+    item_body,
     item_path,
     ok,
+    seed_catalog,
     variant_path,
 )
-from tests.conftest import Api, cid, item_body, seed_catalog
 
 FULL = {
     "external_id": "SHIRT",
@@ -203,6 +207,8 @@ def _with_categories(external: str, *categories: str) -> dict[str, Any]:
 
 
 def test_categories_can_be_set_filtered_and_replaced(api: Api, subtests: pytest.Subtests) -> None:
+    for category in ("SHOES", "SALE", "SHOES/KIDS", "BOOTS", "shoes", "SHOE"):
+        ok(api.post("/api/catalog-categories", category_body(category)), 201)
     ok(api.post("/api/catalog-items", _with_categories("A", "SHOES", "SALE")), 201)
     ok(api.post("/api/catalog-items", _with_categories("B", "SHOES/KIDS")), 201)
     ok(api.post("/api/catalog-items", item_body("C")), 201)

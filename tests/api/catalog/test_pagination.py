@@ -6,13 +6,25 @@ import base64
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
+import orjson
 import pytest
 
-from backstock.services import catalog
-from backstock.services.accounts import authenticate
+from backstock.domain import keys
+from backstock.domain.resources import VARIANT
 from backstock.services.container import Services
-from tests.api.catalog.conftest import BASE, assert_error, ids, item_path, ok
-from tests.conftest import Api, cid, item_body, seed_catalog, variant_body
+from tests.support import (
+    BASE,
+    Api,
+    assert_error,
+    call,
+    cid,
+    ids,
+    item_body,
+    item_path,
+    ok,
+    seed_catalog,
+    variant_body,
+)
 
 COLLECTIONS = {
     "variants": "/api/catalog-variants",
@@ -82,9 +94,18 @@ def test_valid_page_sizes(api: Api, subtests: pytest.Subtests) -> None:
 
 def test_default_page_size_is_100(api: Api, services: Services) -> None:
     ok(api.post("/api/catalog-items", item_body("P")), 201)
-    who = authenticate(services.db, f"Klaviyo-API-Key {api.key}")
-    for n in range(101):  # through the service, not HTTP: the same code path, 10x faster
-        catalog.create_variant(services.db, who, variant_body(f"V{n:03}", "P"))
+    who = call(
+        services,
+        lambda: services.accounts.authenticate(
+            keys.from_authorization(f"Klaviyo-API-Key {api.key}")
+        ),
+    )
+
+    async def create() -> None:
+        for n in range(101):  # through the service, not HTTP: the same code path, 10x faster
+            await services.catalog.create(who, VARIANT, orjson.dumps(variant_body(f"V{n:03}", "P")))
+
+    call(services, create)
     first = ok(api.get("/api/catalog-variants"))
     assert len(first["data"]) == 100
     assert ids_of(first)[-1] == cid("V099")

@@ -14,7 +14,7 @@ from openapi_client.exceptions import (
     UnauthorizedException,
 )
 
-from tests.conftest import LiveServer, cid
+from tests.support import LiveServer, cid
 
 
 def _item(external: str, **attributes: Any) -> dict[str, Any]:

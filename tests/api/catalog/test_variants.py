@@ -7,15 +7,18 @@ from typing import Any
 
 import pytest
 
-from tests.api.catalog.conftest import (
+from tests.support import (
     BASE,
+    Api,
     all_variant_ids,
     assert_error,
+    cid,
     enc,
+    item_body,
     ok,
+    variant_body,
     variant_path,
 )
-from tests.conftest import Api, cid, item_body, variant_body
 
 FULL = {
     "external_id": "SHIRT-M",

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from tests.api.jobs.conftest import JOBS, KeyFactory, errors_of, listed_ids, parameter, spawn
-from tests.conftest import Api, bulk_body
+from tests.conftest import KeyFactory
+from tests.support import JOBS, Api, bulk_body, errors_of, listed_ids, parameter, spawn
 
 READ = ("catalogs:read",)
 WRITE = ("catalogs:write",)

@@ -6,10 +6,13 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from starlette.testclient import TestClient
 
-from tests.api.jobs.conftest import get_job, listed_ids, spawn
-from tests.conftest import Api, wait_for_job
+from tests.support import Api, call, get_job, listed_ids, spawn, wait_for_job
+
+pytestmark = pytest.mark.own_database
+
 
 RETENTION_DAYS = 0.00002
 """1.728 s: long enough to read a fresh job, short enough to wait for."""
@@ -34,8 +37,8 @@ def test_a_job_answers_404_once_it_has_expired_and_is_then_reaped(
     assert listed_ids(api) == []
 
     fresh = wait_for_job(api, spawn(api, [("V2", {"price": 2.0})]))["id"]
-    jobs = client.app.state.services.jobs  # type: ignore[attr-defined]
-    assert jobs.delete_expired() == 1
-    assert jobs.delete_expired() == 0
+    services = client.app.services  # type: ignore[attr-defined]
+    assert call(services, services.jobs.delete_expired) == 1
+    assert call(services, services.jobs.delete_expired) == 0
     assert get_job(api, fresh).status_code == 200
     assert listed_ids(api) == [fresh]

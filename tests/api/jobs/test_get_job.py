@@ -9,17 +9,24 @@ from urllib.parse import quote
 import pytest
 from starlette.testclient import TestClient
 
-from tests.api.jobs.conftest import (
+from tests.conftest import KeyFactory
+from tests.support import (
     JOB_TYPE,
     JOBS,
-    KeyFactory,
+    Api,
+    bulk_body,
+    cid,
     errors_of,
     get_job,
     listed_ids,
     parameter,
+    seed_catalog,
     spawn,
+    wait_for_job,
 )
-from tests.conftest import Api, bulk_body, cid, seed_catalog, wait_for_job
+
+pytestmark = pytest.mark.own_database
+
 
 JOB_FIELDS = f"fields[{JOB_TYPE}]"
 

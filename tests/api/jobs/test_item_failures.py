@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from tests.api.jobs.conftest import KeyFactory, spawn
-from tests.conftest import Api, cid, seed_catalog, wait_for_job
+from tests.conftest import KeyFactory
+from tests.support import Api, cid, seed_catalog, spawn, wait_for_job
 
 
 def variant(api: Api, external: str) -> Any:

@@ -8,8 +8,10 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 
-from tests.api.jobs.conftest import JOBS, errors_of, listed_ids, spawn
-from tests.conftest import Api, bulk_body, wait_for_job
+from tests.support import JOBS, Api, bulk_body, errors_of, listed_ids, spawn, wait_for_job
+
+pytestmark = pytest.mark.own_database
+
 
 LIMIT = 4 * 1024 * 1024
 """The seed's "4MB", read generously: 4 MiB."""

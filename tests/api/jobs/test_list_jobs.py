@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from tests.api.jobs.conftest import JOB_TYPE, JOBS, KeyFactory, listed_ids, parameter, spawn
-from tests.conftest import Api, seed_catalog, wait_for_job
+from tests.conftest import KeyFactory
+from tests.support import (
+    JOB_TYPE,
+    JOBS,
+    Api,
+    listed_ids,
+    parameter,
+    seed_catalog,
+    spawn,
+    wait_for_job,
+)
 
 QUEUED = ("equals(status,'queued')", 'equals(status,"queued")')
 COMPLETE = ("equals(status,'complete')", 'equals(status,"complete")')

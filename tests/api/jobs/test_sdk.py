@@ -9,8 +9,7 @@ import pytest
 from klaviyo_api.filter_builder import FilterBuilder
 from openapi_client.exceptions import NotFoundException
 
-from tests.api.jobs.conftest import JOB_TYPE
-from tests.conftest import LiveServer, cid
+from tests.support import JOB_TYPE, LiveServer, cid
 
 
 def status_filter(status: str) -> str:

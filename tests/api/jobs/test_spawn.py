@@ -9,17 +9,23 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from tests.api.jobs.conftest import JOB_TYPE, JOBS, SEED_REVISION, spawn
-from tests.conftest import (
+from tests.support import (
+    JOB_TYPE,
+    JOBS,
     REVISION,
+    SEED_REVISION,
     Api,
     bulk_body,
     cid,
     item_body,
     seed_catalog,
+    spawn,
     variant_body,
     wait_for_job,
 )
+
+pytestmark = pytest.mark.own_database
+
 
 EVERY_ATTRIBUTE: dict[str, Any] = {
     "title": "Ocean Blue Shirt (Sample) Variant Medium",

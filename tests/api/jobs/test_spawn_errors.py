@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.api.jobs.conftest import JOBS, listed_ids, pointers
-from tests.conftest import Api, bulk_body, cid
+from tests.support import JOBS, Api, bulk_body, cid, listed_ids, pointers
 
 Body = dict[str, Any]
 

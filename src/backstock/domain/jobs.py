@@ -1,0 +1,185 @@
+"""Bulk jobs: the nine kinds (create, update or delete of items, variants or categories), the
+job resource as the API shows it, and the per-item errors a job reports.
+
+A kind names everything the one job engine needs to know about a family of jobs: its JSON:API
+type and path, the resource it applies to and how (``storage.appliers``), and what its
+documents may include.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Final, Literal
+
+import msgspec
+
+from backstock.domain.bodies import Action, job_type
+from backstock.domain.catalog import Refusal
+from backstock.domain.filters import FieldRule
+from backstock.domain.ids import AccountId, ExternalId, JobId, compound_id, parse_compound_id
+from backstock.domain.resources import CATEGORY, ITEM, RESOURCES, VARIANT, Resource
+
+Status = Literal["queued", "processing", "complete", "cancelled"]
+STATUSES: Final[tuple[Status, ...]] = ("queued", "processing", "complete", "cancelled")
+OPEN: Final = frozenset({"queued", "processing"})
+
+FIELDS: Final = frozenset({
+    "job_id", "status", "created_at", "total_count", "completed_count", "failed_count",
+    "completed_at", "expires_at", "errors",
+})  # fmt: skip
+"""The names ``fields[<job type>]`` may list (besides ``id``); ``job_id`` repeats the id for
+2023-02-22 clients, which read it there."""
+
+FILTERS: Final = MappingProxyType(
+    {"status": FieldRule(frozenset({"equals"}), "string", frozenset(STATUSES))}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class JobKind:
+    resource: Resource
+    action: Action
+
+    @property
+    def type(self) -> str:
+        """``catalog-variant-bulk-update-job``: also what the jobs table stores as ``kind``."""
+        return job_type(self.resource, self.action)
+
+    @property
+    def path(self) -> str:
+        return f"/api/{self.type}s"
+
+    @property
+    def include(self) -> str | None:
+        """What ``include`` may name on a job of this kind (a delete leaves nothing)."""
+        return None if self.action == "delete" else self.resource.plural
+
+
+KINDS: Final = MappingProxyType(
+    {
+        kind.type: kind
+        for kind in (
+            JobKind(res, action)
+            for res in (ITEM, VARIANT, CATEGORY)
+            for action in ("create", "update", "delete")
+        )
+    }
+)
+
+
+def kind(type_: str) -> JobKind:
+    return KINDS[type_]
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """A job as the API shows it."""
+
+    pk: int
+    id: JobId
+    kind: str
+    status: str
+    shape: str
+    total_count: int
+    completed_count: int
+    failed_count: int
+    created_at: int
+    completed_at: int | None
+    expires_at: int | None
+    errors: str
+    """The job's ``errors`` array as JSON text."""
+    linkage: str
+    """The request's resources as JSON:API resource identifiers (JSON text)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job to accept: the validated request and who sent it."""
+
+    account: AccountId
+    id: JobId
+    kind: str
+    shape: str
+    total: int
+    payload: bytes
+    linkage: str
+    created_at: int
+
+    def record(self, pk: int) -> JobRecord:
+        return JobRecord(
+            pk, self.id, self.kind, "queued", self.shape, self.total, 0, 0, self.created_at,
+            None, None, "[]", self.linkage,
+        )  # fmt: skip
+
+
+@dataclass(slots=True)
+class ClaimedJob:
+    """A job a worker holds the lease of, and where it stands."""
+
+    pk: int
+    id: JobId
+    account_id: AccountId
+    kind: str
+    shape: str
+    total_count: int
+    completed_count: int
+    failed_count: int
+    next_index: int
+    errors: list[dict[str, Any]]
+    owner: str
+    payload: bytes = b""
+    lease_expires_at: int = 0
+
+
+def item_error(code: str, title: str, detail: str, pointer: str) -> dict[str, Any]:
+    """One entry of a job's ``errors``: a resource the job could not apply, pointed at in the
+    request."""
+    source = {"pointer": pointer}
+    return {
+        "id": str(uuid.uuid4()),
+        "code": code,
+        "title": title,
+        "detail": detail,
+        "source": source,
+    }
+
+
+def not_found(res: Resource, external: str, pointer: str) -> dict[str, Any]:
+    detail = f"The catalog {res.noun} '{compound_id(external)}' does not exist."
+    return item_error("not_found", f"Catalog {res.noun} not found.", detail, pointer)
+
+
+def conflict(res: Resource, external: str, pointer: str) -> dict[str, Any]:
+    detail = f"A catalog {res.noun} with id '{compound_id(external)}' already exists."
+    return item_error("conflict", f"Catalog {res.noun} already exists.", detail, pointer)
+
+
+def missing_related(res: Resource, external: str, pointer: str) -> dict[str, Any]:
+    """A create or update naming a related resource that does not exist."""
+    detail = f"The related catalog {res.noun} '{compound_id(external)}' does not exist."
+    return item_error("not_found", f"Related catalog {res.noun} not found.", detail, pointer)
+
+
+def refused(res: Resource, refusal: Refusal, external: str, pointer: str) -> dict[str, Any]:
+    """The error of an item a job did not apply."""
+    if refusal.reason == "exists":
+        return conflict(res, external, pointer)
+    if refusal.reason == "missing":
+        return not_found(res, external, pointer)
+    target = res.relation(refusal.relation).target
+    return missing_related(RESOURCES[target], refusal.external, pointer)
+
+
+def internal_error(res: Resource, external: str, pointer: str) -> dict[str, Any]:
+    detail = f"Applying '{compound_id(external)}' failed repeatedly; it was not applied."
+    return item_error("internal_error", "The change could not be applied.", detail, pointer)
+
+
+_LINKAGE = msgspec.json.Decoder(list[dict[str, str]])
+
+
+def linked_external_ids(linkage: str) -> list[ExternalId]:
+    """The external ids a job's linkage names, in request order."""
+    return [parse_compound_id(entry["id"]) for entry in _LINKAGE.decode(linkage)]

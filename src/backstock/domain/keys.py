@@ -1,0 +1,90 @@
+"""API keys as Klaviyo's clients send them: ``Authorization: Klaviyo-API-Key pk_<id>_<secret>``.
+
+Only a SHA-256 of the secret is stored; the key id finds the row and the hashes are compared in
+constant time (``services.accounts``)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from typing import Final
+
+from backstock.domain.errors import NotAuthenticated, PermissionDenied
+from backstock.domain.ids import AccountId
+
+SCOPES: Final = frozenset({"catalogs:read", "catalogs:write"})
+READ: Final = "catalogs:read"
+WRITE: Final = "catalogs:write"
+PREFIX: Final = "pk_"
+KEY_ID_LENGTH: Final = 12
+INVALID: Final = "The API key is not valid."
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A key as presented: its id (which finds it) and its secret (which proves it)."""
+
+    key_id: str
+    secret: str
+
+    @property
+    def secret_hash(self) -> str:
+        return hash_secret(self.secret)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the account a key belongs to and what it may do."""
+
+    account_id: AccountId
+    key_id: str
+    scopes: frozenset[str]
+
+    def require(self, scope: str) -> None:
+        if scope not in self.scopes:
+            raise PermissionDenied(f"This API key lacks the '{scope}' scope.")
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def from_authorization(header: str | None) -> ApiKey:
+    """The key of an ``Authorization`` header; 401 if it holds none."""
+    if not header:
+        raise NotAuthenticated("Send 'Authorization: Klaviyo-API-Key <your private key>'.")
+    scheme, _, key = header.partition(" ")
+    if scheme != "Klaviyo-API-Key" or not key.startswith(PREFIX):
+        raise NotAuthenticated("The Authorization header must read 'Klaviyo-API-Key <key>'.")
+    key_id, _, secret = key[len(PREFIX) :].partition("_")
+    if len(key_id) != KEY_ID_LENGTH or not secret:
+        raise NotAuthenticated(INVALID)
+    return ApiKey(key_id, secret)
+
+
+def new_key() -> tuple[ApiKey, str]:
+    """A fresh key, and the text to give its owner (shown once, never stored)."""
+    key = ApiKey(secrets.token_hex(KEY_ID_LENGTH // 2), secrets.token_urlsafe(32))
+    return key, f"{PREFIX}{key.key_id}_{key.secret}"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """A stored key: never its secret, only the secret's hash."""
+
+    id: str
+    account_id: AccountId
+    account_name: str
+    secret_hash: str
+    scopes: frozenset[str]
+    created_at: int
+    revoked_at: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRecord:
+    id: AccountId
+    name: str
+    created_at: int
+    open_jobs: int

@@ -1,0 +1,193 @@
+"""A request as the one request path sees it, and the conventions every operation checks
+before doing any work: revision, media types, query parameters, body size and time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Collection, Mapping, MutableMapping
+from datetime import date
+from functools import lru_cache
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+from backstock.domain.errors import (
+    BackstockError,
+    BadRequest,
+    InvalidParameter,
+    NotAcceptable,
+    NotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedMediaType,
+)
+from backstock.domain.ids import ExternalId, InvalidCompoundId, parse_compound_id
+
+log = logging.getLogger("backstock.http")
+
+Scope = MutableMapping[str, Any]
+
+OLDEST_REVISION = date(2023, 2, 22)
+NEWEST_REVISION = date(2026, 10, 15)
+NULLABLE_SINCE = date(2024, 2, 15)
+"""Before this revision Klaviyo's schemas declared nothing nullable: omit nulls for them."""
+
+MEDIA_TYPES = ("application/json", "application/vnd.api+json")
+_ACCEPTABLE = ("*/*", "application/*", *MEDIA_TYPES)
+_REVISION = re.compile(r"(\d{4})-(\d{2})-(\d{2})(\.[A-Za-z0-9_-]+)?")
+
+
+class Request:
+    """The parts of an ASGI HTTP request the service reads, parsed once."""
+
+    __slots__ = ("_query", "headers", "method", "path", "receive", "scope")
+
+    def __init__(self, scope: Scope, receive: Any) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.method: str = scope["method"]
+        # The raw path (an id's %2F is not a separator), without one trailing slash (both
+        # spellings of every path are served directly).
+        raw = scope.get("raw_path")
+        path: str = raw.decode("latin-1").partition("?")[0] if raw else scope["path"]
+        if len(path) > 1 and path.endswith("/"):
+            path = path[:-1]
+        self.path = path
+        self.headers = {
+            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]
+        }
+        self._query: dict[str, str] | None = None
+
+    @property
+    def query(self) -> dict[str, str]:
+        if self._query is None:
+            raw: bytes = self.scope.get("query_string", b"")
+            self._query = (
+                dict(parse_qsl(raw.decode("latin-1"), keep_blank_values=True)) if raw else {}
+            )
+        return self._query
+
+    @property
+    def base_url(self) -> str:
+        host = self.headers.get("host")
+        if host is None:
+            server = self.scope.get("server") or ("localhost", 80)
+            host = f"{server[0]}:{server[1]}"
+        scheme = self.scope.get("scheme", "http")
+        return f"{scheme}://{host}{self.scope.get('root_path', '')}"
+
+    async def body(self, limit: int, timeout: float) -> bytes:
+        """The body, refusing (413) as soon as it is known to pass ``limit`` bytes, and (408)
+        once it has taken more than ``timeout`` seconds: a slow sender holds no more than that.
+        A client that goes away mid-body gets a 400 (nobody reads it) and one line of log."""
+        content_type = self.headers.get("content-type")
+        if content_type is not None:
+            kind = content_type.split(";")[0].strip().lower()
+            if kind not in MEDIA_TYPES:
+                raise UnsupportedMediaType(
+                    f"Content-Type '{kind[:80]}' is not supported; send "
+                    "application/vnd.api+json or application/json."
+                )
+        declared = self.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _too_large(limit)
+        chunks = []
+        size = 0
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    message = await self.receive()
+                    if message["type"] == "http.disconnect":
+                        log.info(
+                            "%s %s: the client went away before its body", self.method, self.path
+                        )
+                        raise BadRequest("The request body was cut short.")
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        raise _too_large(limit)
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            raise RequestTimeout(
+                f"The request body did not arrive within {timeout:g} seconds.",
+                headers={"Connection": "close"},
+            ) from None
+        return b"".join(chunks)
+
+
+def _too_large(limit: int) -> BackstockError:
+    return PayloadTooLarge(f"The request body is larger than {limit // (1024 * 1024)} MB.")
+
+
+def revision(headers: Mapping[str, str]) -> date:
+    value = headers.get("revision")
+    if value is None:
+        raise InvalidParameter("revision", "The 'revision' header is required (YYYY-MM-DD).")
+    return _revision(value)
+
+
+@lru_cache(maxsize=256)
+def _revision(value: str) -> date:
+    """Clients send one or two values over and over: each good one is parsed once."""
+    match = _REVISION.fullmatch(value.strip())
+    try:
+        day = date(int(match[1]), int(match[2]), int(match[3])) if match else None
+    except ValueError:
+        day = None
+    if day is None:
+        raise InvalidParameter(
+            "revision", f"'{value[:40]}' is not a revision; use the format YYYY-MM-DD[.suffix]."
+        )
+    if not OLDEST_REVISION <= day <= NEWEST_REVISION:
+        raise InvalidParameter(
+            "revision",
+            f"Revision {value} is not supported; use {OLDEST_REVISION} through {NEWEST_REVISION}.",
+        )
+    return day
+
+
+def check_accept(headers: Mapping[str, str]) -> None:
+    accept = headers.get("accept")
+    if accept and not _acceptable(accept):
+        raise NotAcceptable()
+
+
+@lru_cache(maxsize=256)
+def _acceptable(accept: str) -> bool:
+    types = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    return any(kind in _ACCEPTABLE for kind in types)
+
+
+def check_query(query: Mapping[str, str], allowed: Collection[str]) -> None:
+    for name in query:
+        if name not in allowed:
+            raise InvalidParameter(name, f"Unknown query parameter '{name[:80]}'.")
+
+
+def include(query: Mapping[str, str], allowed: str | None) -> bool:
+    """Whether ``include`` names the one relationship this operation can include."""
+    text = query.get("include")
+    if text is None:
+        return False
+    wanted = frozenset(part.strip() for part in text.split(","))
+    if allowed is None or wanted != {allowed}:
+        unknown = ", ".join(sorted(part[:40] for part in wanted - {allowed})[:10])
+        raise InvalidParameter(
+            "include", f"Cannot include {unknown}; allowed: {allowed or 'nothing'}."
+        )
+    return True
+
+
+def path_id(raw: str) -> ExternalId:
+    """A compound id from the (still percent-encoded) path segment; 404 if it cannot exist."""
+    compound = unquote(raw)
+    shown = compound if len(compound) <= 120 else compound[:120] + "…"
+    if "\x00" in compound:  # never stored (PostgreSQL text cannot hold NUL)
+        raise NotFound(f"No catalog resource with id {shown!r}")
+    try:
+        return parse_compound_id(compound)
+    except InvalidCompoundId as exc:
+        raise NotFound(str(exc)[:200]) from exc

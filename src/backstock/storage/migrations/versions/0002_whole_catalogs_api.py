@@ -1,0 +1,155 @@
+"""the whole Catalogs API: categories, item-category links, every job kind, payloads apart
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-12-01
+
+- ``catalog_categories`` and ``item_categories`` (many-to-many). The ids an item used to keep in
+  its ``categories`` JSON column become links, to categories created for them (named by their
+  external id) where none exists.
+- ``update_count`` on items (variants had it already).
+- ``jobs.kind``: every job so far was a catalog-variant bulk update job. ``variant_linkage`` is
+  now ``linkage``. The payload moves to ``job_payloads`` (unfinished jobs only: a finished job
+  needs none), as ``[external_id, changes, {}]`` triples.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+_SERIAL = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def upgrade() -> None:
+    op.create_table(
+        "catalog_categories",
+        sa.Column("pk", _SERIAL, autoincrement=True, nullable=False),
+        sa.Column("account_id", _SERIAL, nullable=False),
+        sa.Column("external_id", sa.String(length=512), nullable=False),
+        sa.Column("name", sa.Text(), nullable=True),
+        sa.Column("created", sa.BigInteger(), nullable=False),
+        sa.Column("updated", sa.BigInteger(), nullable=False),
+        sa.Column("update_count", sa.BigInteger(), server_default=sa.text("0"), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["account_id"], ["accounts.id"], name=op.f("fk_catalog_categories_account_id_accounts")
+        ),
+        sa.PrimaryKeyConstraint("pk", name=op.f("pk_catalog_categories")),
+        sa.UniqueConstraint(
+            "account_id", "external_id", name=op.f("uq_catalog_categories_account_id_external_id")
+        ),
+    )
+    op.create_index(
+        op.f("ix_catalog_categories_account_id_pk"), "catalog_categories", ["account_id", "pk"]
+    )
+    op.create_table(
+        "item_categories",
+        sa.Column("account_id", _SERIAL, nullable=False),
+        sa.Column("item_pk", _SERIAL, nullable=False),
+        sa.Column("category_pk", _SERIAL, nullable=False),
+        sa.ForeignKeyConstraint(
+            ["account_id"], ["accounts.id"], name=op.f("fk_item_categories_account_id_accounts")
+        ),
+        sa.ForeignKeyConstraint(
+            ["category_pk"],
+            ["catalog_categories.pk"],
+            name=op.f("fk_item_categories_category_pk_catalog_categories"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["item_pk"], ["catalog_items.pk"], name=op.f("fk_item_categories_item_pk_catalog_items")
+        ),
+        sa.PrimaryKeyConstraint("item_pk", "category_pk", name=op.f("pk_item_categories")),
+    )
+    op.create_index(
+        op.f("ix_item_categories_category_pk_item_pk"),
+        "item_categories",
+        ["category_pk", "item_pk"],
+    )
+    _categories_to_links()
+    with op.batch_alter_table("catalog_items") as batch:
+        batch.drop_column("categories")
+        batch.add_column(
+            sa.Column("update_count", sa.BigInteger(), server_default=sa.text("0"), nullable=False)
+        )
+
+    op.create_table(
+        "job_payloads",
+        sa.Column("job_pk", _SERIAL, nullable=False),
+        sa.Column("payload", sa.LargeBinary(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["job_pk"], ["jobs.pk"], name=op.f("fk_job_payloads_job_pk_jobs"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("job_pk", name=op.f("pk_job_payloads")),
+    )
+    _payloads_apart()
+    with op.batch_alter_table("jobs") as batch:
+        batch.add_column(
+            sa.Column(
+                "kind",
+                sa.String(length=48),
+                server_default="catalog-variant-bulk-update-job",
+                nullable=False,
+            )
+        )
+        batch.alter_column("variant_linkage", new_column_name="linkage")
+        batch.drop_column("payload")
+        batch.drop_index("ix_jobs_account_id_status_pk")
+        batch.create_index(op.f("ix_jobs_account_id_kind_pk"), ["account_id", "kind", "pk"])
+    with op.batch_alter_table("jobs") as batch:
+        batch.alter_column("kind", server_default=None)
+
+
+def _categories_to_links() -> None:
+    conn = op.get_bind()
+    now = time.time_ns() // 1000
+    items = conn.execute(
+        sa.text("SELECT pk, account_id, categories FROM catalog_items WHERE categories <> '[]'")
+    ).all()
+    for item_pk, account, categories in items:
+        for compound in dict.fromkeys(json.loads(categories)):
+            external = str(compound).split(":::", 2)[-1]
+            find = sa.text(
+                "SELECT pk FROM catalog_categories WHERE account_id = :a AND external_id = :e"
+            )
+            category = conn.execute(find, {"a": account, "e": external}).scalar()
+            if category is None:
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO catalog_categories (account_id, external_id, name, created, "
+                        "updated) VALUES (:a, :e, :e, :now, :now)"
+                    ),
+                    {"a": account, "e": external, "now": now},
+                )
+                category = conn.execute(find, {"a": account, "e": external}).scalar()
+            conn.execute(
+                sa.text(
+                    "INSERT INTO item_categories (account_id, item_pk, category_pk) "
+                    "VALUES (:a, :i, :c)"
+                ),
+                {"a": account, "i": item_pk, "c": category},
+            )
+
+
+def _payloads_apart() -> None:
+    conn = op.get_bind()
+    rows = conn.execute(
+        sa.text("SELECT pk, payload FROM jobs WHERE status IN ('queued', 'processing')")
+    ).all()
+    for pk, payload in rows:
+        triples = [[external, changes, {}] for external, changes in json.loads(bytes(payload))]
+        conn.execute(
+            sa.text("INSERT INTO job_payloads (job_pk, payload) VALUES (:pk, :payload)"),
+            {"pk": pk, "payload": json.dumps(triples, separators=(",", ":")).encode()},
+        )
+
+
+def downgrade() -> None:
+    raise NotImplementedError("0002 has no downgrade: restore a backup taken before upgrading")

@@ -1,0 +1,186 @@
+"""How every statement runs: written once (SQL text with ``:name`` parameters, or SQLAlchemy
+Core where queries are composed), compiled by SQLAlchemy once per dialect, and handed straight to
+the driver (sqlite3, or psycopg's asyncio connections) with its parameters.
+
+``Conn`` is the one interface storage code runs statements through. Its methods are coroutines
+on both databases: on PostgreSQL they await the network; on SQLite they return at once (sqlite3
+is synchronous), which lets ``Database`` run a SQLite unit of work on its writer thread by
+driving the coroutine to completion (``run_to_completion``)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Coroutine, Hashable, Iterable, Mapping, Sequence
+from typing import Any, Literal, TypeVar
+
+import msgspec
+import psycopg
+from sqlalchemy import ClauseElement, TextClause, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Dialect
+
+Dialect_ = Literal["sqlite", "postgresql"]
+Row = tuple[Any, ...]
+Params = Mapping[str, Any]
+T = TypeVar("T")
+_ENCODE = msgspec.json.Encoder().encode
+
+_DIALECTS: dict[str, Dialect] = {
+    "sqlite": sqlite.dialect(paramstyle="named"),
+    "postgresql": postgresql.psycopg.dialect(),  # type: ignore[no-untyped-call]  # %(name)s
+}
+
+
+class Statement:
+    """A named statement: its SQL for each database, compiled on first use (with the values
+    of any constants SQLAlchemy turned into parameters)."""
+
+    __slots__ = ("_compiled", "name", "postgresql", "sqlite")
+
+    def __init__(
+        self, name: str, sql: str | ClauseElement, postgresql: str | ClauseElement | None = None
+    ) -> None:
+        self.name = name
+        self.sqlite = text(sql) if isinstance(sql, str) else sql
+        alternative = postgresql if postgresql is not None else sql
+        self.postgresql = text(alternative) if isinstance(alternative, str) else alternative
+        self._compiled: dict[str, tuple[str, dict[str, Any]]] = {}
+
+    def sql(self, dialect: str) -> tuple[str, dict[str, Any]]:
+        compiled = self._compiled.get(dialect)
+        if compiled is None:
+            clause = self.sqlite if dialect == "sqlite" else self.postgresql
+            compiled = self._compiled[dialect] = compile_clause(clause, dialect)
+        return compiled
+
+    def __repr__(self) -> str:
+        return f"Statement({self.name!r})"
+
+
+def compile_clause(clause: ClauseElement, dialect: str) -> tuple[str, dict[str, Any]]:
+    """The SQL, and the values of the parameters SQLAlchemy made of constants."""
+    compiled = clause.compile(
+        dialect=_DIALECTS[dialect], compile_kwargs={"render_postcompile": True}
+    )
+    constants = {name: value for name, value in compiled.params.items() if value is not None}
+    return str(compiled), constants
+
+
+def _bind(sql: tuple[str, dict[str, Any]], params: Params | None) -> tuple[str, Params]:
+    text_, constants = sql
+    if constants:
+        return text_, {**constants, **(params or {})}
+    return text_, params or {}
+
+
+_COMPOSED: dict[tuple[Hashable, str], tuple[str, dict[str, Any]]] = {}
+
+
+def composed(
+    key: Hashable, dialect: str, build: Callable[[], ClauseElement]
+) -> tuple[str, dict[str, Any]]:
+    """The SQL of a composed query (a list with its filters and page), compiled once per
+    shape: ``key`` names everything ``build`` varies on, never a value (values are bound)."""
+    sql = _COMPOSED.get((key, dialect))
+    if sql is None:
+        if len(_COMPOSED) > 4096:  # shapes are few; this only bounds a pathological client
+            _COMPOSED.clear()
+        sql = _COMPOSED[(key, dialect)] = compile_clause(build(), dialect)
+    return sql
+
+
+class Conn:
+    """A connection as storage code sees it: run named statements, get tuples back."""
+
+    __slots__ = ("dialect", "driver")
+
+    def __init__(self, dialect: Dialect_, driver: Any) -> None:
+        self.dialect = dialect
+        self.driver = driver
+
+    @property
+    def postgres(self) -> bool:
+        return self.dialect == "postgresql"
+
+    def array(self, values: Iterable[Any]) -> Any:
+        """Strings or integers as one parameter: a JSON array for SQLite (read with
+        ``json_each``), an array for PostgreSQL (read with ``= ANY``)."""
+        values = list(values)
+        return values if self.postgres else _ENCODE(values).decode()
+
+    async def query(self, compiled: tuple[str, dict[str, Any]], params: Params) -> list[Row]:
+        """A composed query's rows (``composed`` compiles it)."""
+        sql, bound = _bind(compiled, params)
+        if self.dialect == "sqlite":
+            return self.driver.execute(sql, bound).fetchall()  # type: ignore[no-any-return]
+        cursor = await self.driver.execute(sql, bound)
+        return await cursor.fetchall()  # type: ignore[no-any-return]
+
+    async def one(self, statement: Statement, params: Params | None = None) -> Row | None:
+        rows = await self.all(statement, params)
+        return rows[0] if rows else None
+
+    async def all(self, statement: Statement, params: Params | None = None) -> list[Row]:
+        sql, bound = _bind(statement.sql(self.dialect), params)
+        if self.dialect == "sqlite":
+            return self.driver.execute(sql, bound).fetchall()  # type: ignore[no-any-return]
+        cursor = await self.driver.execute(sql, bound)
+        return await cursor.fetchall() if cursor.description else []
+
+    async def run(self, statement: Statement, params: Params | None = None) -> int:
+        """Run a write; the number of rows it changed."""
+        sql, bound = _bind(statement.sql(self.dialect), params)
+        if self.dialect == "sqlite":
+            return int(self.driver.execute(sql, bound).rowcount)
+        cursor = await self.driver.execute(sql, bound)
+        return int(cursor.rowcount)
+
+    async def many(self, statement: Statement, rows: Sequence[Params]) -> None:
+        """Run a write once per row (statements without constants: see ``Statement``)."""
+        if not rows:
+            return
+        sql, _ = statement.sql(self.dialect)
+        if self.dialect == "sqlite":
+            self.driver.executemany(sql, rows)
+            return
+        async with self.driver.cursor() as cursor:
+            await cursor.executemany(sql, rows)
+
+    async def many_returning(self, statement: Statement, rows: Sequence[Params]) -> list[bool]:
+        """PostgreSQL: run the statement once per row in one round trip; for each, whether it
+        returned a row (it found what it changes)."""
+        if not rows:
+            return []
+        sql, _ = statement.sql(self.dialect)
+        async with self.driver.cursor() as cursor:
+            await cursor.executemany(sql, rows, returning=True)
+            found = [await cursor.fetchone() is not None]
+            while cursor.nextset():
+                found.append(await cursor.fetchone() is not None)
+        return found
+
+
+def run_to_completion(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends (storage work on a SQLite ``Conn``) without an
+    event loop; a coroutine that does suspend is a bug and raises."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    coroutine.close()
+    raise RuntimeError("SQLite work awaited something that suspends")
+
+
+def driver_errors() -> tuple[type[BaseException], ...]:
+    return (sqlite3.Error, psycopg.Error)
+
+
+__all__ = [
+    "Conn",
+    "Row",
+    "Statement",
+    "TextClause",
+    "compile_clause",
+    "composed",
+    "run_to_completion",
+]
