@@ -1,72 +1,171 @@
 """The job table as a queue: claiming, leases, fencing, resumption, ordering, exactly-once.
 
-These drive the service layer directly (what the worker calls) on SQLite and PostgreSQL.
+Jobs are accepted the way the API accepts them (``Jobs.spawn``) and run the way the worker runs
+them (``Jobs.claim`` and ``Jobs.run_batch``, or the ``Worker`` itself), on SQLite and
+PostgreSQL. Every test has a database of its own: a claim takes the head of *any* account's
+queue, so jobs left queued by other tests would be claimed here. Rows are read (and time is
+made to pass) with plain SQL, as an operator would.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import select, text, update
+from sqlalchemy import func, select, text, update
 
+from backstock.bootstrap import build_services, build_worker
 from backstock.domain.errors import TooManyJobs
-from backstock.services import accounts, catalog
-from backstock.services.accounts import Principal
+from backstock.domain.jobs import KINDS, ClaimedJob, JobKind
+from backstock.domain.keys import Principal, from_authorization
+from backstock.domain.resources import CATEGORY, ITEM, VARIANT, Resource
 from backstock.services.container import Services
+from backstock.settings import Settings
+from backstock.storage import catalog as catalog_store
+from backstock.storage.jobs import _CLAIM_NEXT
 from backstock.storage.schema import accounts as accounts_table
-from backstock.storage.schema import catalog_variants, jobs
+from backstock.storage.schema import (
+    catalog_categories,
+    catalog_items,
+    catalog_variants,
+    item_categories,
+    job_payloads,
+    jobs,
+)
 from backstock.worker import Worker
-from tests.support import bulk_body, item_body, variant_body
+from tests.support import (
+    bulk_body,
+    call,
+    category_body,
+    cid,
+    item_body,
+    job_body,
+    make_key,
+    sql,
+    variant_body,
+)
+
+pytestmark = pytest.mark.own_database
+
+VARIANT_UPDATE = KINDS["catalog-variant-bulk-update-job"]
+
+
+# ---- helpers: the API's side -----------------------------------------------------------------
 
 
 def principal(services: Services, account: str = "acme") -> Principal:
-    key = accounts.create_key(services.db, account, ["catalogs:read", "catalogs:write"])
-    return accounts.authenticate(services.db, f"Klaviyo-API-Key {key.key}")
+    key = make_key(services, account)
+    api_key = from_authorization(f"Klaviyo-API-Key {key}")
+    return call(services, lambda: services.accounts.authenticate(api_key))
+
+
+def create(services: Services, who: Principal, res: Resource, body: dict[str, Any]) -> None:
+    call(services, lambda: services.catalog.create(who, res, orjson.dumps(body)))
 
 
 def seed(services: Services, who: Principal, count: int, item: str = "I") -> list[str]:
-    catalog.create_item(services.db, who, item_body(item))
+    """An item and ``count`` variants of it, created as single requests would (on one event
+    loop, so on PostgreSQL one connection)."""
     externals = [f"{item}-{n}" for n in range(count)]
-    for external in externals:
-        catalog.create_variant(services.db, who, variant_body(external, item))
+
+    async def work() -> None:
+        await services.catalog.create(who, ITEM, orjson.dumps(item_body(item)))
+        for external in externals:
+            body = orjson.dumps(variant_body(external, item))
+            await services.catalog.create(who, VARIANT, body)
+
+    call(services, work)
     return externals
 
 
+def spawn_job(services: Services, who: Principal, kind: JobKind, body: dict[str, Any]) -> str:
+    """Accept a job through the production path (what ``POST /api/<kind>s`` calls)."""
+    return call(services, lambda: services.jobs.spawn(who, kind, orjson.dumps(body))).id
+
+
 def spawn(services: Services, who: Principal, updates: list[tuple[str, dict[str, Any]]]) -> str:
-    return services.jobs.spawn_update_job(who, orjson.dumps(bulk_body(updates))).id
+    return spawn_job(services, who, VARIANT_UPDATE, bulk_body(updates))
+
+
+# ---- helpers: the worker's side --------------------------------------------------------------
+
+
+def claim(services: Services, owner: str) -> ClaimedJob | None:
+    """Claim the next job; the claim applies its first batch in the same transaction."""
+    claimed = call(services, lambda: services.jobs.claim(owner))
+    return None if claimed is None else claimed[0]
+
+
+def run_batch(services: Services, job: ClaimedJob) -> bool | None:
+    return call(services, lambda: services.jobs.run_batch(job))
+
+
+def drain_job(services: Services, job: ClaimedJob) -> None:
+    while run_batch(services, job) is False:
+        pass
+
+
+def drain(services: Services, owner: str = "w") -> list[str]:
+    """Run jobs until none can be claimed; the ids claimed, in order."""
+    claimed_ids: list[str] = []
+    while (claimed := call(services, lambda: services.jobs.claim(owner))) is not None:
+        job, first_done = claimed
+        claimed_ids.append(job.id)
+        done: bool | None = first_done
+        while done is False:
+            done = run_batch(services, job)
+    return claimed_ids
+
+
+# ---- helpers: rows ---------------------------------------------------------------------------
+
+
+@contextmanager
+def rows(services: Services) -> Iterator[Any]:
+    with sql(services.settings.database_url) as conn:
+        yield conn
 
 
 def job_row(services: Services, job_id: str) -> Any:
-    with services.db.read() as conn:
+    with rows(services) as conn:
         return conn.execute(select(jobs).where(jobs.c.id == job_id)).one()
 
 
 def variant_rows(services: Services) -> dict[str, Any]:
-    with services.db.read() as conn:
+    with rows(services) as conn:
         return {r.external_id: r for r in conn.execute(select(catalog_variants))}
 
 
-def claim(services: Services, owner: str) -> Any:
-    """Claim the next job; the claim applies its first batch in the same transaction."""
-    claimed = services.jobs.claim(owner)
-    return None if claimed is None else claimed[0]
+def lapse_lease(services: Services, job_id: str) -> None:
+    """Time passes: the job's lease lapses."""
+    with rows(services) as conn:
+        conn.execute(update(jobs).where(jobs.c.id == job_id).values(lease_expires_at=0))
 
 
-def drain(services: Services, owner: str = "w") -> None:
-    while (claimed := services.jobs.claim(owner)) is not None:
-        job, done = claimed
-        while done is False:
-            done = services.jobs.run_batch(job)
+def payload_count(services: Services) -> int:
+    with rows(services) as conn:
+        return int(conn.execute(select(func.count()).select_from(job_payloads)).scalar_one())
+
+
+def wait_until(check: Callable[[], bool], timeout: float, message: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.01)
 
 
 @pytest.fixture
 def services(services_for: Callable[..., Services]) -> Services:
     return services_for(worker_batch_size=10, lease_seconds=30)
+
+
+# ---- claiming, batches, leases -----------------------------------------------------------------
 
 
 def test_claimed_job_is_invisible_to_other_workers(services: Services) -> None:
@@ -75,7 +174,7 @@ def test_claimed_job_is_invisible_to_other_workers(services: Services) -> None:
     spawn(services, who, [(externals[0], {"price": float(n)}) for n in range(25)])
     first = claim(services, "a")
     assert first is not None
-    assert services.jobs.claim("b") is None
+    assert claim(services, "b") is None
     row = job_row(services, first.id)
     assert (row.status, row.lease_owner, row.attempts) == ("processing", "a", 1)
     assert (row.next_index, row.completed_count) == (10, 10)  # the claim ran the first batch
@@ -89,15 +188,18 @@ def test_batches_commit_progress_and_complete(services: Services) -> None:
     assert job is not None
     row = job_row(services, job_id)
     assert (row.next_index, row.completed_count, row.status) == (10, 10, "processing")
-    assert services.jobs.run_batch(job) is False
+    assert run_batch(services, job) is False
     assert job_row(services, job_id).next_index == 20
-    assert services.jobs.run_batch(job) is True
+    assert run_batch(services, job) is True
     row = job_row(services, job_id)
     assert (row.next_index, row.completed_count, row.failed_count) == (25, 25, 0)
     assert row.status == "complete" and row.lease_owner is None
     assert row.expires_at > row.completed_at
-    with services.db.read() as conn:
+    with rows(services) as conn:
         assert conn.execute(select(accounts_table.c.open_jobs)).scalar() == 0
+    assert payload_count(services) == 0  # dropped with the last batch
+    prices = {e: r.price for e, r in variant_rows(services).items()}
+    assert prices == {e: float(n) for n, e in enumerate(externals)}
 
 
 def test_lapsed_lease_is_resumed_where_it_stopped_and_nothing_applies_twice(
@@ -107,21 +209,37 @@ def test_lapsed_lease_is_resumed_where_it_stopped_and_nothing_applies_twice(
     externals = seed(services, who, 25)
     job_id = spawn(services, who, [(e, {"price": 5.0}) for e in externals])
     dead = claim(services, "dead")
-    assert dead is not None and services.jobs.run_batch(dead) is False  # 20 items, then "dies"
-    assert services.jobs.claim("b") is None  # the lease still holds
-    with services.db.write() as conn:  # time passes: the lease lapses
-        conn.execute(update(jobs).where(jobs.c.id == job_id).values(lease_expires_at=0))
-    resumed = claim(services, "b")
-    assert resumed is not None and resumed.next_index == 20 and resumed.completed_count == 20
-    drain_job(services, resumed)
+    assert dead is not None and run_batch(services, dead) is False  # 20 items, then "dies"
+    assert claim(services, "b") is None  # the lease still holds
+    row = job_row(services, job_id)
+    assert (row.next_index, row.completed_count, row.lease_owner) == (20, 20, "dead")
+    lapse_lease(services, job_id)
+    claimed = call(services, lambda: services.jobs.claim("b"))
+    assert claimed is not None
+    assert claimed[1] is True  # the claim's first batch, 20..24 (where "dead" stopped), was last
     row = job_row(services, job_id)
     assert (row.completed_count, row.failed_count, row.attempts) == (25, 0, 2)
+    assert row.status == "complete"
     assert {r.update_count for r in variant_rows(services).values()} == {1}
 
 
-def drain_job(services: Services, job: Any) -> None:
-    while services.jobs.run_batch(job) is False:
-        pass
+def test_resumed_claim_without_a_first_batch_starts_where_the_job_stopped(
+    services: Services,
+) -> None:
+    who = principal(services)
+    externals = seed(services, who, 25)
+    job_id = spawn(services, who, [(e, {"price": 5.0}) for e in externals])
+    dead = claim(services, "dead")
+    assert dead is not None and run_batch(services, dead) is False
+    lapse_lease(services, job_id)
+    claimed = call(services, lambda: services.jobs.claim("b", first_batch=False))
+    assert claimed is not None
+    resumed, done = claimed
+    assert done is False
+    assert (resumed.next_index, resumed.completed_count) == (20, 20)
+    drain_job(services, resumed)
+    assert job_row(services, job_id).completed_count == 25
+    assert {r.update_count for r in variant_rows(services).values()} == {1}
 
 
 def test_a_worker_that_lost_its_lease_cannot_commit(services: Services) -> None:
@@ -131,13 +249,13 @@ def test_a_worker_that_lost_its_lease_cannot_commit(services: Services) -> None:
     job_id = spawn(services, who, [(e, {"price": 5.0}) for e in externals])
     slow = claim(services, "slow")
     assert slow is not None
-    with services.db.write() as conn:
-        conn.execute(update(jobs).where(jobs.c.id == job_id).values(lease_expires_at=0))
+    lapse_lease(services, job_id)
     fast = claim(services, "fast")
     assert fast is not None
-    assert services.jobs.run_batch(slow) is None  # lost: nothing written
+    assert run_batch(services, slow) is None  # lost: nothing written
+    assert job_row(services, job_id).next_index == 20  # the new owner's two batches only
     drain_job(services, fast)
-    assert services.jobs.run_batch(slow) is None
+    assert run_batch(services, slow) is None
     row = job_row(services, job_id)
     assert (row.completed_count, row.status) == (25, "complete")
     assert {r.update_count for r in variant_rows(services).values()} == {1}
@@ -156,7 +274,12 @@ def test_missing_variants_fail_alone_with_pointers(services: Services) -> None:
     assert (row.completed_count, row.failed_count, row.status) == (2, 1, "complete")
     errors = orjson.loads(row.errors)
     assert [e["source"]["pointer"] for e in errors] == ["/data/attributes/variants/data/1"]
-    assert errors[0]["code"] == "not_found" and "GONE" in errors[0]["detail"]
+    assert errors[0]["code"] == "not_found" and cid("GONE") in errors[0]["detail"]
+    skus = {e: r.sku for e, r in variant_rows(services).items()}
+    assert skus == {externals[0]: "A", externals[1]: "C"}
+
+
+# ---- ordering ----------------------------------------------------------------------------------
 
 
 def test_jobs_of_one_account_run_one_at_a_time_in_acceptance_order(services: Services) -> None:
@@ -171,10 +294,188 @@ def test_jobs_of_one_account_run_one_at_a_time_in_acceptance_order(services: Ser
     b = claim(services, "b")
     assert a is not None and a.id == first
     assert b is not None and b.id == third  # the other account's head, not acme's second job
-    assert services.jobs.claim("c") is None  # acme's second waits for its first
+    assert claim(services, "c") is None  # acme's second waits for its first
     drain_job(services, a)
     c = claim(services, "c")
     assert c is not None and c.id == second
+
+
+def variant_entry(external: str, item: str) -> dict[str, Any]:
+    entry: dict[str, Any] = variant_body(external, item)["data"]
+    return entry
+
+
+def by_id(res: Resource, external: str, **attributes: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {"type": res.type, "id": cid(external)}
+    if attributes:
+        entry["attributes"] = attributes
+    return entry
+
+
+def kind_of(res: Resource, action: str) -> JobKind:
+    return KINDS[f"{res.type}-bulk-{action}-job"]
+
+
+def spawn_entries(
+    services: Services, who: Principal, res: Resource, action: str, entries: list[dict[str, Any]]
+) -> str:
+    kind = kind_of(res, action)
+    return spawn_job(services, who, kind, job_body(kind.type, res.plural, entries))
+
+
+def test_jobs_of_every_kind_run_in_acceptance_order(services: Services) -> None:
+    """A create, an update and a delete job of the same variant, accepted in that order, run
+    in that order whichever worker asks: none can be claimed while the one before it is held,
+    and the update lands exactly once, between the create and the delete."""
+    who = principal(services)
+    create(services, who, ITEM, item_body("I"))
+    created = spawn_entries(services, who, VARIANT, "create", [variant_entry("V", "I")])
+    updated = spawn_entries(services, who, VARIANT, "update", [by_id(VARIANT, "V", price=4.5)])
+    deleted = spawn_entries(services, who, VARIANT, "delete", [by_id(VARIANT, "V")])
+
+    held = call(services, lambda: services.jobs.claim("a", first_batch=False))
+    assert held is not None and held[0].id == created
+    assert claim(services, "b") is None  # the update waits for the create
+    assert variant_rows(services) == {}
+    assert run_batch(services, held[0]) is True
+
+    update_job = call(services, lambda: services.jobs.claim("b", first_batch=False))
+    assert update_job is not None and update_job[0].id == updated
+    assert claim(services, "c") is None  # the delete waits for the update
+    assert run_batch(services, update_job[0]) is True
+    [row] = variant_rows(services).values()
+    assert (row.external_id, row.price, row.update_count) == ("V", 4.5, 1)
+
+    assert drain(services, "c") == [deleted]
+    assert variant_rows(services) == {}
+    for job_id in (created, updated, deleted):
+        row = job_row(services, job_id)
+        assert (row.status, row.completed_count, row.failed_count) == ("complete", 1, 0)
+
+
+def test_jobs_of_every_kind_keep_acceptance_order_under_concurrent_workers(
+    services: Services,
+) -> None:
+    """The same, run by four workers at once, over several variants: each update job ran
+    after its create and before its delete (it found its variant, and the delete did too)."""
+    who = principal(services)
+    create(services, who, ITEM, item_body("I"))
+    triples = []
+    for n in range(4):
+        external = f"V{n}"
+        triples.append(
+            (
+                spawn_entries(services, who, VARIANT, "create", [variant_entry(external, "I")]),
+                spawn_entries(
+                    services, who, VARIANT, "update", [by_id(VARIANT, external, sku=f"S{n}")]
+                ),
+                spawn_entries(services, who, VARIANT, "delete", [by_id(VARIANT, external)]),
+            )
+        )
+    claimed: list[list[str]] = [[] for _ in range(4)]
+    threads = [
+        threading.Thread(target=lambda i=i: claimed[i].extend(drain(services, f"w{i}")))
+        for i in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(job for ids in claimed for job in ids) == sorted(j for t in triples for j in t)
+    for triple in triples:
+        for job_id in triple:
+            row = job_row(services, job_id)
+            assert (row.status, row.completed_count, row.failed_count) == ("complete", 1, 0)
+    assert variant_rows(services) == {}
+
+
+# ---- every kind of job -------------------------------------------------------------------------
+
+
+def test_one_job_of_each_kind_applies_with_per_item_outcomes(services: Services) -> None:
+    """Nine jobs, one of each kind, each with an item that applies and items that cannot: a
+    create of what exists is a ``conflict``, a variant naming an item that does not exist and
+    an update or delete of what does not exist are ``not_found``. Each job's payload is gone
+    once it completes."""
+    who = principal(services)
+    for external in ("I-KEEP", "I-UPD", "I-DEL"):
+        create(services, who, ITEM, item_body(external))
+    for external in ("V-KEEP", "V-UPD", "V-DEL"):
+        create(services, who, VARIANT, variant_body(external, "I-KEEP"))
+    for external in ("C-KEEP", "C-UPD", "C-DEL"):
+        create(services, who, CATEGORY, category_body(external))
+    new_category = category_body("C-NEW")["data"]
+    new_category["relationships"] = {"items": {"data": [{"type": ITEM.type, "id": cid("I-KEEP")}]}}
+    jobs_of: list[tuple[Resource, str, list[dict[str, Any]], list[tuple[int, str, str]]]] = [
+        # the resource, the action, the entries, and each failed entry: index, code, id
+        (ITEM, "create", [item_body("I-NEW")["data"], item_body("I-KEEP")["data"]],
+         [(1, "conflict", "I-KEEP")]),
+        (ITEM, "update", [by_id(ITEM, "I-UPD", title="new"), by_id(ITEM, "I-GONE", title="x")],
+         [(1, "not_found", "I-GONE")]),
+        (ITEM, "delete", [by_id(ITEM, "I-DEL"), by_id(ITEM, "I-GONE")],
+         [(1, "not_found", "I-GONE")]),
+        (VARIANT, "create",
+         [variant_entry("V-NEW", "I-NEW"),  # the item the first job creates
+          variant_entry("V-ORPHAN", "I-GONE"), variant_entry("V-KEEP", "I-KEEP")],
+         [(1, "not_found", "I-GONE"), (2, "conflict", "V-KEEP")]),
+        (VARIANT, "update",
+         [by_id(VARIANT, "V-UPD", price=7.5), by_id(VARIANT, "V-GONE", price=1.0)],
+         [(1, "not_found", "V-GONE")]),
+        (VARIANT, "delete", [by_id(VARIANT, "V-DEL"), by_id(VARIANT, "V-GONE")],
+         [(1, "not_found", "V-GONE")]),
+        (CATEGORY, "create", [new_category, category_body("C-KEEP")["data"]],
+         [(1, "conflict", "C-KEEP")]),
+        (CATEGORY, "update",
+         [by_id(CATEGORY, "C-UPD", name="renamed"), by_id(CATEGORY, "C-GONE", name="x")],
+         [(1, "not_found", "C-GONE")]),
+        (CATEGORY, "delete", [by_id(CATEGORY, "C-DEL"), by_id(CATEGORY, "C-GONE")],
+         [(1, "not_found", "C-GONE")]),
+    ]  # fmt: skip
+    accepted = [
+        spawn_entries(services, who, res, action, entries) for res, action, entries, _ in jobs_of
+    ]
+    assert payload_count(services) == 9
+    assert len({kind_of(res, action).type for res, action, _, _ in jobs_of}) == len(KINDS)
+
+    assert drain(services) == accepted
+
+    for job_id, (res, action, entries, failures) in zip(accepted, jobs_of, strict=True):
+        row = job_row(services, job_id)
+        assert row.kind == kind_of(res, action).type
+        assert row.status == "complete"
+        assert (row.completed_count, row.failed_count) == (
+            len(entries) - len(failures),
+            len(failures),
+        ), row.kind
+        errors = orjson.loads(row.errors)
+        base = f"/data/attributes/{res.plural}/data"
+        assert [(e["source"]["pointer"], e["code"]) for e in errors] == [
+            (f"{base}/{index}", code) for index, code, _ in failures
+        ], row.kind
+        for error, (_, _, external) in zip(errors, failures, strict=True):
+            assert cid(external) in error["detail"]
+    assert payload_count(services) == 0
+    with rows(services) as conn:
+        items = {r.external_id: r for r in conn.execute(select(catalog_items))}
+        variants = {r.external_id: r for r in conn.execute(select(catalog_variants))}
+        categories = {r.external_id: r for r in conn.execute(select(catalog_categories))}
+        link_rows = conn.execute(select(item_categories.c.item_pk, item_categories.c.category_pk))
+        links = {tuple(link) for link in link_rows}
+        open_jobs = conn.execute(select(accounts_table.c.open_jobs)).scalar()
+    assert set(items) == {"I-KEEP", "I-UPD", "I-NEW"}
+    assert (items["I-UPD"].title, items["I-UPD"].update_count) == ("new", 1)
+    assert items["I-KEEP"].title == "Item I-KEEP"  # the conflicting create changed nothing
+    assert set(variants) == {"V-KEEP", "V-UPD", "V-NEW"}
+    assert variants["V-NEW"].item_pk == items["I-NEW"].pk
+    assert variants["V-KEEP"].title == "Variant V-KEEP"
+    assert (variants["V-UPD"].price, variants["V-UPD"].update_count) == (7.5, 1)
+    assert set(categories) == {"C-KEEP", "C-UPD", "C-NEW"}
+    assert (categories["C-UPD"].name, categories["C-UPD"].update_count) == ("renamed", 1)
+    assert links == {(items["I-KEEP"].pk, categories["C-NEW"].pk)}
+    assert open_jobs == 0
+
+
+# ---- the account's cap, release, expiry ------------------------------------------------------
 
 
 def test_open_job_cap_is_enforced_in_the_database(services_for: Callable[..., Services]) -> None:
@@ -185,10 +486,34 @@ def test_open_job_cap_is_enforced_in_the_database(services_for: Callable[..., Se
     spawn(services, who, [(externals[0], {"price": 2.0})])
     with pytest.raises(TooManyJobs):
         spawn(services, who, [(externals[0], {"price": 3.0})])
-    with services.db.read() as conn:
-        assert conn.execute(select(jobs.c.pk)).all().__len__() == 2
+    with rows(services) as conn:
+        assert len(conn.execute(select(jobs.c.pk)).all()) == 2
+        assert conn.execute(select(accounts_table.c.open_jobs)).scalar() == 2
+    assert payload_count(services) == 2  # the refused job left nothing behind
     drain(services)
+    with rows(services) as conn:
+        assert conn.execute(select(accounts_table.c.open_jobs)).scalar() == 0
     spawn(services, who, [(externals[0], {"price": 4.0})])  # slots free again once complete
+
+
+def test_the_default_cap_of_500_holds_under_concurrent_acceptance(services: Services) -> None:
+    """510 requests at once against the default cap: exactly 500 are queued, whichever
+    connections (PostgreSQL) or commit groups (SQLite) they arrive on."""
+    assert services.settings.max_jobs_in_progress == 500
+    who = principal(services)
+    body = orjson.dumps(bulk_body([("V", {"price": 1.0})]))
+
+    async def accept_all() -> list[Any]:
+        spawns = (services.jobs.spawn(who, VARIANT_UPDATE, body) for _ in range(510))
+        return list(await asyncio.gather(*spawns, return_exceptions=True))
+
+    outcomes = call(services, accept_all)
+    refused = [o for o in outcomes if isinstance(o, BaseException)]
+    assert len(refused) == 10 and all(isinstance(o, TooManyJobs) for o in refused)
+    with rows(services) as conn:
+        assert conn.execute(select(func.count()).select_from(jobs)).scalar() == 500
+        assert conn.execute(select(accounts_table.c.open_jobs)).scalar() == 500
+    assert payload_count(services) == 500
 
 
 def test_graceful_release_hands_the_job_back(services: Services) -> None:
@@ -196,56 +521,32 @@ def test_graceful_release_hands_the_job_back(services: Services) -> None:
     externals = seed(services, who, 25)
     job_id = spawn(services, who, [(e, {"price": 5.0}) for e in externals])
     job = claim(services, "a")
-    assert job is not None and services.jobs.run_batch(job) is False
-    services.jobs.release(job)
+    assert job is not None and run_batch(services, job) is False
+    call(services, lambda: services.jobs.release(job))
     row = job_row(services, job_id)
     assert (row.status, row.lease_owner, row.next_index) == ("queued", None, 20)
-    again = claim(services, "b")
-    assert again is not None and again.next_index == 20
+    again = call(services, lambda: services.jobs.claim("b", first_batch=False))
+    assert again is not None
+    assert (again[0].next_index, again[0].completed_count, again[1]) == (20, 20, False)
+    assert run_batch(services, job) is None  # the released holder is fenced out
+    assert run_batch(services, again[0]) is True
+    assert {r.update_count for r in variant_rows(services).values()} == {1}
 
 
-def test_worker_wakes_on_a_new_job_without_polling(services_for: Callable[..., Services]) -> None:
-    services = services_for(idle_check_seconds=30)  # a poll loop would take 30 s
+def test_expired_jobs_are_deleted(services: Services) -> None:
     who = principal(services)
-    externals = seed(services, who, 100)
-    worker = Worker(services.jobs)
-    worker.start()
-    try:
-        time.sleep(0.2)  # the worker is idle, waiting
-        started = time.monotonic()
-        job_id = spawn(services, who, [(e, {"price": 2.0}) for e in externals])
-        while job_row(services, job_id).status != "complete":
-            assert time.monotonic() - started < 5
-            time.sleep(0.005)
-    finally:
-        worker.shutdown()
-    assert time.monotonic() - started < 2
+    externals = seed(services, who, 1)
+    job_id = spawn(services, who, [(externals[0], {"price": 1.0})])
+    drain(services)
+    assert call(services, services.jobs.delete_expired) == 0
+    with rows(services) as conn:
+        conn.execute(update(jobs).where(jobs.c.id == job_id).values(expires_at=1))
+    assert call(services, services.jobs.delete_expired) == 1
+    with rows(services) as conn:
+        assert conn.execute(select(func.count()).select_from(jobs)).scalar() == 0
 
 
-@pytest.mark.postgres
-def test_postgres_listen_notify_wakes_a_worker_in_another_process(pg_url: str) -> None:
-    """Accepted by one Services (an API process) and run by another (a worker process): only
-    NOTIFY can wake the worker before its 30 s idle check."""
-    from backstock.bootstrap import Runtime, build_services
-    from backstock.settings import Settings
-
-    api_side = build_services(Settings(database_url=pg_url))
-    worker_side = build_services(Settings(database_url=pg_url, idle_check_seconds=30))
-    who = principal(api_side)
-    externals = seed(api_side, who, 10)
-    runtime = Runtime(worker_side, 1)
-    runtime.start()
-    try:
-        time.sleep(0.5)
-        started = time.monotonic()
-        job_id = spawn(api_side, who, [(e, {"price": 2.0}) for e in externals])
-        while job_row(api_side, job_id).status != "complete":
-            assert time.monotonic() - started < 5, "the worker was not woken"
-            time.sleep(0.005)
-    finally:
-        runtime.stop()
-        api_side.close()
-        worker_side.close()
+# ---- many workers ------------------------------------------------------------------------------
 
 
 def test_many_threads_apply_every_update_exactly_once_in_order(
@@ -273,66 +574,198 @@ def test_many_threads_apply_every_update_exactly_once_in_order(
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(30)
-    with services.db.read() as conn:
-        rows = conn.execute(select(catalog_variants)).all()
+        thread.join(60)
+    with rows(services) as conn:
+        variants = conn.execute(select(catalog_variants)).all()
         states = conn.execute(
             select(jobs.c.status, jobs.c.completed_count, jobs.c.total_count)
         ).all()
+    assert len(states) == 40
     assert {s.status for s in states} == {"complete"}
     assert all(s.completed_count == s.total_count for s in states)
-    for row in rows:
+    assert len(variants) == 12
+    for row in variants:
         key = (row.account_id, row.external_id)
         assert (row.price, row.sku) == (expected[key]["price"], expected[key]["sku"])
         assert row.update_count == counts[key]
 
 
-def test_expired_jobs_are_deleted(services: Services) -> None:
+# ---- the worker ----------------------------------------------------------------------------------
+
+
+def test_worker_wakes_on_a_new_job_without_polling(services_for: Callable[..., Services]) -> None:
+    services = services_for(idle_check_seconds=30)  # a poll loop would take 30 s
     who = principal(services)
-    externals = seed(services, who, 1)
-    job_id = spawn(services, who, [(externals[0], {"price": 1.0})])
-    drain(services)
-    assert services.jobs.delete_expired() == 0
-    with services.db.write() as conn:
-        conn.execute(update(jobs).where(jobs.c.id == job_id).values(expires_at=1))
-    assert services.jobs.delete_expired() == 1
-    with services.db.read() as conn:
-        assert conn.execute(text("SELECT count(*) FROM jobs")).scalar() == 0
+    externals = seed(services, who, 100)
+    worker = Worker(services)
+    worker.start()
+    try:
+        time.sleep(0.2)  # the worker is idle, waiting
+        started = time.monotonic()
+        job_id = spawn(services, who, [(e, {"price": 2.0}) for e in externals])
+        wait_until(lambda: job_row(services, job_id).status == "complete", 5, "the worker slept on")
+    finally:
+        worker.shutdown()
+    assert time.monotonic() - started < 2
+    assert job_row(services, job_id).completed_count == 100
+
+
+@pytest.mark.postgres
+def test_postgres_listen_notify_wakes_a_worker_in_another_process(pg_url: str) -> None:
+    """Accepted by one Services (an API process) and run by another (a worker process): only
+    NOTIFY can wake the worker before its 30 s idle check."""
+    api_side = build_services(Settings(database_url=pg_url, rate_limits="off"))
+    worker_side = build_services(Settings(database_url=pg_url, idle_check_seconds=30))
+    try:
+        who = principal(api_side)
+        externals = seed(api_side, who, 10)
+        worker = build_worker(worker_side, 1)
+        worker.start()
+        try:
+            time.sleep(0.5)  # listening, idle
+            started = time.monotonic()
+            job_id = spawn(api_side, who, [(e, {"price": 2.0}) for e in externals])
+            wait_until(lambda: job_row(api_side, job_id).status == "complete", 5, "not woken")
+        finally:
+            worker.shutdown()
+        assert time.monotonic() - started < 2
+    finally:
+        api_side.close()
+        worker_side.close()
+
+
+def test_worker_shutdown_hands_its_job_back_where_it_stopped(
+    services_for: Callable[..., Services], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopping a worker in the middle of a job queues the job again at once (no lease to wait
+    out), at the batch it reached; another worker finishes it, applying nothing twice."""
+    services = services_for(worker_batch_size=1, lease_seconds=60)
+    who = principal(services)
+    externals = seed(services, who, 30)
+    job_id = spawn(services, who, [(e, {"price": 3.0}) for e in externals])
+    real = catalog_store.apply
+
+    async def slow_apply(*args: Any) -> Any:
+        time.sleep(0.02)  # a slow disk: the worker is mid-job when told to stop
+        return await real(*args)
+
+    monkeypatch.setattr(catalog_store, "apply", slow_apply)
+    worker = Worker(services)
+    worker.start()
+    try:
+        wait_until(lambda: job_row(services, job_id).next_index >= 3, 10, "the job did not start")
+    finally:
+        worker.shutdown()
+    row = job_row(services, job_id)
+    assert (row.status, row.lease_owner, row.lease_expires_at) == ("queued", None, None)
+    assert 3 <= row.next_index < 30
+    assert row.completed_count == row.next_index
+    monkeypatch.setattr(catalog_store, "apply", real)
+    assert drain(services, "next") == [job_id]
+    row = job_row(services, job_id)
+    assert (row.status, row.completed_count, row.attempts) == ("complete", 30, 2)
+    assert {r.update_count for r in variant_rows(services).values()} == {1}
 
 
 def test_a_batch_that_keeps_failing_is_marked_failed_and_the_queue_moves_on(
     services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A bug that fails one job's writes every time must not hold its account's queue."""
-    from backstock.storage import jobs as jobs_store
-
+    """A bug that fails one job's writes every time must not hold its account's queue: after
+    ``POISON_TRIES`` failures the batch's items fail with ``internal_error``."""
     who = principal(services)
     externals = seed(services, who, 3)
     poisoned = spawn(services, who, [(e, {"price": 1.0}) for e in externals])
     healthy = spawn(services, who, [(externals[0], {"price": 2.0})])
-    real = jobs_store.apply_variant_changes
+    real = catalog_store.apply
 
-    def failing_for_price_one(conn: Any, account: Any, changes: Any, now: int) -> list[bool]:
-        if any(c.get("price") == 1.0 for _, c in changes):
+    async def failing_for_price_one(*args: Any) -> Any:
+        entries = args[4]
+        if any(changes.get("price") == 1.0 for _, changes, _ in entries):
             raise RuntimeError("a bug")
-        return real(conn, account, changes, now)
+        return await real(*args)
 
-    monkeypatch.setattr(jobs_store, "apply_variant_changes", failing_for_price_one)
-    worker = Worker(services.jobs)
+    monkeypatch.setattr(catalog_store, "apply", failing_for_price_one)
+    worker = Worker(services)
+    backoff = asyncio.sleep
+
+    async def short_backoff(_seconds: float) -> None:
+        await backoff(0.001)  # the retries' waits shortened; how they are counted is not
+
+    monkeypatch.setattr(worker, "_sleep", short_backoff)
     worker.start()
     try:
-        deadline = time.monotonic() + 30
-        while job_row(services, healthy).status != "complete":
-            assert time.monotonic() < deadline, "the queue stayed blocked"
-            time.sleep(0.05)
+        wait_until(
+            lambda: job_row(services, healthy).status == "complete", 30, "the queue stayed blocked"
+        )
     finally:
         worker.shutdown()
     row = job_row(services, poisoned)
     assert (row.status, row.completed_count, row.failed_count) == ("complete", 0, 3)
-    assert {e["code"] for e in orjson.loads(row.errors)} == {"internal_error"}
-    prices = {r.external_id: r.price for r in variant_rows(services).values()}
+    errors = orjson.loads(row.errors)
+    assert {e["code"] for e in errors} == {"internal_error"}
+    assert [e["source"]["pointer"] for e in errors] == [
+        f"/data/attributes/variants/data/{n}" for n in range(3)
+    ]
+    assert job_row(services, healthy).completed_count == 1
+    prices = {e: r.price for e, r in variant_rows(services).items()}
     assert prices == {
         externals[0]: 2.0,
         externals[1]: 9.5,
         externals[2]: 9.5,
     }  # nothing half-applied
+    assert payload_count(services) == 0
+
+
+# ---- the claim's plan ----------------------------------------------------------------------------
+
+
+def fill_jobs_table(conn: Any, accounts: int = 500, total: int = 20_000) -> None:
+    """``total`` jobs across ``accounts`` accounts: 1 % queued, 1 % processing (a live lease),
+    the rest complete; then the planner's statistics."""
+    conn.execute(
+        text("INSERT INTO accounts (name, created_at) SELECT 'bulk-' || n, 0 FROM numbers"),
+    )
+    conn.execute(
+        text(
+            """
+INSERT INTO jobs (id, account_id, kind, status, shape, total_count, completed_count, linkage,
+                  errors, created_at, completed_at, expires_at, lease_owner, lease_expires_at)
+SELECT 'job-' || n,
+       (SELECT min(id) FROM accounts) + n % :accounts, 'catalog-variant-bulk-update-job',
+       CASE n % 100 WHEN 0 THEN 'queued' WHEN 1 THEN 'processing' ELSE 'complete' END,
+       'data', 1, 1, '[]', '[]', n, n, n + 1000000,
+       CASE n % 100 WHEN 1 THEN 'w' END, CASE n % 100 WHEN 1 THEN 9000000000000000 END
+  FROM jobs_numbers"""
+        ),
+        {"accounts": accounts},
+    )
+    conn.execute(text("ANALYZE"))
+
+
+def test_the_claim_reads_the_queue_through_its_indexes(database_url: str) -> None:
+    """The claim runs for every job and on every idle wake-up: on a table of 20 000 jobs (of
+    500 accounts, 1 % of them open) its plan must not read the whole ``jobs`` table."""
+    with sql(database_url) as conn:
+        postgres = conn.dialect.name == "postgresql"
+        numbers = (
+            "CREATE TEMPORARY TABLE {name} AS SELECT g AS n FROM generate_series(1, {count}) AS g"
+            if postgres
+            else "CREATE TEMPORARY TABLE {name} AS WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL "
+            "SELECT n + 1 FROM g WHERE n < {count}) SELECT n FROM g"
+        )
+        conn.execute(text(numbers.format(name="numbers", count=500)))
+        conn.execute(text(numbers.format(name="jobs_numbers", count=20_000)))
+        fill_jobs_table(conn)
+        statement, constants = _CLAIM_NEXT.sql(conn.dialect.name)
+        params = {**constants, "owner": "w", "now": 10**15, "expires": 10**15 + 30}
+        driver = conn.connection.driver_connection
+        explain = "EXPLAIN " if postgres else "EXPLAIN QUERY PLAN "
+        plan = [str(row[-1]) for row in driver.execute(explain + statement, params).fetchall()]
+    text_plan = "\n".join(plan)
+    if postgres:
+        assert "Seq Scan on jobs" not in text_plan, text_plan
+        assert "ix_jobs_queue" in text_plan and "ix_jobs_open" in text_plan, text_plan
+    else:
+        scans = [line for line in plan if line.startswith("SCAN")]
+        assert all("USING INDEX ix_jobs_queue" in line for line in scans), text_plan
+        assert any("ix_jobs_open" in line for line in plan), text_plan

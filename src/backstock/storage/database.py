@@ -195,16 +195,29 @@ class _Writer:
         self._locked_out = False  # the last BEGIN timed out on another process's lock
 
     async def submit(self, unit: Unit[T]) -> T:
+        """The unit's outcome once its group has committed. A unit still waiting for the
+        writer after the busy timeout is withdrawn (never run) and refused with 503; one the
+        writer has started is waited for, so a 503 never hides a commit."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        entry = (unit, future)
         with self._ready:
-            self._pending.append((unit, future))
+            self._pending.append(entry)
             if self._thread is None:  # started on first use, stopped by ``close``
                 self._thread = threading.Thread(
                     target=self._run, name="backstock-sqlite-writer", daemon=True
                 )
                 self._thread.start()
             self._ready.notify()
-        return await future
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), BUSY_TIMEOUT_MS / 1000)
+        except TimeoutError:
+            with self._ready:
+                waiting = entry in self._pending
+                if waiting:
+                    self._pending.remove(entry)
+            if waiting:
+                raise Unavailable(_LOCKED, retry_after=1, kind="locked") from None
+            return await future
 
     def close(self) -> None:
         """Stop once what is pending is committed (a later ``submit`` starts another)."""
@@ -236,7 +249,13 @@ class _Writer:
                     except Exception as exc:  # noqa: BLE001 - each waiting unit gets it
                         _settle_all(group, exc)
                         continue
-                _settle(group, self._commit(driver, group))
+                try:
+                    outcomes = self._commit(driver, group)
+                except BaseException as exc:  # this thread dies: its units' callers are told
+                    stopped = RuntimeError(f"The SQLite writer stopped: {exc!r}")
+                    _settle(group, [stopped] * len(group))
+                    raise
+                _settle(group, outcomes)
         finally:
             with self._ready:
                 if self._thread is threading.current_thread():
@@ -248,10 +267,12 @@ class _Writer:
             self._begin(driver)
             outcomes = [self._unit(driver, conn, unit) for unit, _ in group]
             driver.execute("COMMIT")
-        except Exception as exc:  # noqa: BLE001 - every unit of the group gets it
+        except BaseException as exc:  # every unit of the group gets it
             with contextlib.suppress(sqlite3.Error):
-                if driver.in_transaction:
+                if driver.in_transaction:  # also when the thread dies: never keep the lock
                     driver.execute("ROLLBACK")
+            if not isinstance(exc, Exception):
+                raise
             return [self._translated(exc)] * len(group)
         return outcomes
 
@@ -327,7 +348,9 @@ class _Pool:
             async with asyncio.timeout(self._wait_timeout):
                 await self._slots.acquire()
         except TimeoutError:
-            raise Unavailable("The database is busy; retry later.", retry_after=1) from None
+            raise Unavailable(
+                "The database is busy; retry later.", retry_after=1, kind="busy"
+            ) from None
         try:
             with translate_errors():
                 driver = self._idle.pop() if self._idle else await self._connect()
@@ -369,25 +392,29 @@ class translate_errors:  # noqa: N801 - used as a context manager like contextli
         return False
 
 
-_SQLITE_FAILURES: dict[int, tuple[str, int]] = {
-    # primary result code: (detail, Retry-After in seconds)
-    sqlite3.SQLITE_BUSY: ("The database is locked by another writer; retry later.", 1),
-    sqlite3.SQLITE_LOCKED: ("The database is locked by another writer; retry later.", 1),
-    sqlite3.SQLITE_PROTOCOL: ("The database is locked by another writer; retry later.", 1),
+_LOCKED = "The database is locked by another writer; retry later."
+_SQLITE_FAILURES: dict[int, tuple[str, int, str]] = {
+    # primary result code: (detail, Retry-After in seconds, kind)
+    sqlite3.SQLITE_BUSY: (_LOCKED, 1, "locked"),
+    sqlite3.SQLITE_LOCKED: (_LOCKED, 1, "locked"),
+    sqlite3.SQLITE_PROTOCOL: (_LOCKED, 1, "locked"),
     sqlite3.SQLITE_FULL: (
         "The database's disk is full: writes fail until space is freed; retry later.",
         5,
+        "full",
     ),
     sqlite3.SQLITE_READONLY: (
         "The database is read-only (its file cannot be written): writes fail until it is "
         "writable again; retry later.",
         5,
+        "read_only",
     ),
     sqlite3.SQLITE_IOERR: (
         "The database's disk failed to read or write (I/O error); retry later.",
         5,
+        "io",
     ),
-    sqlite3.SQLITE_CANTOPEN: ("The database file cannot be opened; retry later.", 5),
+    sqlite3.SQLITE_CANTOPEN: ("The database file cannot be opened; retry later.", 5, "cant_open"),
 }
 
 
@@ -400,10 +427,10 @@ def unavailable_for(exc: BaseException) -> Unavailable | None:
         return exc
     code = _sqlite_code(exc)
     if code in _SQLITE_FAILURES:
-        detail, retry_after = _SQLITE_FAILURES[code]
-        return Unavailable(detail, retry_after=retry_after)
+        detail, retry_after, kind = _SQLITE_FAILURES[code]
+        return Unavailable(detail, retry_after=retry_after, kind=kind)
     if isinstance(exc, psycopg.OperationalError) or _is_gone(exc):
-        return Unavailable("The database is unavailable; retry later.", retry_after=1)
+        return Unavailable("The database is unavailable; retry later.", retry_after=1, kind="away")
     return None
 
 

@@ -124,9 +124,11 @@ def _categories_to_links() -> None:
                 conn.execute(
                     sa.text(
                         "INSERT INTO catalog_categories (account_id, external_id, name, created, "
-                        "updated) VALUES (:a, :e, :e, :now, :now)"
+                        "updated) VALUES (:a, :e, :name, :now, :now)"
                     ),
-                    {"a": account, "e": external, "now": now},
+                    # the name its own parameter: PostgreSQL cannot type one as both
+                    # varchar (external_id) and text (name)
+                    {"a": account, "e": external, "name": external, "now": now},
                 )
                 category = conn.execute(find, {"a": account, "e": external}).scalar()
             conn.execute(

@@ -1,0 +1,460 @@
+"""``Database``, the one owner of every connection.
+
+SQLite: reads run on the calling thread's own connection; every write goes to one writer
+thread, which commits the units pending at the time together (group commit), each unit in a
+savepoint of its own. PostgreSQL: a small pool of asyncio connections per event loop, reused
+while healthy, never after a failure, not stuck after a cancelled query; a database that is
+away, or busy for longer than the pool timeout, is a 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+
+from backstock.bootstrap import build_services
+from backstock.domain.errors import TooManyJobs, Unavailable
+from backstock.domain.jobs import KINDS
+from backstock.domain.keys import Principal, from_authorization
+from backstock.settings import Settings
+from backstock.storage.database import Database, sqlite_path
+from backstock.storage.jobs import JobStore
+from backstock.storage.sql import Conn, Statement
+from tests.support import BOTH_SCOPES, bulk_body, free_port
+
+PLUS_ONE = Statement("plus_one", "SELECT :n + 1")
+NAMES = Statement("names", "SELECT name FROM accounts ORDER BY id")
+INSERT = Statement(
+    "insert_account",
+    "INSERT INTO accounts (name, created_at) VALUES (:name, 1) RETURNING id",
+)
+DEFER_FOREIGN_KEYS = Statement("defer", "PRAGMA defer_foreign_keys=ON")
+KEY_OF_NO_ACCOUNT = Statement(
+    "orphan_key",
+    "INSERT INTO api_keys (id, account_id, secret_hash, scopes, created_at) "
+    "VALUES ('orphan', 999999, 'x', 'catalogs:read', 1)",
+)
+PID = Statement("pid", "SELECT pg_backend_pid()")
+SLEEP = Statement("sleep", "SELECT pg_sleep(:seconds)")
+
+
+@pytest.fixture
+def database(sqlite_url: str) -> Iterator[Database]:
+    db = Database(Settings(database_url=sqlite_url))
+    yield db
+    db.close()
+
+
+def names(db: Database) -> list[str]:
+    """The accounts' names in insertion order, read on a connection of the test's own."""
+    with closing(sqlite3.connect(sqlite_path(db.settings.database_url))) as conn:
+        return [row[0] for row in conn.execute("SELECT name FROM accounts ORDER BY id")]
+
+
+def insert(name: str) -> Any:
+    async def unit(conn: Conn) -> int:
+        row = await conn.one(INSERT, {"name": name})
+        assert row is not None
+        return int(row[0])
+
+    return unit
+
+
+async def driver_of(conn: Conn) -> Any:
+    return conn.driver
+
+
+async def current_thread(_conn: Conn) -> threading.Thread:
+    return threading.current_thread()
+
+
+def wal_commits(db: Database) -> int:
+    """How many transactions the write-ahead log holds: its frames that end a commit (a
+    frame header's second field is the database size after the commit, zero otherwise),
+    among those of the log's current generation (its salts)."""
+    try:
+        wal = Path(sqlite_path(db.settings.database_url) + "-wal").read_bytes()
+    except FileNotFoundError:
+        return 0
+    if len(wal) < 32:
+        return 0
+    page_size, salts = int.from_bytes(wal[8:12], "big"), wal[16:24]
+    commits, offset = 0, 32
+    while offset + 24 + page_size <= len(wal):
+        header = wal[offset : offset + 24]
+        if header[8:16] != salts:
+            break
+        commits += int.from_bytes(header[4:8], "big") != 0
+        offset += 24 + page_size
+    return commits
+
+
+async def hold_the_writer(db: Database, seconds: float = 0.3) -> asyncio.Future[int]:
+    """Submit a write that keeps the writer thread busy for ``seconds``, and return once it
+    runs: what is submitted meanwhile piles up for the writer's next group."""
+    running = threading.Event()
+
+    async def slow(conn: Conn) -> int:
+        running.set()
+        time.sleep(seconds)
+        row = await conn.one(INSERT, {"name": "first"})
+        assert row is not None
+        return int(row[0])
+
+    held = asyncio.ensure_future(db.write(slow))
+    while not running.is_set():
+        await asyncio.sleep(0.001)
+    return held
+
+
+# ---- SQLite: connections -------------------------------------------------------------------------
+
+
+def test_sqlite_reads_on_one_connection_per_thread(database: Database) -> None:
+    async def reads() -> tuple[Any, Any, threading.Thread]:
+        assert await database.read(lambda conn: conn.one(PLUS_ONE, {"n": 41})) == (42,)
+        first, again = await database.read(driver_of), await database.read(driver_of)
+        return first, again, await database.read(current_thread)
+
+    first, again, reader = asyncio.run(reads())
+    assert first is again  # pinned: no connection set-up per read
+    assert reader is threading.current_thread()  # read inline, on the caller's thread
+
+    elsewhere: list[Any] = []
+    thread = threading.Thread(target=lambda: elsewhere.append(asyncio.run(reads())))
+    thread.start()
+    thread.join(10)
+    [(other, other_again, other_reader)] = elsewhere
+    assert other is other_again and other is not first
+    assert other_reader is thread
+
+    database.close()
+    assert asyncio.run(reads())[0] is not first  # closed: the next read opens afresh
+
+
+def test_sqlite_writes_run_on_the_writer_and_reads_see_them_at_once(database: Database) -> None:
+    async def scenario() -> tuple[threading.Thread, list[Any]]:
+        writer = await database.write(current_thread)
+        await database.read(driver_of)  # the reader's connection is open before the write
+        await database.write(insert("a"))
+        return writer, await database.read(lambda conn: conn.all(NAMES))
+
+    writer, read = asyncio.run(scenario())
+    assert writer is not threading.current_thread()
+    assert writer.name == "backstock-sqlite-writer"
+    assert read == [("a",)]  # no snapshot older than the commit
+
+
+# ---- SQLite: group commit ------------------------------------------------------------------------
+
+
+def test_concurrent_writes_share_one_commit_in_submission_order(database: Database) -> None:
+    """Thirty coroutines write at once while the writer is busy: their units are committed
+    together, in one transaction (one commit in the log), in the order they were submitted,
+    and each gets its own outcome."""
+    order = random.sample(range(30), 30)
+    submitted: list[int] = []
+
+    async def write(n: int) -> int:
+        submitted.append(n)  # ``write`` queues the unit before it first waits
+        return await database.write(insert(f"u{n}"))
+
+    async def scenario() -> tuple[int, list[int], int]:
+        held = await hold_the_writer(database)
+        outcomes = await asyncio.gather(*(write(n) for n in order))
+        return await held, outcomes, wal_commits(database)
+
+    before = wal_commits(database)
+    first, outcomes, after = asyncio.run(scenario())
+    assert after - before == 2  # the held write's transaction, and one for all thirty
+    assert submitted == order
+    assert names(database) == ["first", *(f"u{n}" for n in order)]
+    assert outcomes == list(range(first + 1, first + 31))  # each its own row's id
+
+
+def test_a_failing_unit_rolls_back_its_own_changes_only(database: Database) -> None:
+    class Oops(Exception):
+        pass
+
+    async def fails_after_writing(conn: Conn) -> None:
+        await insert("half-done")(conn)
+        raise Oops
+
+    async def scenario() -> tuple[list[Any], int]:
+        held = await hold_the_writer(database)
+        outcomes = await asyncio.gather(
+            database.write(insert("a")),
+            database.write(fails_after_writing),
+            database.write(insert("b")),
+            database.write(insert("a")),  # a duplicate name: a constraint fails
+            database.write(insert("c")),
+            return_exceptions=True,
+        )
+        await held
+        return list(outcomes), wal_commits(database)
+
+    before = wal_commits(database)
+    outcomes, after = asyncio.run(scenario())
+    assert after - before == 2  # all five in one transaction
+    assert isinstance(outcomes[1], Oops)
+    assert isinstance(outcomes[3], sqlite3.IntegrityError)
+    assert all(isinstance(outcomes[n], int) for n in (0, 2, 4))
+    assert names(database) == ["first", "a", "b", "c"]
+
+
+def test_a_failed_commit_fails_every_unit_of_its_group(database: Database) -> None:
+    """A commit that fails (here a deferred foreign key, checked only at COMMIT) fails each
+    unit it held; nothing of them is written, and the next write starts clean."""
+
+    async def orphan_key(conn: Conn) -> None:
+        await conn.run(DEFER_FOREIGN_KEYS)
+        await conn.run(KEY_OF_NO_ACCOUNT)
+
+    async def scenario() -> list[Any]:
+        held = await hold_the_writer(database)
+        outcomes = await asyncio.gather(
+            database.write(insert("a")),
+            database.write(orphan_key),
+            database.write(insert("b")),
+            return_exceptions=True,
+        )
+        await held
+        await database.write(insert("after"))
+        return list(outcomes)
+
+    outcomes = asyncio.run(scenario())
+    assert all(isinstance(o, sqlite3.IntegrityError) for o in outcomes), outcomes
+    assert names(database) == ["first", "after"]
+
+
+class WriterKiller(BaseException):
+    """Not an ``Exception``: nothing on the writer thread turns it into an outcome."""
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_writer_thread_that_dies_lets_the_next_write_start_another(database: Database) -> None:
+    async def dies(conn: Conn) -> None:
+        await insert("doomed")(conn)
+        raise WriterKiller
+
+    async def scenario() -> tuple[threading.Thread, threading.Thread]:
+        before = await database.write(current_thread)
+        with pytest.raises(RuntimeError, match="writer stopped"):  # told, not left waiting
+            await asyncio.wait_for(database.write(dies), 5)
+        before.join(5)
+        assert not before.is_alive()
+        await asyncio.wait_for(database.write(insert("after")), 5)  # not locked out either
+        return before, await database.write(current_thread)
+
+    before, after = asyncio.run(scenario())
+    assert after is not before and after.is_alive()
+    assert names(database) == ["after"]
+
+
+def test_close_commits_what_is_pending_and_a_later_write_starts_another(
+    database: Database,
+) -> None:
+    submitted = threading.Event()
+    outcomes: list[Any] = []
+
+    async def writes() -> None:
+        held = await hold_the_writer(database, seconds=0.5)
+        pending = [asyncio.ensure_future(database.write(insert(f"p{n}"))) for n in range(5)]
+        await asyncio.sleep(0)  # each has queued its unit
+        submitted.set()
+        outcomes.extend(await asyncio.gather(held, *pending))
+
+    async def writer_thread() -> threading.Thread:
+        return await database.write(current_thread)
+
+    writer = asyncio.run(writer_thread())
+    client = threading.Thread(target=asyncio.run, args=(writes(),))
+    client.start()
+    assert submitted.wait(5)
+    database.close()  # while the held write still runs and five more wait
+    assert not writer.is_alive()
+    assert names(database) == ["first", *(f"p{n}" for n in range(5))]
+    client.join(5)
+    assert len(outcomes) == 6 and all(isinstance(o, int) for o in outcomes)
+
+    assert asyncio.run(writer_thread()).is_alive()  # a later write starts another
+    asyncio.run(database.write(insert("later")))
+    assert names(database)[-1] == "later"
+
+
+def test_concurrent_acceptances_share_commits_each_with_its_own_429(sqlite_url: str) -> None:
+    """Jobs accepted by concurrent requests (``Jobs.spawn``, as the API calls it) share the
+    writer's commit: they are queued in the order they came, and a request over its account's
+    cap gets its own 429 without failing the others of its group."""
+    services = build_services(Settings(database_url=sqlite_url, max_jobs_in_progress=3))
+    store = services.jobs.store
+    assert isinstance(store, JobStore)
+    db = store.db  # the services' own database: its writer is the one to keep busy
+    kind = KINDS["catalog-variant-bulk-update-job"]
+
+    async def principal(account: str) -> Principal:
+        made = await services.accounts.create_key(account, BOTH_SCOPES)
+        return await services.accounts.authenticate(
+            from_authorization(f"Klaviyo-API-Key {made.key}")
+        )
+
+    async def scenario() -> tuple[list[Any], int, int]:
+        acme, other = await principal("acme"), await principal("other")
+        requests = [acme] * 6 + [other]
+        before = wal_commits(db)
+        held = await hold_the_writer(db)
+        outcomes = await asyncio.gather(
+            *(
+                services.jobs.spawn(who, kind, orjson.dumps(bulk_body([(f"V{n}", {"price": 1.0})])))
+                for n, who in enumerate(requests)
+            ),
+            return_exceptions=True,
+        )
+        await held
+        return outcomes, before, wal_commits(db)
+
+    try:
+        outcomes, before, after = asyncio.run(scenario())
+    finally:
+        services.close()
+    assert after - before == 2  # the held write, and the seven requests together
+    assert [type(o).__name__ for o in outcomes] == (
+        ["JobRecord"] * 3 + ["TooManyJobs"] * 3 + ["JobRecord"]
+    )
+    assert all(isinstance(o, TooManyJobs) and o.status == 429 for o in outcomes[3:6])
+    with closing(sqlite3.connect(sqlite_path(sqlite_url))) as conn:
+        stored = [row[0] for row in conn.execute("SELECT id FROM jobs ORDER BY pk")]
+        payloads = conn.execute("SELECT count(*) FROM job_payloads").fetchone()
+    accepted = [o.id for o in outcomes if not isinstance(o, BaseException)]
+    assert stored == accepted  # queued in the order the requests came, nothing else
+    assert payloads == (4,)
+
+
+# ---- PostgreSQL ----------------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_postgres_connection_is_reused_while_healthy(pg_url: str) -> None:
+    db = Database(Settings(database_url=pg_url))
+
+    async def scenario() -> None:
+        first = await db.read(lambda conn: conn.one(PID))
+        assert await db.read(lambda conn: conn.one(PID)) == first
+        assert await db.write(lambda conn: conn.one(PID)) == first  # writes too
+        assert await db.write(lambda conn: conn.one(PID), single=True) == first
+        await db.close_loop()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.postgres
+def test_postgres_connection_killed_gives_one_503_then_recovers(pg_url: str) -> None:
+    db = Database(Settings(database_url=pg_url))
+
+    async def scenario() -> None:
+        row = await db.read(lambda conn: conn.one(PID))
+        assert row is not None
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (row[0],))
+        with pytest.raises(Unavailable) as caught:
+            await db.read(lambda conn: conn.one(PID))
+        assert caught.value.status == 503 and caught.value.retry_after == 1
+        again = await db.read(lambda conn: conn.one(PID))
+        assert again is not None and again != row  # a fresh connection
+        assert await db.read(lambda conn: conn.one(PID)) == again
+        await db.close_loop()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.postgres
+def test_postgres_query_cancelled_leaves_no_stuck_connection(pg_url: str) -> None:
+    # one connection at most: a slot or a connection left stuck would block the next read
+    db = Database(Settings(database_url=pg_url, pool_size=1, pool_timeout_seconds=1))
+
+    async def scenario() -> None:
+        task = asyncio.create_task(db.read(lambda conn: conn.one(SLEEP, {"seconds": 5})))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        started = time.monotonic()
+        after = await db.read(lambda conn: conn.one(PID))
+        assert time.monotonic() - started < 1
+        assert after is not None
+        await db.close_loop()
+
+    asyncio.run(scenario())
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        sleeping = admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND state = 'active' AND query LIKE 'SELECT pg_sleep%'"
+        ).fetchone()
+    assert sleeping == (0,)  # nothing left running on the server either
+
+
+def test_postgres_away_is_503_at_once() -> None:
+    db = Database(Settings(database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere"))
+
+    async def scenario() -> None:
+        for _ in range(2):  # each time: no waiting for a pool to heal
+            started = time.monotonic()
+            with pytest.raises(Unavailable) as caught:
+                await db.read(lambda conn: conn.one(PID))
+            assert time.monotonic() - started < 1
+            assert caught.value.status == 503
+        with pytest.raises(Unavailable):
+            await db.write(lambda conn: conn.one(PID))
+        await db.close_loop()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.postgres
+def test_postgres_all_connections_busy_is_503_after_the_pool_timeout(pg_url: str) -> None:
+    db = Database(Settings(database_url=pg_url, pool_size=1, pool_timeout_seconds=0.5))
+
+    async def scenario() -> None:
+        busy = asyncio.create_task(db.read(lambda conn: conn.one(SLEEP, {"seconds": 1.5})))
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        with pytest.raises(Unavailable, match="busy") as caught:
+            await db.read(lambda conn: conn.one(PID))
+        assert 0.4 < time.monotonic() - started < 1.2
+        assert caught.value.retry_after == 1
+        await busy
+        assert await db.read(lambda conn: conn.one(PID)) is not None  # the slot came back
+        await db.close_loop()
+
+    asyncio.run(scenario())
+
+
+def test_a_write_waiting_longer_than_the_busy_timeout_is_withdrawn_with_a_503(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write still waiting for the writer after the busy timeout is refused and never runs;
+    one the writer has started is waited for (a 503 never hides a commit)."""
+    from backstock.storage import database as module
+
+    monkeypatch.setattr(module, "BUSY_TIMEOUT_MS", 200)
+
+    async def writes() -> tuple[Any, Any]:
+        held = await hold_the_writer(database, seconds=0.6)  # the writer is inside it now
+        late = await asyncio.gather(database.write(insert("late")), return_exceptions=True)
+        return await held, late[0]
+
+    held, late = asyncio.run(writes())
+    assert isinstance(held, int)  # started before the timeout: waited for, committed
+    assert isinstance(late, Unavailable) and late.status == 503
+    assert "late" not in names(database)  # withdrawn: never ran
