@@ -191,6 +191,22 @@ def job_body(
     return {"data": {"type": job_type, "attributes": {member: given}}}
 
 
+def job_entry(kind: Any, external: str, item: str = "ITEM") -> dict[str, Any]:
+    """One resource object of a job of ``kind`` (a ``JobKind``) naming ``external``: a whole
+    resource to create (a variant of ``item``), a title or name to update, or an id to delete."""
+    res = kind.resource
+    if kind.action == "delete":
+        return {"type": res.type, "id": cid(external)}
+    if kind.action == "update":
+        attributes = {"name": "renamed"} if res.noun == "category" else {"title": "renamed"}
+        return {"type": res.type, "id": cid(external), "attributes": attributes}
+    bodies = {"variant": variant_body, "item": item_body, "category": category_body}
+    made: dict[str, Any] = (
+        variant_body(external, item) if res.noun == "variant" else bodies[res.noun](external)
+    )["data"]
+    return made
+
+
 # ---- jobs -----------------------------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from backstock import telemetry
 from backstock.http.app import App
 from backstock.services.accounts import Accounts
 from backstock.services.catalog import Catalog
@@ -60,6 +61,27 @@ def migrate_database(settings: Settings) -> None:
     migrate.upgrade(settings.database_url)
 
 
+class NotMigrated(Exception):
+    """The database's schema is not the one this version needs."""
+
+
+def prepare_database(settings: Settings, *, migrate: bool = False) -> None:
+    """Make sure the schema is current before anything uses the database: SQLite (an embedded
+    file) and ``migrate`` migrate it; otherwise an outdated one is refused (``NotMigrated``),
+    rather than each request and the worker failing on a missing table."""
+    if settings.is_sqlite or migrate:
+        migrate_database(settings)
+        return
+    from backstock.storage import migrate as migrations
+
+    current, head = migrations.pending(settings.database_url)
+    if current != head:
+        raise NotMigrated(
+            f"The database is at schema {current or 'none'}; this Backstock needs {head}. "
+            "Run `backstock migrate` first (or `backstock serve --migrate`)."
+        )
+
+
 def run(services: Services, work: Callable[[], Awaitable[T]]) -> T:
     """Run ``work`` to completion from synchronous code (the CLI, tests), closing the
     connections of its event loop afterwards."""
@@ -93,7 +115,5 @@ def build_app(settings: Settings) -> App:
 def app_from_environment() -> App:
     """The ASGI factory the server processes import (settings from ``BACKSTOCK_*``)."""
     settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    telemetry.configure_logging(settings.log_level, settings.log_format)
     return build_app(settings)

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     job_retention_days: float = Field(default=7.0, gt=0)
     max_jobs_in_progress: int = Field(default=500, ge=1)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_body_bytes_in_flight: int = Field(default=64 * 1024 * 1024, ge=1024)
+    """Bytes of request bodies one API process holds at once; a request that would pass it is
+    refused with 503 and ``Retry-After`` before its body is read."""
     body_timeout_seconds: float = Field(default=30.0, gt=0)
     """Longest a request body may take to arrive in full; a slower sender gets 408."""
     header_timeout_seconds: float = Field(default=10.0, ge=0.001, le=60)
@@ -63,9 +66,21 @@ class Settings(BaseSettings):
     """A Redis call slower than this fails open (requests are served, unlimited)."""
 
     base_url: str | None = None
-    """Public base URL for ``links``; defaults to the URL of each request."""
+    """Public base URL for ``links``; defaults to the URL of each request (its ``Host``)."""
+    allowed_hosts: str = "*"
+    """``Host`` values answered (comma-separated; ``*``: any); another gets a 400. ``serve``
+    refuses to listen beyond loopback with ``*`` and no ``BACKSTOCK_BASE_URL``: links would
+    copy whatever ``Host`` a client sends."""
+    auth_failure_limits: str = "20/second;200/minute"
+    """Failed authentications allowed per client address (with rate limits on); beyond them a
+    request is refused with 429 before its key is looked up."""
 
     log_level: str = "info"
+    log_format: Literal["text", "json"] = "text"
+    """``text``: a readable line each; ``json``: one JSON object each (for a log pipeline)."""
+    metrics_top_accounts: int = Field(default=0, ge=0, le=1000)
+    """Per-account request counts in ``/metrics`` for the N busiest accounts (0: none; the
+    label set stays bounded either way)."""
 
     @field_validator("database_url")
     @classmethod
@@ -80,6 +95,18 @@ class Settings(BaseSettings):
         if value not in ("on", "off"):
             raise ValueError("BACKSTOCK_RATE_LIMITS must be 'on' or 'off'")
         return value
+
+    @field_validator("auth_failure_limits")
+    @classmethod
+    def _failure_limits(cls, value: str) -> str:
+        _check_limits(value)
+        return value
+
+    @property
+    def allowed_host_set(self) -> frozenset[str] | None:
+        """None: any host."""
+        hosts = frozenset(h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip())
+        return None if "*" in hosts else hosts
 
     @field_validator("write_limits", "read_limits")
     @classmethod

@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 
 from backstock.bootstrap import build_services
 from backstock.settings import Settings
-from tests.support import Api, bulk_body, cid, item_body, variant_body, wait_for_job
+from tests.support import Api, bulk_body, cid, enc, item_body, variant_body, wait_for_job
 from tests.support import call as service_call
 
 pytestmark = pytest.mark.own_database
@@ -121,3 +121,86 @@ def test_revoked_key_stops_working_in_every_process_at_once(
         ):
             assert response.status_code == 401, response.text
             assert "revoked" in response.json()["errors"][0]["detail"]
+
+
+# ---- every operation of the route table --------------------------------------------------------
+
+
+def _request_for(op: Any, owned: dict[str, str]) -> tuple[str, str, Any]:
+    """A request to ``op`` addressing the owner's resources: (method, path, body)."""
+    from backstock.domain.jobs import KINDS
+    from tests.support import category_body, job_body, job_entry
+
+    path = op.path
+    if "{job_id}" in path:
+        path = path.replace("{job_id}", owned[path.split("/")[2]])
+    for collection, external in (
+        ("catalog-items", "ITEM"),
+        ("catalog-variants", "ITEM-V"),
+        ("catalog-categories", "CAT"),
+    ):
+        path = path.replace(f"/api/{collection}/{{id}}", f"/api/{collection}/{enc(cid(external))}")
+    body: Any = None
+    if op.body:
+        name, _, shape = op.body.partition(":")
+        if name in KINDS:
+            kind = KINDS[name]
+            body = job_body(kind.type, kind.resource.plural, [job_entry(kind, "X")])
+        elif shape == "identifiers":
+            body = {
+                "data": [{"type": name, "id": cid("ITEM" if name == "catalog-item" else "CAT")}]
+            }
+        elif shape == "create":
+            body = {"catalog-item": item_body("NEW"), "catalog-variant": variant_body("NEW", "ITEM"),
+                    "catalog-category": category_body("NEW")}[name]  # fmt: skip
+        else:
+            external = {
+                "catalog-item": "ITEM",
+                "catalog-variant": "ITEM-V",
+                "catalog-category": "CAT",
+            }[name]
+            body = {"data": {"type": name, "id": cid(external), "attributes": {}}}
+    return op.method, path, body
+
+
+def test_every_operation_checks_scope_and_tenancy(
+    app_factory: Callable[..., TestClient], key_for: Callable[..., str]
+) -> None:
+    """Derived from the route table, so an operation added later is covered too: a key without
+    the operation's scope gets 403 (and nothing changes), another account's key gets 404 for
+    whatever is addressed by id, exactly as if it did not exist."""
+    from backstock.domain.jobs import KINDS
+    from backstock.http.routes import operations
+    from tests.support import category_body, job_body, job_entry
+
+    api = Api(app_factory(run_worker=False), key_for())
+    assert api.post("/api/catalog-items", item_body("ITEM")).status_code == 201
+    assert api.post("/api/catalog-variants", variant_body("ITEM-V", "ITEM")).status_code == 201
+    assert api.post("/api/catalog-categories", category_body("CAT")).status_code == 201
+    owned = {}
+    for kind in KINDS.values():
+        entry = job_entry(kind, "X")
+        spawned = api.post(kind.path, job_body(kind.type, kind.resource.plural, [entry]))
+        owned[kind.path.split("/")[2]] = spawned.json()["data"]["id"]
+    read_only = api.as_key(key_for("acme", ("catalogs:read",)))
+    write_only = api.as_key(key_for("acme", ("catalogs:write",)))
+    stranger = api.as_key(key_for("globex"))
+    every = operations()
+    assert len(every) == 54
+    for op in every:
+        method, path, body = _request_for(op, owned)
+        wrong_scope = write_only if op.scope == "catalogs:read" else read_only
+        denied = call(wrong_scope, method, path, body)
+        assert denied.status_code == 403, (op.id, denied.text)
+        assert denied.json()["errors"][0]["code"] == "permission_denied"
+        if "{" in op.path:
+            hidden = call(stranger, method, path, body)
+            assert hidden.status_code == 404, (op.id, hidden.text)
+    # nothing the others did changed the owner's catalog or its jobs
+    assert [r["id"] for r in api.get("/api/catalog-items").json()["data"]] == [cid("ITEM")]
+    assert [r["id"] for r in api.get("/api/catalog-variants").json()["data"]] == [cid("ITEM-V")]
+    assert [r["id"] for r in api.get("/api/catalog-categories").json()["data"]] == [cid("CAT")]
+    for kind in KINDS.values():
+        assert [j["id"] for j in api.get(kind.path).json()["data"]] == [
+            owned[kind.path.split("/")[2]]
+        ]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from typer.testing import CliRunner
 
@@ -18,6 +20,7 @@ from tests.support import call
 @pytest.fixture
 def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     monkeypatch.setenv("BACKSTOCK_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
+    monkeypatch.setenv("COLUMNS", "240")  # tables and help unwrapped, as on a wide terminal
     runner = CliRunner()
 
     def invoke(*args: str):  # type: ignore[no-untyped-def]
@@ -78,7 +81,7 @@ def test_serve_tells_how_to_get_a_key_with_the_path_that_works(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """After ``make serve`` the CLI is ``.venv/bin/backstock``, not on PATH: say so."""
-    import backstock.cli as cli
+    import backstock.cli.serving as cli
 
     executable = tmp_path / "bin" / "backstock"
     executable.parent.mkdir()
@@ -86,6 +89,77 @@ def test_serve_tells_how_to_get_a_key_with_the_path_that_works(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(cli.sys, "argv", [str(executable)])
     monkeypatch.setattr(cli.shutil, "which", lambda _name: None)
-    assert cli._self_command() == "bin/backstock"
+    assert cli.self_command() == "bin/backstock"
     monkeypatch.setattr(cli.shutil, "which", lambda _name: str(executable.resolve()))
-    assert cli._self_command() == "backstock"
+    assert cli.self_command() == "backstock"
+
+
+def test_help_shows_each_options_default_and_variable(run) -> None:  # type: ignore[no-untyped-def]
+    result = run("serve", "--help")
+    assert result.exit_code == 0
+    flat = " ".join(result.stdout.split())
+    assert "[env BACKSTOCK_PORT; default 8000]" in flat
+    assert "[env BACKSTOCK_HOST; default 127.0.0.1]" in flat
+    assert run("--version").stdout.startswith("backstock ")
+
+
+def test_an_unmigrated_postgres_database_is_refused_in_one_line(  # type: ignore[no-untyped-def]
+    run, monkeypatch: pytest.MonkeyPatch, pg_template: str
+) -> None:
+    import psycopg
+
+    from tests.conftest import PG_ADMIN, pg_url_of
+
+    name = f"backstock_empty_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        monkeypatch.setenv("BACKSTOCK_DATABASE_URL", pg_url_of(name))
+        for command in (("keys", "create", "--account", "a", "--scope", "catalogs:read"),
+                        ("accounts", "list"), ("jobs", "list"), ("worker",), ("serve",)):  # fmt: skip
+            result = run(*command)
+            assert result.exit_code == 1, (command, result.output)
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1 and "backstock migrate" in lines[0], (command, result.stderr)
+        assert run("migrate").exit_code == 0
+        assert run("accounts", "list").exit_code == 0
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_jobs_and_accounts_commands(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    key = run("keys", "create", "--account", "shop", "--scope", "catalogs:write").stdout.strip()
+    services = build_services(Settings(database_url=f"sqlite:///{tmp_path / 'cli.db'}"))
+    try:
+        from backstock.domain.jobs import KINDS
+        from tests.support import bulk_body
+
+        who = call(
+            services,
+            lambda: services.accounts.authenticate(
+                keys.from_authorization(f"Klaviyo-API-Key {key}")
+            ),
+        )
+        body = orjson.dumps(bulk_body([("GONE", {"price": 1.0})]))
+        job = call(
+            services,
+            lambda: services.jobs.spawn(who, KINDS["catalog-variant-bulk-update-job"], body),
+        )
+        while call(services, lambda: services.jobs.claim("cli-test")) is not None:
+            pass
+    finally:
+        services.close()
+    listed = run("jobs", "list", "--account", "shop", "--kind", "variant-update")
+    assert listed.exit_code == 0 and job.id in listed.stdout and "complete" in listed.stdout
+    assert job.id not in run("jobs", "list", "--status", "queued").stdout
+    shown = run("jobs", "show", job.id)
+    assert (
+        shown.exit_code == 0
+        and "not_found" in shown.stdout
+        and "/data/attributes/variants/data/0" in shown.stdout
+    )
+    assert run("jobs", "show", "NOPE").exit_code == 1
+    assert run("jobs", "list", "--kind", "bogus").exit_code == 2
+    assert "shop" in run("accounts", "list").stdout
+    assert run("jobs", "watch", "--once").exit_code == 0

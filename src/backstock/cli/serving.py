@@ -1,95 +1,100 @@
-"""``backstock``: serve the API, run workers, migrate, manage accounts and API keys."""
+"""``serve``, ``worker`` and ``migrate``."""
 
 from __future__ import annotations
 
-import logging
+import contextlib
+import ipaddress
 import os
 import shutil
 import signal
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from backstock.bootstrap import build_services, build_worker, migrate_database, run
-from backstock.domain.clock import to_iso
-from backstock.domain.errors import BackstockError
-from backstock.services.container import Services
-from backstock.settings import Settings
+from backstock import telemetry
+from backstock.bootstrap import build_services, build_worker, migrate_database
+from backstock.cli.common import app, err, ready, redact, setting_help, settings_from
 
-app = typer.Typer(
-    help="Backstock: a self-hostable catalog service that speaks Klaviyo's Catalogs API.",
-    no_args_is_help=True,
-    add_completion=False,
-)
-accounts_app = typer.Typer(help="Accounts.", no_args_is_help=True)
-keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
-app.add_typer(accounts_app, name="accounts")
-app.add_typer(keys_app, name="keys")
-err = Console(stderr=True)
-
-
-def _settings(**overrides: object) -> Settings:
-    given = {name: value for name, value in overrides.items() if value is not None}
-    try:
-        return Settings(**given)  # type: ignore[arg-type]
-    except ValueError as exc:
-        err.print(f"[red]Invalid configuration:[/red] {exc}")
-        raise typer.Exit(2) from exc
-
-
-def _fail(exc: BackstockError) -> typer.Exit:
-    err.print(f"[red]{exc.detail}[/red]")
-    return typer.Exit(1)
-
-
-Host = Annotated[
-    str | None, typer.Option(help="Address to listen on [env BACKSTOCK_HOST; default 127.0.0.1].")
-]
-Port = Annotated[int | None, typer.Option(help="Port [env BACKSTOCK_PORT; default 8000].")]
+Host = Annotated[str | None, typer.Option(help=setting_help("host", "Address to listen on."))]
+Port = Annotated[int | None, typer.Option(help=setting_help("port", "Port."))]
 Workers = Annotated[
-    int | None, typer.Option("--workers", help="API processes [env BACKSTOCK_WORKERS; default 1].")
+    int | None, typer.Option("--workers", help=setting_help("workers", "API processes."))
 ]
 NoWorker = Annotated[
     bool, typer.Option("--no-worker", help="Do not run a job worker inside the API processes.")
+]
+Migrate = Annotated[
+    bool,
+    typer.Option("--migrate", help="Bring the database schema up to date first (PostgreSQL)."),
 ]
 
 
 @app.command()
 def serve(
-    host: Host = None, port: Port = None, workers: Workers = None, no_worker: NoWorker = False
+    host: Host = None,
+    port: Port = None,
+    workers: Workers = None,
+    no_worker: NoWorker = False,
+    migrate: Migrate = False,
 ) -> None:
     """Serve the API (with an in-process job worker unless --no-worker)."""
-    settings = _settings(
+    settings = settings_from(
         host=host, port=port, workers=workers, run_worker=False if no_worker else None
     )
+    if (
+        not _loopback(settings.host)
+        and settings.base_url is None
+        and settings.allowed_host_set is None
+    ):
+        err.print(
+            f"[red]Listening on {settings.host} needs BACKSTOCK_BASE_URL or "
+            "BACKSTOCK_ALLOWED_HOSTS[/red]: links would otherwise copy any Host header a client "
+            "sends."
+        )
+        raise typer.Exit(2)
+    ready(settings, migrate=migrate)
     # The server's processes build their own app from the environment: hand the flags on.
     os.environ.update({
         "BACKSTOCK_HOST": settings.host,
         "BACKSTOCK_PORT": str(settings.port),
         "BACKSTOCK_RUN_WORKER": "true" if settings.run_worker else "false",
     })  # fmt: skip
-    if settings.is_sqlite:
-        migrate_database(settings)
     err.print(
         f"Backstock on [bold]http://{settings.host}:{settings.port}[/bold] "
-        f"({settings.workers} process(es), database {_redact(settings.database_url)}, "
+        f"({settings.workers} process(es), database {redact(settings.database_url)}, "
         f"worker {'in-process' if settings.run_worker else 'off'})"
     )
     err.print(
-        f"Get an API key: [bold]{_self_command()} keys create --account demo "
+        f"Get an API key: [bold]{self_command()} keys create --account demo "
         "--scope catalogs:read --scope catalogs:write[/bold]"
     )
-    run_granian(
-        "backstock.bootstrap:app_from_environment",
-        settings.host,
-        settings.port,
-        settings.workers,
-        settings.header_timeout_seconds,
-    )
+    with _metrics_directory():
+        run_granian(
+            "backstock.bootstrap:app_from_environment",
+            settings.host,
+            settings.port,
+            settings.workers,
+            settings.header_timeout_seconds,
+        )
+
+
+@contextlib.contextmanager
+def _metrics_directory() -> Iterator[None]:
+    """The directory every server process writes its metrics to, so that ``/metrics`` answers
+    for all of them (``PROMETHEUS_MULTIPROC_DIR``: a fresh one unless given)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="backstock-metrics-") as directory:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        try:
+            yield
+        finally:
+            del os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
 def run_granian(
@@ -108,14 +113,21 @@ def run_granian(
         interface=Interfaces.ASGI,
         workers=workers,
         factory=True,
-        log_access=False,
+        log_access=False,  # Backstock writes its own access line (BACKSTOCK_LOG_LEVEL=info)
         respawn_failed_workers=True,
         # A client that trickles its headers is dropped; one that trickles its body gets 408.
         http1_settings=HTTP1Settings(header_read_timeout=int(header_timeout_seconds * 1000)),
     ).serve()
 
 
-def _self_command() -> str:
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def self_command() -> str:
     """How the user can run this CLI again (``.venv/bin/backstock`` after ``make serve``)."""
     here = Path(sys.argv[0])
     on_path = shutil.which("backstock")
@@ -124,29 +136,17 @@ def _self_command() -> str:
     return "backstock"
 
 
-def _redact(url: str) -> str:
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.rpartition('@')[2]}"
-
-
 @app.command()
 def worker(
     concurrency: Annotated[
         int | None,
-        typer.Option(
-            help="Jobs run at once by this process [env BACKSTOCK_WORKER_CONCURRENCY; default 1]."
-        ),
+        typer.Option(help=setting_help("worker_concurrency", "Jobs run at once by this process.")),
     ] = None,
 ) -> None:
     """Run a job worker until SIGTERM or SIGINT (then finish the batch, hand the job back)."""
-    settings = _settings(worker_concurrency=concurrency)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    if settings.is_sqlite:
-        migrate_database(settings)
+    settings = settings_from(worker_concurrency=concurrency)
+    telemetry.configure_logging(settings.log_level, settings.log_format)
+    ready(settings)
     services = build_services(settings)
     runner = build_worker(services, settings.worker_concurrency)
 
@@ -156,7 +156,7 @@ def worker(
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     runner.start()
-    where = _redact(settings.database_url)
+    where = redact(settings.database_url)
     err.print(f"Worker running ({settings.worker_concurrency} at once) on {where}")
     while not runner.stop.wait(0.5):
         pass
@@ -167,77 +167,6 @@ def worker(
 @app.command()
 def migrate() -> None:
     """Bring the database schema to the newest version."""
-    settings = _settings()
+    settings = settings_from()
     migrate_database(settings)
-    err.print(f"Database {_redact(settings.database_url)} is at the newest schema.")
-
-
-@accounts_app.command("create")
-def accounts_create(name: str) -> None:
-    """Create an account."""
-    services = _services()
-    try:
-        account_id = run(services, lambda: services.accounts.create_account(name))
-    except BackstockError as exc:
-        raise _fail(exc) from exc
-    typer.echo(f"{account_id}")
-
-
-Scope = Annotated[
-    list[str], typer.Option("--scope", help="catalogs:read and/or catalogs:write (repeat).")
-]
-
-
-@keys_app.command("create")
-def keys_create(
-    account: Annotated[str, typer.Option(help="Account name (created if missing).")], scope: Scope
-) -> None:
-    """Create an API key and print it (alone, on stdout). It is shown only this once."""
-    services = _services()
-    try:
-        key = run(services, lambda: services.accounts.create_key(account, scope))
-    except BackstockError as exc:
-        raise _fail(exc) from exc
-    err.print(f"Key id {key.key_id} for account '{account}' with {', '.join(sorted(key.scopes))}")
-    typer.echo(key.key)
-
-
-@keys_app.command("list")
-def keys_list(account: Annotated[str, typer.Option(help="Account name.")]) -> None:
-    """List an account's keys (never the keys themselves)."""
-    services = _services()
-    try:
-        records = run(services, lambda: services.accounts.list_keys(account))
-    except BackstockError as exc:
-        raise _fail(exc) from exc
-    table = Table("key id", "scopes", "created", "revoked")
-    for record in records:
-        table.add_row(
-            record.id,
-            " ".join(sorted(record.scopes)),
-            to_iso(record.created_at),
-            to_iso(record.revoked_at) or "",
-        )
-    Console().print(table)
-
-
-@keys_app.command("revoke")
-def keys_revoke(key_id: str) -> None:
-    """Revoke a key; it stops working at once in every process."""
-    services = _services()
-    try:
-        run(services, lambda: services.accounts.revoke_key(key_id))
-    except BackstockError as exc:
-        raise _fail(exc) from exc
-    err.print(f"Revoked {key_id}")
-
-
-def _services() -> Services:
-    settings = _settings()
-    if settings.is_sqlite:
-        migrate_database(settings)
-    return build_services(settings)
-
-
-def main() -> None:
-    app()
+    err.print(f"Database {redact(settings.database_url)} is at the newest schema.")

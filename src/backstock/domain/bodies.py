@@ -33,6 +33,10 @@ from backstock.domain.resources import Attribute, Relation, Resource, resource
 MAX_METADATA_BYTES = 100 * 1024
 MAX_ENTRIES = 100
 """Resources per bulk job (the seeds' limit)."""
+COSTLY_BYTES = 256 * 1024
+COSTLY_CONTAINERS = 4096
+"""Above either, decoding a body may take more than about a millisecond (bench/decode.py
+measures it): the service decodes it off the event loop."""
 
 Action = Literal["create", "update", "delete"]
 Shape = Literal["array", "data"]
@@ -74,6 +78,12 @@ class JobRequest:
 
 PayloadItem = tuple[str, dict[str, Any], dict[str, list[str]]]
 _PAYLOAD = msgspec.json.Decoder(list[PayloadItem])
+
+
+def costly(body: bytes) -> bool:
+    """Whether decoding ``body`` could hold its thread for more than about a millisecond: a
+    big body, or one of many small arrays and objects (each costs an allocation)."""
+    return len(body) > COSTLY_BYTES or body.count(b"[") + body.count(b"{") > COSTLY_CONTAINERS
 
 
 def load_payload(payload: bytes) -> list[PayloadItem]:
@@ -590,7 +600,18 @@ def _entries_problems(entries: Any, res: Resource, action: Action) -> list[Probl
 def _string(value: Any, name: str) -> str | None:
     if not isinstance(value, str):
         return f"'{name}' must be a string"
-    return f"'{name}' must not contain NUL characters" if _NUL in value else None
+    return _text(value, name)
+
+
+def _text(value: str, name: str) -> str | None:
+    """No NUL (PostgreSQL text cannot hold one) and no lone surrogate (no UTF-8 has one)."""
+    if _NUL in value:
+        return f"'{name}' must not contain NUL characters"
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return f"'{name}' must be valid Unicode (a lone surrogate is not)"
+    return None
 
 
 def _number(value: Any, name: str) -> str | None:
@@ -616,7 +637,7 @@ def _boolean(value: Any, name: str) -> str | None:
 def _strings(value: Any, name: str) -> str | None:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         return f"'{name}' must be an array of strings"
-    return f"'{name}' must not contain NUL characters" if any(_NUL in v for v in value) else None
+    return next((found for v in value if (found := _text(v, name))), None)
 
 
 def _metadata(value: Any, name: str) -> str | None:
@@ -645,7 +666,7 @@ def _identity(value: Any, name: str) -> str | None:
         return f"'{name}' must be a non-empty string"
     if len(value) > MAX_EXTERNAL_ID:
         return f"'{name}' must be at most {MAX_EXTERNAL_ID} characters"
-    return f"'{name}' must not contain NUL characters" if _NUL in value else None
+    return _text(value, name)
 
 
 def _fixed(expected: str) -> Callable[[Any, str], str | None]:

@@ -5,7 +5,8 @@
     BackstockError (500 error)
     ├── BadRequest (400 invalid)
     │   ├── InvalidParameter (400 invalid, source.parameter)
-    │   └── InvalidBody (400 invalid, source.pointer; may carry several problems)
+    │   ├── InvalidBody (400 invalid, source.pointer; may carry several problems)
+    │   └── UntrustedHost (400 untrusted_host, source.parameter Host)
     ├── NotAuthenticated (401 not_authenticated)
     ├── PermissionDenied (403 permission_denied)
     ├── NotFound (404 not_found)
@@ -13,16 +14,18 @@
     ├── NotAcceptable (406 not_acceptable)
     ├── Conflict (409 duplicate)
     ├── PayloadTooLarge (413 payload_too_large)
+    ├── UriTooLong (414 uri_too_long)
     ├── UnsupportedMediaType (415 unsupported_media_type)
     ├── Throttled (429 throttled)
     ├── TooManyJobs (429 too_many_jobs)
+    ├── HeadersTooLarge (431 headers_too_large)
     └── Unavailable (503 service_unavailable)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +84,21 @@ class InvalidBody(BadRequest):
         super().__init__(problems[0].detail, problems=problems)
 
 
+class UntrustedHost(BadRequest):
+    code = "untrusted_host"
+    title = "Untrusted host."
+
+    def __init__(self, host: str) -> None:
+        detail = (
+            f"Host '{host[:100]}' is not one this service answers for (BACKSTOCK_ALLOWED_HOSTS)."
+        )
+        super().__init__(detail, parameter="Host")
+
+
 class NotAuthenticated(BackstockError):
     status = 401
     code = "not_authenticated"
-    title = "Authentication credentials were not provided."
+    title = "Missing or invalid API key."
     default_detail = "Missing or invalid API key."
 
 
@@ -137,6 +151,13 @@ class PayloadTooLarge(BackstockError):
     default_detail = "The request body is too large."
 
 
+class UriTooLong(BackstockError):
+    status = 414
+    code = "uri_too_long"
+    title = "URI too long."
+    default_detail = "The path and query are too long."
+
+
 class UnsupportedMediaType(BackstockError):
     status = 415
     code = "unsupported_media_type"
@@ -158,8 +179,23 @@ class TooManyJobs(BackstockError):
     default_detail = "Too many jobs are queued or processing for this account."
 
 
+class HeadersTooLarge(BackstockError):
+    status = 431
+    code = "headers_too_large"
+    title = "Request header fields too large."
+    default_detail = "The request's headers are too large."
+
+
 class Unavailable(BackstockError):
     status = 503
     code = "service_unavailable"
     title = "Service unavailable."
     default_detail = "The service is temporarily unavailable; retry later."
+    kind: str = "database"
+    """What is unavailable (for metrics): ``locked``, ``full``, ``read_only``, ``io``,
+    ``cant_open``, ``away``, ``busy`` (the database), or ``bodies`` (this process's cap on
+    request bodies in flight)."""
+
+    def __init__(self, detail: str | None = None, *, kind: str = "database", **kw: Any) -> None:
+        super().__init__(detail, **kw)
+        self.kind = kind

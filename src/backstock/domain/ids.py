@@ -47,6 +47,10 @@ def check_external_id(external: str) -> None:
         raise InvalidCompoundId(f"The external id is longer than {MAX_EXTERNAL_ID} characters")
     if "\x00" in external:
         raise InvalidCompoundId("The external id must not contain NUL characters")
+    try:
+        external.encode()
+    except UnicodeEncodeError:
+        raise InvalidCompoundId("The external id must be valid Unicode") from None
 
 
 def compound_id(external: str) -> str:

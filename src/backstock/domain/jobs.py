@@ -9,7 +9,7 @@ documents may include.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, Literal
 
@@ -41,20 +41,18 @@ FILTERS: Final = MappingProxyType(
 class JobKind:
     resource: Resource
     action: Action
+    type: str = field(init=False)
+    """``catalog-variant-bulk-update-job``: also what the jobs table stores as ``kind``."""
+    path: str = field(init=False)
+    include: str | None = field(init=False)
+    """What ``include`` may name on a job of this kind (a delete leaves nothing)."""
 
-    @property
-    def type(self) -> str:
-        """``catalog-variant-bulk-update-job``: also what the jobs table stores as ``kind``."""
-        return job_type(self.resource, self.action)
-
-    @property
-    def path(self) -> str:
-        return f"/api/{self.type}s"
-
-    @property
-    def include(self) -> str | None:
-        """What ``include`` may name on a job of this kind (a delete leaves nothing)."""
-        return None if self.action == "delete" else self.resource.plural
+    def __post_init__(self) -> None:
+        kind = job_type(self.resource, self.action)
+        object.__setattr__(self, "type", kind)
+        object.__setattr__(self, "path", f"/api/{kind}s")
+        include = None if self.action == "delete" else self.resource.plural
+        object.__setattr__(self, "include", include)
 
 
 KINDS: Final = MappingProxyType(
@@ -131,6 +129,9 @@ class ClaimedJob:
     owner: str
     payload: bytes = b""
     lease_expires_at: int = 0
+    applied_now: int = 0
+    failed_now: int = 0
+    """The items the last batch applied and failed (for metrics)."""
 
 
 def item_error(code: str, title: str, detail: str, pointer: str) -> dict[str, Any]:

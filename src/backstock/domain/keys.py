@@ -63,6 +63,14 @@ def from_authorization(header: str | None) -> ApiKey:
     return ApiKey(key_id, secret)
 
 
+def key_id_of(text: str) -> str:
+    """The key id of ``text``, whether it is a key id or a whole key (``pk_<id>_<secret>``):
+    so that a pasted key is revoked by its id, and its secret never repeated."""
+    if text.startswith(PREFIX):
+        return text[len(PREFIX) :].partition("_")[0][:KEY_ID_LENGTH]
+    return text[: KEY_ID_LENGTH * 4]
+
+
 def new_key() -> tuple[ApiKey, str]:
     """A fresh key, and the text to give its owner (shown once, never stored)."""
     key = ApiKey(secrets.token_hex(KEY_ID_LENGTH // 2), secrets.token_urlsafe(32))

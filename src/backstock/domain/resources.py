@@ -94,28 +94,25 @@ class Resource:
     relations: tuple[Relation, ...] = ()
     filters: tuple[Filter, ...] = ()
     rendered_times: tuple[str, ...] = ("created", "updated")
+    # Derived once, here: read on every request.
     by_name: Mapping[str, Attribute] = field(init=False, repr=False, compare=False)
+    path: str = field(init=False, repr=False, compare=False)
+    """``/api/catalog-variants``."""
+    stored: tuple[Attribute, ...] = field(init=False, repr=False, compare=False)
+    """The attributes with a column, in rendering order (``external_id`` first)."""
+    fields: frozenset[str] = field(init=False, repr=False, compare=False)
+    """The names ``fields[TYPE]`` may list (besides ``id``)."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "by_name", MappingProxyType({a.name: a for a in self.attributes}))
-
-    @property
-    def path(self) -> str:
-        return f"/api/catalog-{self.plural}"
-
-    @property
-    def stored(self) -> tuple[Attribute, ...]:
-        """The attributes with a column, in rendering order (``external_id`` first)."""
-        return tuple(a for a in self.attributes if a.stored)
-
-    @property
-    def updatable(self) -> tuple[Attribute, ...]:
-        return tuple(a for a in self.attributes if a.update)
-
-    @property
-    def fields(self) -> frozenset[str]:
-        """The names ``fields[TYPE]`` may list (besides ``id``)."""
-        return frozenset(a.name for a in self.stored) | frozenset(self.rendered_times)
+        stored = tuple(a for a in self.attributes if a.stored)
+        derived = {
+            "by_name": MappingProxyType({a.name: a for a in self.attributes}),
+            "path": f"/api/catalog-{self.plural}",
+            "stored": stored,
+            "fields": frozenset(a.name for a in stored) | frozenset(self.rendered_times),
+        }
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)
 
     def relation(self, name: str) -> Relation:
         return next(r for r in self.relations if r.name == name)

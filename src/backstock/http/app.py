@@ -12,16 +12,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+from backstock import telemetry
 from backstock.domain import keys
-from backstock.domain.errors import BackstockError, MethodNotAllowed, NotFound, Unavailable
+from backstock.domain.keys import Principal
+from backstock.domain.errors import (
+    BackstockError,
+    MethodNotAllowed,
+    NotAuthenticated,
+    NotFound,
+    Unavailable,
+    UntrustedHost,
+)
 from backstock.http import openapi, requests
 from backstock.http.render import MEDIA_TYPE, Renderer, dumps, error_body, parse_fields
-from backstock.http.requests import NULLABLE_SINCE, Request, Scope
+from backstock.http.requests import NULLABLE_SINCE, BodyGate, Request, Scope
 from backstock.http.routes import Call, Operation, Response, document, operations
 from backstock.services.container import Services
 from backstock.services.limits import LimitState
@@ -100,6 +111,9 @@ class App:
         self._on_startup = on_startup
         self._on_shutdown = on_shutdown
         self._count_on_thread = bool(services.settings.redis_url)
+        self._gate = BodyGate(services.settings.max_body_bytes_in_flight)
+        self._allowed_hosts = services.settings.allowed_host_set
+        self._accounts = telemetry.AccountTally(services.settings.metrics_top_accounts)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
@@ -110,27 +124,59 @@ class App:
             await send({"type": "websocket.close", "code": 1008})
 
     async def _http(self, scope: Scope, receive: Any, send: Any) -> None:
-        request = Request(scope, receive)
-        counted: list[LimitState] = []
+        started = time.perf_counter()
+        scope["app"] = self
+        request = Request(scope, receive, self._gate)
+        rid = _request_id(request.headers.get("x-request-id"))
+        telemetry.request_id.set(rid)
+        seen = _Seen()
         content_type = MEDIA_TYPE
         try:
+            request.check_size()
+            self._check_host(request)
             route, params = self.router.match(request.method, request.path)
+            seen.route = route
             if isinstance(route, Public):
                 content_type = route.content_type
                 response = await route.handler(request, self.services)
             else:
-                response = await self._operation(route, request, params, counted)
+                response = await self._operation(route, request, params, seen)
         except BackstockError as exc:
             response = error_response(exc)
+            _count_refusal(exc)
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
             response = error_response(BackstockError())
-        if counted:
-            response.headers.update(counted[0].headers())
+        if seen.limit is not None:
+            response.headers.update(seen.limit.headers())
+        if request.body_pending:
+            response.headers["Connection"] = "close"
+        response.headers["X-Request-Id"] = rid
         await _send(send, response, content_type)
+        self._observe(request, seen, response.status, started, rid)
+
+    def _observe(
+        self, request: Request, seen: _Seen, status: int, started: float, rid: str
+    ) -> None:
+        route = seen.route
+        operation = route.id if route is not None else "unrouted"
+        telemetry.REQUESTS.labels(operation, str(status)).inc()
+        telemetry.LATENCY.labels(operation).observe(time.perf_counter() - started)
+        account = seen.who.account_id if seen.who is not None else "-"
+        if seen.who is not None:
+            self._accounts.count(account)
+        template = route.path if route is not None else request.path[:200]
+        telemetry.log_access(request.method, template, status, started, account, rid)
+
+    def _check_host(self, request: Request) -> None:
+        allowed = self._allowed_hosts
+        if allowed is not None:
+            host = request.headers.get("host", "").lower()
+            if host not in allowed and host.rpartition(":")[0] not in allowed:
+                raise UntrustedHost(host)
 
     async def _operation(
-        self, op: Operation, request: Request, params: tuple[str, ...], counted: list[LimitState]
+        self, op: Operation, request: Request, params: tuple[str, ...], seen: _Seen
     ) -> Response:
         headers = request.headers
         revision = requests.revision(headers)
@@ -139,19 +185,26 @@ class App:
         requests.check_query(query, op.query)
         fields = parse_fields(query, op.fields)
         services = self.services
-        who = await services.accounts.authenticate(
-            keys.from_authorization(headers.get("authorization"))
-        )
-        who.require(op.scope)
         limiter = services.limiter
+        address = request.client
+        limiter.check_failures(address)
+        try:
+            key = keys.from_authorization(headers.get("authorization"))
+            who = await services.accounts.authenticate(key)
+        except NotAuthenticated:
+            limiter.count_failure(address)
+            raise
+        seen.who = who
+        who.require(op.scope)
         if limiter.enabled:
             limits = limiter.limits(op.id, op.scope, op.limits)
+            # A read costs by what it may return: an include adds up to a page of resources.
+            cost = 2 if op.include and "include" in query else 1
             if self._count_on_thread:  # Redis round trips must not hold up the event loop
-                state = await asyncio.to_thread(limiter.hit, who.account_id, op.id, limits)
+                state = await asyncio.to_thread(limiter.hit, who.account_id, op.id, limits, cost)
             else:
-                state = limiter.hit(who.account_id, op.id, limits)
-            if state is not None:
-                counted.append(state)
+                state = limiter.hit(who.account_id, op.id, limits, cost)
+            seen.limit = state
         base = services.settings.base_url or request.base_url
         render = Renderer(base, fields, omit_nulls=revision < NULLABLE_SINCE)
         return await op.handler(Call(request, services, who, params, query, render))
@@ -169,6 +222,32 @@ class App:
                 await self.services.close_loop()  # its connections belong to this event loop
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+@dataclass(slots=True)
+class _Seen:
+    """What the request path learned about a request, for its headers, metrics and log."""
+
+    route: Route | None = None
+    who: Principal | None = None
+    limit: LimitState | None = None
+
+
+def _request_id(given: str | None) -> str:
+    """The client's ``X-Request-Id`` when it is a sane one, else a new one."""
+    if given and len(given) <= 128 and given.isascii() and given.isprintable():
+        return given
+    return uuid.uuid4().hex
+
+
+def _count_refusal(exc: BackstockError) -> None:
+    if isinstance(exc, Unavailable):
+        if exc.kind == "bodies":
+            telemetry.REFUSALS.labels("bodies_in_flight").inc()
+        else:
+            telemetry.DATABASE_ERRORS.labels(exc.kind).inc()
+    elif exc.status == 429:
+        telemetry.REFUSALS.labels(getattr(exc, "reason", exc.code)).inc()
 
 
 def error_response(exc: BackstockError) -> Response:
@@ -219,8 +298,28 @@ async def _openapi(_request: Request, _services: Services) -> Response:
     return Response(200, _openapi_document())
 
 
+async def _metrics(request: Request, services: Services) -> Response:
+    """Prometheus' text format; the queue's gauges measured for this scrape."""
+    queued, processing, age = await services.jobs.queue()
+    gauges = [
+        telemetry.gauge("backstock_jobs_queued", "Jobs waiting for a worker.", queued),
+        telemetry.gauge("backstock_jobs_processing", "Jobs a worker holds.", processing),
+        telemetry.gauge(
+            "backstock_oldest_queued_job_seconds",
+            "How long the oldest queued job has waited (0: none waits).",
+            age or 0.0,
+        ),
+    ]
+    app: App = request.scope["app"]
+    if (family := app._accounts.family()) is not None:
+        gauges.append(family)
+    body, _ = telemetry.exposition(gauges)
+    return Response(200, body)
+
+
 _PUBLIC = (
     Public("healthz", "GET", "/healthz", _healthz),
     Public("readyz", "GET", "/readyz", _readyz),
     Public("openapi", "GET", openapi.PATH, _openapi, "application/json"),
+    Public("metrics", "GET", "/metrics", _metrics, telemetry.CONTENT_TYPE),
 )

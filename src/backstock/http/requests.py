@@ -15,12 +15,15 @@ from urllib.parse import parse_qsl, unquote
 from backstock.domain.errors import (
     BackstockError,
     BadRequest,
+    HeadersTooLarge,
     InvalidParameter,
     NotAcceptable,
     NotFound,
     PayloadTooLarge,
     RequestTimeout,
+    Unavailable,
     UnsupportedMediaType,
+    UriTooLong,
 )
 from backstock.domain.ids import ExternalId, InvalidCompoundId, parse_compound_id
 
@@ -38,14 +41,45 @@ _ACCEPTABLE = ("*/*", "application/*", *MEDIA_TYPES)
 _REVISION = re.compile(r"(\d{4})-(\d{2})-(\d{2})(\.[A-Za-z0-9_-]+)?")
 
 
+MAX_TARGET_BYTES = 8 * 1024
+"""A longer path and query is a 414 (the SDK's longest, a filter of 100 ids, is under 6 KB)."""
+MAX_HEADER_BYTES = 16 * 1024
+"""Longer headers in all are a 431."""
+
+
+class BodyGate:
+    """A cap on the bytes of request bodies one process holds at once: beyond it a request is
+    refused with 503 before its body is read (a flood of big uploads cannot exhaust memory).
+    One event loop per process: no lock."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int) -> None:
+        if self.held + size > self.limit:
+            raise Unavailable(
+                "Too many request bodies are arriving at once; retry later.",
+                retry_after=1,
+                kind="bodies",
+            )
+        self.held += size
+
+    def give(self, size: int) -> None:
+        self.held -= size
+
+
 class Request:
     """The parts of an ASGI HTTP request the service reads, parsed once."""
 
-    __slots__ = ("_query", "headers", "method", "path", "receive", "scope")
+    __slots__ = (
+        "_query", "body_pending", "gate", "headers", "method", "path", "receive", "scope",
+    )  # fmt: skip
 
-    def __init__(self, scope: Scope, receive: Any) -> None:
+    def __init__(self, scope: Scope, receive: Any, gate: BodyGate | None = None) -> None:
         self.scope = scope
         self.receive = receive
+        self.gate = gate
         self.method: str = scope["method"]
         # The raw path (an id's %2F is not a separator), without one trailing slash (both
         # spellings of every path are served directly).
@@ -58,6 +92,20 @@ class Request:
             k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]
         }
         self._query: dict[str, str] | None = None
+        declared = self.headers.get("content-length")
+        self.body_pending = declared not in (None, "0") or "transfer-encoding" in self.headers
+        """A body was announced and not read yet: the connection is closed after the answer
+        rather than read on (a request refused before its body, e.g. without a key)."""
+
+    def check_size(self) -> None:
+        """The request line and headers are within bounds (the server's own, larger limits
+        refuse without a JSON:API body: see docs/security.md)."""
+        raw = self.scope.get("raw_path") or b""
+        if len(raw) + len(self.scope.get("query_string", b"")) > MAX_TARGET_BYTES:
+            raise UriTooLong(f"The path and query are longer than {MAX_TARGET_BYTES} bytes.")
+        size = sum(len(k) + len(v) for k, v in self.scope["headers"])
+        if size > MAX_HEADER_BYTES:
+            raise HeadersTooLarge(f"The headers are larger than {MAX_HEADER_BYTES} bytes in all.")
 
     @property
     def query(self) -> dict[str, str]:
@@ -67,6 +115,12 @@ class Request:
                 dict(parse_qsl(raw.decode("latin-1"), keep_blank_values=True)) if raw else {}
             )
         return self._query
+
+    @property
+    def client(self) -> str:
+        """The client's address (a proxy's, behind one)."""
+        client = self.scope.get("client")
+        return str(client[0]) if client else "unknown"
 
     @property
     def base_url(self) -> str:
@@ -92,6 +146,16 @@ class Request:
         declared = self.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise _too_large(limit)
+        held = int(declared) if declared is not None and declared.isdigit() else limit
+        if self.gate is not None:
+            self.gate.take(held)
+        try:
+            return await self._read(limit, timeout)
+        finally:
+            if self.gate is not None:
+                self.gate.give(held)
+
+    async def _read(self, limit: int, timeout: float) -> bytes:
         chunks = []
         size = 0
         try:
@@ -115,6 +179,7 @@ class Request:
                 f"The request body did not arrive within {timeout:g} seconds.",
                 headers={"Connection": "close"},
             ) from None
+        self.body_pending = False
         return b"".join(chunks)
 
 

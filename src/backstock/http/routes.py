@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from backstock import telemetry
 from backstock.domain import jobs
 from backstock.domain.catalog import Record
 from backstock.domain.errors import InvalidParameter
@@ -313,6 +314,7 @@ _SLOW_JOB_READS = frozenset(
 def _spawn(kind: JobKind) -> Handler:
     async def handler(call: Call) -> Response:
         job = await call.services.jobs.spawn(call.who, kind, await call.body())
+        telemetry.JOBS_ACCEPTED.labels(kind.type).inc()
         return document(
             {"data": call.render.job(kind, job), "links": {"self": call.render.url(kind.path)}}, 202
         )

@@ -54,6 +54,9 @@ class Accounts:
     async def list_keys(self, account: str) -> list[KeyRecord]:
         return await self.store.list_keys(account)
 
-    async def revoke_key(self, key_id: str) -> None:
+    async def revoke_key(self, key_or_id: str) -> str:
+        """Revoke a key, named by its id or by the whole key; returns the key id."""
+        key_id = keys.key_id_of(key_or_id)
         if not await self.store.revoke_key(key_id):
-            raise NotFound(f"No active key with id '{key_id[:40]}'")
+            raise NotFound(f"No active key with id '{key_id}'")
+        return key_id

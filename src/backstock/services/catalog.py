@@ -14,7 +14,12 @@ from backstock.domain.ids import ExternalId, compound_id
 from backstock.domain.keys import Principal
 from backstock.domain.pagination import Page, PageRequest
 from backstock.domain.resources import Resource, resource
+from backstock.services.offload import decoded
 from backstock.services.stores import CatalogStore
+
+MAX_INCLUDED = 100
+"""``include`` adds at most this many resources to a document (one page's worth): one request
+cannot make the server render an unbounded document."""
 
 
 def missing(res: Resource, external: str) -> NotFound:
@@ -41,7 +46,7 @@ class Catalog:
         self.store = store
 
     async def create(self, who: Principal, res: Resource, body: bytes) -> Record:
-        entry = bodies.decode_create(res, body)
+        entry = await decoded(lambda: bodies.decode_create(res, body), body)
         item = (entry.external_id, entry.attributes, entry.links)
         outcome, record = await self.store.write_one("create", res, who.account_id, item)
         if outcome is not None:
@@ -84,10 +89,11 @@ class Catalog:
     async def included(
         self, who: Principal, owner: Resource, relation: str, records: Sequence[Record]
     ) -> tuple[dict[str, list[str]], list[Record]]:
-        """What ``include`` adds to ``records``: the external ids of each one's related
-        resources (by its external id), and those resources, once each."""
+        """What ``include`` adds to ``records``: at most ``MAX_INCLUDED`` related resources
+        (the oldest first), and the external ids of those each record relates to (by its
+        external id). An item's ``links.related`` pages through all of its variants."""
         children = await self.store.related(
-            owner, relation, who.account_id, [r["pk"] for r in records]
+            owner, relation, who.account_id, [r["pk"] for r in records], MAX_INCLUDED
         )
         parent = resource(owner.relation(relation).target).parent
         assert parent is not None  # include follows a parent's children (an item's variants)
@@ -99,7 +105,7 @@ class Catalog:
     async def update(
         self, who: Principal, res: Resource, external: ExternalId, body: bytes
     ) -> Record:
-        entry = bodies.decode_update(res, body, external)
+        entry = await decoded(lambda: bodies.decode_update(res, body, external), body)
         item = (entry.external_id, entry.attributes, entry.links)
         outcome, record = await self.store.write_one("update", res, who.account_id, item)
         if outcome is not None:
@@ -123,7 +129,7 @@ class Catalog:
     ) -> None:
         """A relationship request: add, replace or remove links of ``res`` ``external``."""
         target = resource(res.relation(relation).target)
-        related = bodies.decode_linkage(target, body)
+        related = await decoded(lambda: bodies.decode_linkage(target, body), body)
         outcome: Outcome = await self.store.change_links(
             res, relation, who.account_id, external, related, how
         )

@@ -16,6 +16,7 @@ from backstock.domain.ids import new_job_id
 from backstock.domain.jobs import ClaimedJob, JobKind, JobRecord, NewJob, linked_external_ids
 from backstock.domain.keys import Principal
 from backstock.domain.pagination import Page, PageRequest
+from backstock.services.offload import decoded
 from backstock.services.stores import CatalogStore, JobStore
 from backstock.settings import Settings
 
@@ -61,7 +62,7 @@ class Jobs:
 
     async def spawn(self, who: Principal, kind: JobKind, body: bytes) -> JobRecord:
         """Validate the body and commit the job, queued: the 202 comes after the commit."""
-        request = bodies.decode_job(kind.resource, kind.action, body)
+        request = await decoded(lambda: bodies.decode_job(kind.resource, kind.action, body), body)
         new = NewJob(
             who.account_id, new_job_id(), kind.type, request.shape, len(request.external_ids),
             request.payload, request.linkage, now_us(),
@@ -93,6 +94,21 @@ class Jobs:
         status = next(iter(statuses), None)
         return await self.store.list_jobs(who.account_id, kind.type, status, page)
 
+    # ---- the operator's side (the CLI): across accounts --------------------------------------
+
+    async def find(self, job_id: str) -> tuple[str, JobRecord]:
+        """A job of any account, and its account's name."""
+        found = await self.store.admin_job(job_id)
+        if found is None:
+            raise NotFound(f"No job with id '{job_id[:40]}'")
+        return found
+
+    async def browse(
+        self, account: str | None, status: str | None, kind: str | None, limit: int = 50
+    ) -> list[tuple[str, JobRecord]]:
+        """The newest jobs, of every account or one, of a status and a kind if given."""
+        return await self.store.admin_jobs(account, status, kind, limit)
+
     # ---- the worker's side -------------------------------------------------------------------
 
     async def claim(self, owner: str, first_batch: bool = True) -> tuple[ClaimedJob, bool] | None:
@@ -115,6 +131,12 @@ class Jobs:
 
     async def delete_expired(self) -> int:
         return await self.store.delete_expired()
+
+    async def queue(self) -> tuple[int, int, float | None]:
+        """Jobs queued, jobs processing, and the age in seconds of the oldest queued one."""
+        queued, processing, oldest = await self.store.queue_stats()
+        age = None if oldest is None else max(0.0, (now_us() - oldest) / 1_000_000)
+        return queued, processing, age
 
     async def seconds_to_next_lapse(self) -> float | None:
         expiry = await self.store.next_lease_expiry()

@@ -72,6 +72,9 @@ class Limiter:
         self._strategy = MovingWindowRateLimiter(storage)
         self.degraded = False
         self._retry_at = 0.0
+        self._failure_windows = parse_many(settings.auth_failure_limits)
+        self._failing: dict[str, float] = {}
+        """Addresses with a failed authentication lately (when): only they are checked."""
 
     def limits(self, operation: str, scope: str, klaviyo: str) -> str:
         """The limits that apply to an operation (``75/second;750/minute``)."""
@@ -82,29 +85,34 @@ class Limiter:
             or klaviyo
         )
 
-    def hit(self, account: AccountId, operation: str, limits: str) -> LimitState | None:
-        """Count one request; raise ``Throttled`` (429) if a window is full."""
+    def hit(
+        self, account: AccountId, operation: str, limits: str, cost: int = 1
+    ) -> LimitState | None:
+        """Count a request (``cost`` units of the windows); raise ``Throttled`` (429) if a
+        window is full."""
         if not self.enabled or (self.degraded and time.monotonic() < self._retry_at):
             return None
         windows = self._windows.get(limits)
         if windows is None:
             windows = self._windows[limits] = parse_many(limits)
         try:
-            return self._hit(windows, str(account), operation)
+            return self._hit(windows, str(account), operation, cost)
         except Throttled:
             raise
         except Exception as exc:  # noqa: BLE001 - any storage failure means fail open
             self._fail_open(exc)
             return None
 
-    def _hit(self, windows: list[RateLimitItem], account: str, operation: str) -> LimitState:
+    def _hit(
+        self, windows: list[RateLimitItem], account: str, operation: str, cost: int
+    ) -> LimitState:
         # Test every window before counting in any, so a refused request counts nowhere.
         for window in windows:
-            if not self._strategy.test(window, account, operation):
+            if not self._strategy.test(window, account, operation, cost=cost):
                 self._refuse(window, account, operation)
         states = []
         for window in windows:
-            if not self._strategy.hit(window, account, operation):
+            if not self._strategy.hit(window, account, operation, cost=cost):
                 self._refuse(window, account, operation)  # lost a race with another process
             reset, remaining = self._strategy.get_window_stats(window, account, operation)
             states.append(LimitState(window.amount, remaining, _seconds_until(reset)))
@@ -113,11 +121,42 @@ class Limiter:
             log.warning("rate-limit storage is reachable again; limits are enforced")
         return min(states, key=lambda s: (s.remaining, -s.reset_seconds))
 
-    def _refuse(self, window: RateLimitItem, account: str, operation: str) -> None:
+    def check_failures(self, address: str) -> None:
+        """Refuse (429) a client address that has failed authentication too often, before its
+        key is looked up."""
+        if not self.enabled or address not in self._failing:
+            return
+        if time.monotonic() - self._failing[address] > 60:
+            del self._failing[address]
+            return
+        try:
+            for window in self._failure_windows:
+                if not self._strategy.test(window, "auth-failures", address):
+                    self._refuse(window, "auth-failures", address, "failed authentications")
+        except Throttled:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any storage failure means fail open
+            self._fail_open(exc)
+
+    def count_failure(self, address: str) -> None:
+        if not self.enabled:
+            return
+        if len(self._failing) > 10_000:  # bounded: the oldest are forgotten
+            self._failing.clear()
+        self._failing[address] = time.monotonic()
+        try:
+            for window in self._failure_windows:
+                self._strategy.hit(window, "auth-failures", address)
+        except Exception as exc:  # noqa: BLE001
+            self._fail_open(exc)
+
+    def _refuse(
+        self, window: RateLimitItem, account: str, operation: str, what: str = "this operation"
+    ) -> None:
         reset, _ = self._strategy.get_window_stats(window, account, operation)
         wait = _seconds_until(reset)
         raise Throttled(
-            f"Rate limit of {window} exceeded for this operation; retry in {wait} s.",
+            f"Rate limit of {window} exceeded for {what}; retry in {wait} s.",
             retry_after=wait,
             headers=LimitState(window.amount, 0, wait).headers(),
         )

@@ -344,9 +344,14 @@ _CHILDREN: dict[tuple[str, str], Statement] = {}
 
 
 async def children(
-    conn: Conn, owner: Resource, relation: Relation, account: AccountId, owner_pks: list[int]
+    conn: Conn,
+    owner: Resource,
+    relation: Relation,
+    account: AccountId,
+    owner_pks: list[int],
+    limit: int,
 ) -> list[Record]:
-    """The related resources of several owners at once, in creation order (``include``)."""
+    """The related resources of several owners at once, the ``limit`` oldest (``include``)."""
     res = resource(relation.target)
     found = shape(res.type)
     if not owner_pks:
@@ -364,12 +369,13 @@ async def children(
                     _in(item_categories.c[theirs], dialect, "owners")
                 )
                 match = found.table.c.pk.in_(linked)
-            return found.select.where(found.mine, match).order_by(found.table.c.pk)
+            query = found.select.where(found.mine, match)
+            return query.order_by(found.table.c.pk).limit(bindparam("limit"))
 
         statement = _CHILDREN[key] = Statement(
             f"{owner.noun}_{relation.name}", clause("sqlite"), clause("postgresql")
         )
-    params = {"account": account, "owners": conn.array(owner_pks)}
+    params = {"account": account, "owners": conn.array(owner_pks), "limit": limit}
     return [found.record(row, not conn.postgres) for row in await conn.all(statement, params)]
 
 
@@ -682,10 +688,11 @@ class CatalogStore:
         return await self.db.read(unit)
 
     async def related(
-        self, owner: Resource, relation: str, account: AccountId, owner_pks: list[int]
+        self, owner: Resource, relation: str, account: AccountId, owner_pks: list[int], limit: int
     ) -> list[Record]:
+        spec = owner.relation(relation)
         return await self.db.read(
-            lambda conn: children(conn, owner, owner.relation(relation), account, owner_pks)
+            lambda conn: children(conn, owner, spec, account, owner_pks, limit)
         )
 
     async def write_one(

@@ -33,7 +33,7 @@ from backstock.domain.pagination import Page, PageRequest
 from backstock.domain.resources import Resource
 from backstock.storage import catalog, pages
 from backstock.storage.database import Database
-from backstock.storage.schema import jobs
+from backstock.storage.schema import accounts, jobs
 from backstock.storage.sql import Conn, Statement, composed
 
 NOTIFY_CHANNEL = "backstock_jobs"  # also spelled out in _ACCEPT's PostgreSQL form
@@ -275,11 +275,15 @@ async def record_progress(
     }  # fmt: skip
     if done and conn.postgres:
         await conn.run(_COMPLETE_POSTGRES, params)
-        return done
-    await conn.run(_PROGRESS, params)
-    if done:
-        await conn.run(_FREE_SLOT, params)
-        await conn.run(_DROP_PAYLOAD, params)
+    else:
+        await conn.run(_PROGRESS, params)
+        if done:
+            await conn.run(_FREE_SLOT, params)
+            await conn.run(_DROP_PAYLOAD, params)
+    job.next_index = end
+    job.completed_count += completed
+    job.failed_count += len(errors)
+    job.applied_now, job.failed_now = completed, len(errors)
     return done
 
 
@@ -420,3 +424,69 @@ class JobStore:
 
     async def next_lease_expiry(self) -> int | None:
         return await self.db.read(next_lease_expiry)
+
+    async def queue_stats(self) -> tuple[int, int, int | None]:
+        return await self.db.read(queue_stats)
+
+    async def admin_job(self, job_id: str) -> tuple[str, JobRecord] | None:
+        return await self.db.read(lambda conn: admin_job(conn, job_id))
+
+    async def admin_jobs(
+        self, account: str | None, status: str | None, kind: str | None, limit: int
+    ) -> list[tuple[str, JobRecord]]:
+        return await self.db.read(lambda conn: admin_jobs(conn, account, status, kind, limit))
+
+
+_QUEUE = Statement(
+    "queue_stats",
+    """SELECT count(*) FILTER (WHERE status = 'queued'),
+              count(*) FILTER (WHERE status = 'processing'),
+              min(created_at) FILTER (WHERE status = 'queued')
+         FROM jobs WHERE status IN ('queued', 'processing')""",
+)
+
+
+async def queue_stats(conn: Conn) -> tuple[int, int, int | None]:
+    """Jobs queued, jobs processing, and when the oldest queued job was accepted."""
+    row = await conn.one(_QUEUE)
+    assert row is not None
+    return int(row[0] or 0), int(row[1] or 0), None if row[2] is None else int(row[2])
+
+
+# ---- the operator's view (the CLI): across accounts ----------------------------------------------
+
+_ADMIN_JOB = Statement(
+    "admin_job",
+    """SELECT a.name, j.pk, j.id, j.kind, j.status, j.shape, j.total_count, j.completed_count,
+              j.failed_count, j.created_at, j.completed_at, j.expires_at, j.errors, j.linkage
+         FROM jobs AS j JOIN accounts AS a ON a.id = j.account_id
+        WHERE j.id = :id""",
+)
+
+
+async def admin_job(conn: Conn, job_id: str) -> tuple[str, JobRecord] | None:
+    row = await conn.one(_ADMIN_JOB, {"id": job_id})
+    return None if row is None else (row[0], _job(row[1:]))
+
+
+async def admin_jobs(
+    conn: Conn, account: str | None, status: str | None, kind: str | None, limit: int
+) -> list[tuple[str, JobRecord]]:
+    """The newest jobs of every account (or one), optionally of a status and a kind."""
+
+    def build() -> Select[Any]:
+        query = select(accounts.c.name, *(jobs.c[name] for name in _JOB_COLUMNS)).join(
+            accounts, accounts.c.id == jobs.c.account_id
+        )
+        if account is not None:
+            query = query.where(accounts.c.name == bindparam("account"))
+        if status is not None:
+            query = query.where(jobs.c.status == bindparam("status"))
+        if kind is not None:
+            query = query.where(jobs.c.kind == bindparam("kind"))
+        return query.order_by(jobs.c.pk.desc()).limit(bindparam("limit"))
+
+    key = ("admin_jobs", account is not None, status is not None, kind is not None)
+    params = {"account": account, "status": status, "kind": kind, "limit": limit}
+    rows = await conn.query(composed(key, conn.dialect, build), params)
+    return [(row[0], _job(row[1:])) for row in rows]

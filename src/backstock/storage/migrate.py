@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine
 
-from backstock.storage.database import sqlalchemy_url
+from backstock.storage.database import restrict_file, sqlalchemy_url, sqlite_path
 
 _HERE = Path(__file__).parent / "migrations"
 
@@ -28,6 +29,29 @@ def upgrade(database_url: str) -> None:
         with engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA journal_mode=WAL")
         engine.dispose()
+        # Readable by its owner only (SQLite gives the WAL and its index the file's mode).
+        restrict_file(sqlite_path(database_url))
+
+
+def pending(database_url: str) -> tuple[str | None, str]:
+    """The revision the database is at (None: none) and the newest one; they differ when
+    ``backstock migrate`` has migrations to apply."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config(database_url)).get_current_head()
+    assert head is not None
+    engine = create_engine(sqlalchemy_url(database_url))
+    quiet = logging.getLogger("alembic.runtime.migration")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # not "Context impl PostgresqlImpl" before every command
+    try:
+        with engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+    finally:
+        quiet.setLevel(level)
+        engine.dispose()
+    return current, head
 
 
 def check(database_url: str) -> None:

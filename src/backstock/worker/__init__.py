@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
+from backstock import telemetry
 from backstock.domain.errors import BackstockError
 from backstock.domain.jobs import ClaimedJob
 from backstock.services.container import Services
@@ -27,6 +28,16 @@ log = logging.getLogger("backstock.worker")
 REAP_EVERY_SECONDS = 60.0
 POISON_TRIES = 5
 T = TypeVar("T")
+
+
+def _measured(job: ClaimedJob, started: float, done: bool) -> None:
+    """A batch's metrics (the claim's first batch too)."""
+    telemetry.BATCH_SECONDS.labels(job.kind).observe(time.perf_counter() - started)
+    telemetry.ITEMS.labels(job.kind, "applied").inc(job.applied_now)
+    telemetry.ITEMS.labels(job.kind, "failed").inc(job.failed_now)
+    if done:
+        outcome = "ok" if job.failed_count == 0 else "with_errors"
+        telemetry.JOBS_COMPLETED.labels(job.kind, outcome).inc()
 
 
 def worker_name() -> str:
@@ -104,6 +115,7 @@ class Worker:
     async def _loop_forever(self) -> None:
         owner = worker_name()
         while not self.stopping:
+            started = time.perf_counter()
             claimed = await self._retrying(
                 lambda: self.jobs.claim(owner),
                 # the first batch keeps failing: claim alone, and let _run_job deal with it
@@ -111,17 +123,23 @@ class Worker:
             )
             if claimed is None:
                 await self._retrying(self._idle)
-            elif not claimed[1]:  # claimed, first batch applied, more to do
-                await self._run_job(claimed[0])
+                continue
+            job, done = claimed
+            _measured(job, started, done)
+            if not done:  # claimed, first batch applied, more to do
+                await self._run_job(job)
 
     async def _run_job(self, job: ClaimedJob) -> None:
         """Run ``job`` batch by batch; a failed batch is retried (its transaction rolled back
         or its outcome unknown: the fence at the start of the next try sorts that out)."""
         while not self.stopping:
+            started = time.perf_counter()
             done = await self._retrying(
                 lambda: self.jobs.run_batch(job),
                 on_poison=lambda: self.jobs.run_batch(job, fail=True),
             )
+            if done is not None:
+                _measured(job, started, done)
             if done:
                 return
             if done is None and not self.stopping:
