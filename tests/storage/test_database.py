@@ -37,7 +37,7 @@ PLUS_ONE = Statement("plus_one", "SELECT :n + 1")
 NAMES = Statement("names", "SELECT name FROM accounts ORDER BY id")
 INSERT = Statement(
     "insert_account",
-    "INSERT INTO accounts (name, created_at) VALUES (:name, 1) RETURNING id",
+    "INSERT INTO accounts (name, created_at, cursor_key) VALUES (:name, 1, X'00') RETURNING id",
 )
 DEFER_FOREIGN_KEYS = Statement("defer", "PRAGMA defer_foreign_keys=ON")
 KEY_OF_NO_ACCOUNT = Statement(

@@ -723,7 +723,11 @@ def fill_jobs_table(conn: Any, accounts: int = 500, total: int = 20_000) -> None
     """``total`` jobs across ``accounts`` accounts: 1 % queued, 1 % processing (a live lease),
     the rest complete; then the planner's statistics."""
     conn.execute(
-        text("INSERT INTO accounts (name, created_at) SELECT 'bulk-' || n, 0 FROM numbers"),
+        text(
+            "INSERT INTO accounts (name, created_at, cursor_key) "
+            "SELECT 'bulk-' || n, 0, :key FROM numbers"
+        ),
+        {"key": b"\x00"},
     )
     conn.execute(
         text(
@@ -766,6 +770,47 @@ def test_the_claim_reads_the_queue_through_its_indexes(database_url: str) -> Non
         assert "Seq Scan on jobs" not in text_plan, text_plan
         assert "ix_jobs_queue" in text_plan and "ix_jobs_open" in text_plan, text_plan
     else:
+        # Every scan walks a partial index of the open jobs only (never the whole table).
         scans = [line for line in plan if line.startswith("SCAN")]
-        assert all("USING INDEX ix_jobs_queue" in line for line in scans), text_plan
+        assert scans, text_plan
+        assert all(
+            "USING INDEX ix_jobs_queue" in line or "USING INDEX ix_jobs_open" in line
+            for line in scans
+        ), text_plan
         assert any("ix_jobs_open" in line for line in plan), text_plan
+
+
+# ---- fair queues and the queued-bytes quota (issue 13) -----------------------------------------
+
+
+def test_claims_go_round_the_accounts_with_queued_work(services: Services) -> None:
+    """One account's backlog does not hold the others up: after A has queued six jobs, B's one
+    job and C's one job are claimed right after A's first, not after all of A's."""
+    a, b, c = (principal(services, name) for name in ("a", "b", "c"))
+    a_jobs = [spawn(services, a, [("GONE", {"price": float(n)})]) for n in range(6)]
+    b_job = spawn(services, b, [("GONE", {"price": 1.0})])
+    c_job = spawn(services, c, [("GONE", {"price": 1.0})])
+    order = drain(services)
+    assert order[:3] == [a_jobs[0], b_job, c_job]
+    assert order[3:] == a_jobs[1:]  # and A's own jobs keep their order
+
+
+def test_the_queued_bytes_quota_refuses_then_frees(services_for: Callable[..., Services]) -> None:
+    from backstock.domain.errors import QuotaExceeded
+
+    services = services_for(max_queued_bytes=1500)
+    who = principal(services)
+    updates = [(f"V{n}", {"title": "x" * 40}) for n in range(10)]  # ~700 bytes of payload
+    first = spawn(services, who, updates)
+    spawn(services, who, updates)
+    with pytest.raises(QuotaExceeded) as refused:
+        spawn(services, who, updates)
+    assert refused.value.status == 429 and refused.value.code == "quota_exceeded"
+    assert "BACKSTOCK_MAX_QUEUED_BYTES" in refused.value.detail
+    drain(services)
+    spawn(services, who, updates)  # the completed jobs gave their bytes back
+    with sql(services.settings.database_url) as conn:
+        open_bytes = conn.execute(select(accounts_table.c.open_bytes)).scalar()
+        payload = conn.execute(select(func.sum(func.length(job_payloads.c.payload)))).scalar()
+    assert open_bytes == payload  # the counter is exactly what the queued payloads hold
+    assert first

@@ -32,7 +32,10 @@ from backstock.worker import POISON_TRIES, Worker
 from tests.support import bulk_body, call, item_body, make_key, variant_body
 
 COUNT = Statement("count_accounts", "SELECT count(*) FROM accounts")
-INSERT = Statement("insert_account", "INSERT INTO accounts (name, created_at) VALUES (:name, 1)")
+INSERT = Statement(
+    "insert_account",
+    "INSERT INTO accounts (name, created_at, cursor_key) VALUES (:name, 1, X'00')",
+)
 NAMED = Statement("named", "SELECT count(*) FROM accounts WHERE name = :name")
 BUSY_TIMEOUT = Statement("busy_timeout", "PRAGMA busy_timeout")
 PAGE_COUNT = Statement("page_count", "PRAGMA page_count")

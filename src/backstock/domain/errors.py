@@ -18,6 +18,7 @@
     ├── UnsupportedMediaType (415 unsupported_media_type)
     ├── Throttled (429 throttled)
     ├── TooManyJobs (429 too_many_jobs)
+    │   └── QuotaExceeded (429 quota_exceeded)
     ├── HeadersTooLarge (431 headers_too_large)
     └── Unavailable (503 service_unavailable)
 """
@@ -177,6 +178,12 @@ class TooManyJobs(BackstockError):
     code = "too_many_jobs"
     title = "Too many jobs in progress."
     default_detail = "Too many jobs are queued or processing for this account."
+
+
+class QuotaExceeded(TooManyJobs):
+    code = "quota_exceeded"
+    title = "Storage quota exceeded."
+    default_detail = "This account's queued jobs hold too many bytes; wait for some to complete."
 
 
 class HeadersTooLarge(BackstockError):

@@ -40,6 +40,8 @@ class Principal:
     account_id: AccountId
     key_id: str
     scopes: frozenset[str]
+    cursor_key: bytes = b""
+    """The account's key for its page cursors (``domain.pagination``)."""
 
     def require(self, scope: str) -> None:
         if scope not in self.scopes:
@@ -88,6 +90,7 @@ class KeyRecord:
     scopes: frozenset[str]
     created_at: int
     revoked_at: int | None
+    cursor_key: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,9 @@
 """Keyset pagination: an opaque cursor names the row to continue after (or before).
 
-A cursor only carries a position; every query that uses one is still filtered by the caller's
+A cursor carries a direction and a position (a row's key), the position enciphered with its
+account's own key (a 64-bit Feistel permutation over HMAC-SHA256): a cursor reveals nothing of
+the table it pages through (how many rows other accounts have written since), and one account's
+cursor means nothing to another. Every query that uses one is still filtered by the caller's
 account, so a forged cursor can move within one's own rows and nowhere else.
 """
 
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -40,25 +44,55 @@ class Page(Generic[T]):
     prev: Cursor | None
 
 
-def encode_cursor(cursor: Cursor) -> str:
-    raw = f"{cursor.direction[0]}{cursor.position}".encode()
+_DIRECTIONS: dict[int, Direction] = {ord("a"): "after", ord("b"): "before"}
+_ROUNDS = 4
+
+
+def _round(key: bytes, number: int, half: int) -> int:
+    digest = hmac.digest(key, bytes((number,)) + half.to_bytes(4, "big"), "sha256")
+    return int.from_bytes(digest[:4], "big")
+
+
+def _encipher(key: bytes, value: int) -> int:
+    left, right = value >> 32, value & 0xFFFFFFFF
+    for number in range(_ROUNDS):
+        left, right = right, left ^ _round(key, number, right)
+    return left << 32 | right
+
+
+def _decipher(key: bytes, value: int) -> int:
+    left, right = value >> 32, value & 0xFFFFFFFF
+    for number in reversed(range(_ROUNDS)):
+        left, right = right ^ _round(key, number, left), left
+    return left << 32 | right
+
+
+def _invalid() -> InvalidParameter:
+    return InvalidParameter("page[cursor]", "The page cursor is not valid")
+
+
+def encode_cursor(cursor: Cursor, key: bytes) -> str:
+    """``key``: the account's cursor key."""
+    if not 0 <= cursor.position < 2**64:
+        raise _invalid()
+    raw = cursor.direction[0].encode() + _encipher(key, cursor.position).to_bytes(8, "big")
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(text: str) -> Cursor:
+def decode_cursor(text: str, key: bytes) -> Cursor:
     """Decode ``page[cursor]``, tolerating what Klaviyo's SDK sends: a leading ``=``, or a
     whole ``links.next`` URL."""
     text = _strip_sdk_quirks(text)
     try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("ascii")
-        direction: Direction = {"a": "after", "b": "before"}[raw[0]]  # type: ignore[assignment]
-        position = int(raw[1:])
-    except (binascii.Error, UnicodeDecodeError, KeyError, IndexError, ValueError):
-        raise InvalidParameter("page[cursor]", "The page cursor is not valid") from None
-    # Only ASCII digits, and no position past the largest key (it would overflow BIGINT).
-    if not (raw[1:].isascii() and raw[1:].isdigit()) or position > MAX_POSITION:
-        raise InvalidParameter("page[cursor]", "The page cursor is not valid")
-    return Cursor(direction, position)
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        raise _invalid() from None
+    if len(raw) != 9 or raw[0] not in _DIRECTIONS:
+        raise _invalid()
+    position = _decipher(key, int.from_bytes(raw[1:], "big"))
+    if position > MAX_POSITION:  # no key is past the largest BIGINT
+        raise _invalid()
+    return Cursor(_DIRECTIONS[raw[0]], position)
 
 
 def _strip_sdk_quirks(text: str) -> str:

@@ -206,7 +206,7 @@ class App:
                 state = limiter.hit(who.account_id, op.id, limits, cost)
             seen.limit = state
         base = services.settings.base_url or request.base_url
-        render = Renderer(base, fields, omit_nulls=revision < NULLABLE_SINCE)
+        render = Renderer(base, fields, revision < NULLABLE_SINCE, who.cursor_key)
         return await op.handler(Call(request, services, who, params, query, render))
 
     async def _lifespan(self, receive: Any, send: Any) -> None:

@@ -15,7 +15,7 @@ from backstock.domain.clock import to_iso
 from backstock.domain.errors import BackstockError, InvalidParameter
 from backstock.domain.ids import compound_id
 from backstock.domain.jobs import JobKind, JobRecord
-from backstock.domain.pagination import Cursor, Page, encode_cursor
+from backstock.domain.pagination import Page, encode_cursor
 from backstock.domain.resources import Resource
 
 MEDIA_TYPE = "application/vnd.api+json"
@@ -35,14 +35,19 @@ def linkage(type_: str, externals: Iterable[str]) -> list[dict[str, str]]:
 class Renderer:
     """Renders for one request: its base URL, its sparse fieldsets, its revision."""
 
-    __slots__ = ("base", "fields", "omit_nulls")
+    __slots__ = ("base", "cursor_key", "fields", "omit_nulls")
 
     def __init__(
-        self, base_url: str, fields: Mapping[str, frozenset[str]], omit_nulls: bool = False
+        self,
+        base_url: str,
+        fields: Mapping[str, frozenset[str]],
+        omit_nulls: bool = False,
+        cursor_key: bytes = b"",
     ) -> None:
         self.base = base_url
         self.fields = fields
         self.omit_nulls = omit_nulls
+        self.cursor_key = cursor_key
 
     def url(self, path: str) -> str:
         return f"{self.base}{path}"
@@ -116,16 +121,16 @@ class Renderer:
         links = {"self": self.url(path) + _query(query)}
         for name, cursor in (("next", page.next), ("prev", page.prev)):
             if cursor is not None:
-                links[name] = self.url(path) + _query(query, cursor)
+                links[name] = self.url(path) + _query(query, encode_cursor(cursor, self.cursor_key))
         return links
 
 
-def _query(query: Mapping[str, str], cursor: Cursor | None = None) -> str:
+def _query(query: Mapping[str, str], cursor: str | None = None) -> str:
     """The request's query; with ``cursor``, pointing at that page instead. Without one it
     keeps the request's own ``page[cursor]``, so ``links.self`` names the current page."""
     params = dict(query)
     if cursor is not None:
-        params["page[cursor]"] = encode_cursor(cursor)
+        params["page[cursor]"] = cursor
     # Brackets and double quotes are not allowed in a URI (RFC 3986): encoded, as Klaviyo does.
     return "?" + urlencode(params, safe=",:$'()") if params else ""
 

@@ -16,7 +16,7 @@ from backstock.domain.errors import InvalidParameter
 from backstock.domain.filters import Condition, parse_filter, rules_for
 from backstock.domain.jobs import KINDS, JobKind
 from backstock.domain.keys import READ, WRITE, Principal
-from backstock.domain.pagination import PageRequest, decode_cursor, parse_page_size
+from backstock.domain.pagination import Cursor, PageRequest, decode_cursor, parse_page_size
 from backstock.domain.resources import CATEGORY, ITEM, RESOURCES, Relation, Resource, resource
 from backstock.http import requests
 from backstock.http.render import Renderer, dumps, linkage
@@ -103,8 +103,13 @@ def _page(call: Call) -> PageRequest:
     sort = query.get("sort", "created")
     if sort not in ("created", "-created"):
         raise InvalidParameter("sort", "sort must be 'created' or '-created'.")
-    cursor = decode_cursor(query["page[cursor]"]) if "page[cursor]" in query else None
+    cursor = _cursor(call)
     return PageRequest(parse_page_size(query.get("page[size]")), cursor, sort == "-created")
+
+
+def _cursor(call: Call) -> Cursor | None:
+    given = call.query.get("page[cursor]")
+    return None if given is None else decode_cursor(given, call.who.cursor_key)
 
 
 def _fields(*resources: Resource) -> dict[str, frozenset[str]]:
@@ -343,7 +348,7 @@ def _list_jobs(kind: JobKind) -> Handler:
     async def handler(call: Call) -> Response:
         conditions = _conditions(call, jobs.FILTERS)
         statuses = frozenset(str(condition.value) for condition in conditions)
-        cursor = decode_cursor(call.query["page[cursor]"]) if "page[cursor]" in call.query else None
+        cursor = _cursor(call)
         page = PageRequest(100, cursor, descending=True)
         result = await call.services.jobs.list_jobs(call.who, kind, statuses, page)
         return document({

@@ -34,7 +34,7 @@ class Accounts:
             raise NotAuthenticated(keys.INVALID)
         if record.revoked_at is not None:
             raise NotAuthenticated("The API key has been revoked.")
-        return Principal(record.account_id, record.id, record.scopes)
+        return Principal(record.account_id, record.id, record.scopes, record.cursor_key)
 
     async def create_account(self, name: str) -> AccountId:
         return await self.store.create_account(name)

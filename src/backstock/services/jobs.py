@@ -67,7 +67,10 @@ class Jobs:
             who.account_id, new_job_id(), kind.type, request.shape, len(request.external_ids),
             request.payload, request.linkage, now_us(),
         )  # fmt: skip
-        record = await self.store.accept(new, self.settings.max_jobs_in_progress)
+        settings = self.settings
+        record = await self.store.accept(
+            new, settings.max_jobs_in_progress, settings.max_queued_bytes
+        )
         self.signal.notify()
         return record
 

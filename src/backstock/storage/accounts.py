@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,7 +15,7 @@ from backstock.storage.sql import Conn, Statement
 
 _INSERT_ACCOUNT = Statement(
     "insert_account",
-    "INSERT INTO accounts (name, created_at) VALUES (:name, :now) "
+    "INSERT INTO accounts (name, created_at, cursor_key) VALUES (:name, :now, :cursor_key) "
     "ON CONFLICT (name) DO NOTHING RETURNING id",
 )
 _FIND_ACCOUNT = Statement("find_account", "SELECT id FROM accounts WHERE name = :name")
@@ -27,8 +28,8 @@ _INSERT_KEY = Statement(
     "VALUES (:key, :account, :secret_hash, :scopes, :now)",
 )
 _KEYS = (
-    "SELECT k.id, k.account_id, a.name, k.secret_hash, k.scopes, k.created_at, k.revoked_at"
-    " FROM api_keys AS k JOIN accounts AS a ON a.id = k.account_id"
+    "SELECT k.id, k.account_id, a.name, k.secret_hash, k.scopes, k.created_at, k.revoked_at,"
+    " a.cursor_key FROM api_keys AS k JOIN accounts AS a ON a.id = k.account_id"
 )
 _FIND_KEY = Statement("find_key", _KEYS + " WHERE k.id = :key")
 _LIST_KEYS = Statement("list_keys", _KEYS + " WHERE k.account_id = :account ORDER BY k.created_at")
@@ -39,7 +40,8 @@ _REVOKE_KEY = Statement(
 
 
 async def insert_account(conn: Conn, name: str, now: int) -> AccountId:
-    row = await conn.one(_INSERT_ACCOUNT, {"name": name, "now": now})
+    params = {"name": name, "now": now, "cursor_key": os.urandom(16)}
+    row = await conn.one(_INSERT_ACCOUNT, params)
     if row is None:
         raise Conflict(f"An account named '{name}' already exists")
     return AccountId(row[0])
@@ -62,10 +64,11 @@ async def insert_key(
 
 
 def _key(row: Sequence[Any]) -> KeyRecord:
-    key_id, account, name, secret_hash, scopes, created, revoked = row
+    key_id, account, name, secret_hash, scopes, created, revoked, cursor_key = row
     return KeyRecord(
-        key_id, AccountId(account), name, secret_hash, frozenset(scopes.split()), created, revoked
-    )
+        key_id, AccountId(account), name, secret_hash, frozenset(scopes.split()), created,
+        revoked, bytes(cursor_key),
+    )  # fmt: skip
 
 
 async def find_key(conn: Conn, key_id: str) -> KeyRecord | None:

@@ -25,6 +25,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import stat
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -83,6 +84,7 @@ class Database:
         self._opened: list[sqlite3.Connection] = []
         self._opened_lock = threading.Lock()
         self._generation = 0  # bumped when a write finds the file read-only: reopen everything
+        self._read_only = False  # since then, no write got through: reads close what they open
         self._writer = _Writer(self) if settings.is_sqlite else None
         # PostgreSQL
         self._pg_url = "" if settings.is_sqlite else postgres_url(settings.database_url)
@@ -95,7 +97,13 @@ class Database:
     async def read(self, unit: Unit[T]) -> T:
         if self._writer is not None:
             with translate_errors():
-                return await unit(Conn("sqlite", self._thread_connection()))
+                reader = self._thread_connection()
+                try:
+                    return await unit(Conn("sqlite", reader))
+                finally:
+                    if self._read_only:  # see _found_read_only
+                        self._local.driver = None
+                        self._forget(reader)
         async with self._pool().connection() as driver:
             return await unit(Conn("postgresql", driver))
 
@@ -152,8 +160,11 @@ class Database:
     def _found_read_only(self) -> None:
         """A connection opened while the file could not be written stays read-only, and every
         connection of this process to the file shares its read-only WAL index: a write can
-        succeed again only once all of them are closed. Each reopens on its next use."""
+        succeed again only once all of them are closed. Each reopens on its next use; until a
+        write gets through, reads close their connection when done and the writer closes its
+        own after each group, so that a moment comes when none is open."""
         self._generation += 1
+        self._read_only = True
 
     # ---- PostgreSQL pools --------------------------------------------------------------------
 
@@ -256,6 +267,11 @@ class _Writer:
                     _settle(group, [stopped] * len(group))
                     raise
                 _settle(group, outcomes)
+                if generation != self._db._generation:  # found read-only: let go of the file
+                    self._db._forget(driver)
+                    driver = None
+                else:
+                    self._db._read_only = False
         finally:
             with self._ready:
                 if self._thread is threading.current_thread():
@@ -449,7 +465,9 @@ def _is_gone(exc: BaseException | None) -> bool:
 
 
 def restrict_file(path: str) -> None:
-    """Database files are readable by their owner only."""
+    """Database files are readable by their owner only. Only group and other bits are taken
+    away: a file its operator made read-only stays read-only."""
     for suffix in ("", "-wal", "-shm"):
         with contextlib.suppress(FileNotFoundError):
-            os.chmod(path + suffix, 0o600)
+            mode = stat.S_IMODE(os.stat(path + suffix).st_mode)
+            os.chmod(path + suffix, mode & 0o700)

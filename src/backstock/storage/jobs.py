@@ -26,7 +26,7 @@ from backstock.domain import jobs as domain
 from backstock.domain.bodies import entries_pointer, load_payload
 from backstock.domain.catalog import Outcome
 from backstock.domain.clock import now_us
-from backstock.domain.errors import TooManyJobs
+from backstock.domain.errors import QuotaExceeded, TooManyJobs
 from backstock.domain.ids import AccountId, JobId
 from backstock.domain.jobs import ClaimedJob, JobRecord, NewJob
 from backstock.domain.pagination import Page, PageRequest
@@ -47,8 +47,10 @@ _JOB_COLUMNS = (
 
 _TAKE_SLOT = Statement(
     "take_slot",
-    "UPDATE accounts SET open_jobs = open_jobs + 1 WHERE id = :account AND open_jobs < :max_open",
+    """UPDATE accounts SET open_jobs = open_jobs + 1, open_bytes = open_bytes + :size
+        WHERE id = :account AND open_jobs < :max_open AND open_bytes + :size <= :max_bytes""",
 )
+_OPEN = Statement("open_of", "SELECT open_jobs, open_bytes FROM accounts WHERE id = :account")
 _INSERT_JOB = Statement(
     "insert_job",
     """INSERT INTO jobs (id, account_id, kind, status, shape, total_count, linkage, errors,
@@ -66,8 +68,8 @@ _ACCEPT_POSTGRES = Statement(
     "accept_job",
     """
 WITH slot AS (
-    UPDATE accounts SET open_jobs = open_jobs + 1
-     WHERE id = :account AND open_jobs < :max_open
+    UPDATE accounts SET open_jobs = open_jobs + 1, open_bytes = open_bytes + :size
+     WHERE id = :account AND open_jobs < :max_open AND open_bytes + :size <= :max_bytes
  RETURNING id),
 job AS (
     INSERT INTO jobs (id, account_id, kind, status, shape, total_count, linkage, errors,
@@ -82,12 +84,13 @@ SELECT job.pk, pg_notify('backstock_jobs', '') FROM job
 )
 
 
-async def accept(conn: Conn, new: NewJob, max_open: int) -> JobRecord:
-    """Queue the job, if the account has fewer than ``max_open`` open jobs (else 429)."""
+async def accept(conn: Conn, new: NewJob, max_open: int, max_bytes: int) -> JobRecord:
+    """Queue the job, if the account has fewer than ``max_open`` open jobs and its open jobs'
+    payloads would stay within ``max_bytes`` (else 429)."""
     params = {
-        "account": new.account, "max_open": max_open, "id": new.id, "kind": new.kind,
-        "shape": new.shape, "total": new.total, "linkage": new.linkage, "now": new.created_at,
-        "payload": new.payload,
+        "account": new.account, "max_open": max_open, "max_bytes": max_bytes, "id": new.id,
+        "kind": new.kind, "shape": new.shape, "total": new.total, "linkage": new.linkage,
+        "now": new.created_at, "payload": new.payload, "size": len(new.payload),
     }  # fmt: skip
     if conn.postgres:
         row = await conn.one(_ACCEPT_POSTGRES, params)
@@ -100,10 +103,17 @@ async def accept(conn: Conn, new: NewJob, max_open: int) -> JobRecord:
     else:
         pk = None
     if pk is None:
-        raise TooManyJobs(
-            f"This account already has {max_open} jobs queued or processing; "
-            "wait for some to complete.",
-            retry_after=1,
+        open_jobs, _ = await conn.one(_OPEN, params) or (0, 0)
+        if open_jobs >= max_open:
+            raise TooManyJobs(
+                f"This account already has {max_open} jobs queued or processing; "
+                "wait for some to complete.",
+                retry_after=1,
+            )
+        raise QuotaExceeded(
+            f"This account's queued jobs already hold close to {max_bytes // 2**20} MB of "
+            "requests (BACKSTOCK_MAX_QUEUED_BYTES); wait for some to complete.",
+            retry_after=5,
         )
     return new.record(pk)
 
@@ -167,7 +177,9 @@ UPDATE jobs
           AND NOT EXISTS (SELECT 1 FROM jobs AS e
                            WHERE e.account_id = j.account_id
                              AND e.status IN ('queued', 'processing') AND e.pk < j.pk)
-        ORDER BY j.pk LIMIT 1 {lock})
+        -- fair queues: the account whose job was claimed least recently goes first
+        ORDER BY (SELECT a.last_claim FROM accounts AS a WHERE a.id = j.account_id), j.pk
+        LIMIT 1 {lock})
    AND status IN ('queued', 'processing')
 RETURNING pk, id, account_id, kind, shape, total_count, completed_count, failed_count,
           next_index, errors
@@ -181,11 +193,15 @@ _CLAIM_NEXT = Statement(
 _PAYLOAD = Statement("job_payload", "SELECT payload FROM job_payloads WHERE job_pk = :pk")
 
 
+_SERVED = Statement("served", "UPDATE accounts SET last_claim = :now WHERE id = :account")
+
+
 async def claim_next_job(conn: Conn, owner: str, now: int, lease_us: int) -> ClaimedJob | None:
     params = {"owner": owner, "now": now, "expires": now + lease_us}
     row = await conn.one(_CLAIM_NEXT, params)
     if row is None:
         return None
+    await conn.run(_SERVED, {"now": now, "account": row[2]})
     pk, job_id, account, kind, shape, total, done, failed, next_index, errors = row
     job = ClaimedJob(
         pk, JobId(job_id), AccountId(account), kind, shape, total, done, failed, next_index,
@@ -230,7 +246,12 @@ _PROGRESS = Statement(
         WHERE pk = :job""",
 )
 _FREE_SLOT = Statement(
-    "free_slot", "UPDATE accounts SET open_jobs = open_jobs - 1 WHERE id = :account"
+    "free_slot",
+    """UPDATE accounts
+          SET open_jobs = open_jobs - 1,
+              open_bytes = open_bytes - COALESCE(
+                  (SELECT LENGTH(payload) FROM job_payloads WHERE job_pk = :job), 0)
+        WHERE id = :account""",
 )
 _DROP_PAYLOAD = Statement("drop_payload", "DELETE FROM job_payloads WHERE job_pk = :job")
 # PostgreSQL: the last batch's progress, the freed slot and the dropped payload in one round
@@ -246,7 +267,11 @@ WITH progress AS (
            lease_expires_at = :lease_expires
      WHERE pk = :job),
 payload AS (DELETE FROM job_payloads WHERE job_pk = :job)
-UPDATE accounts SET open_jobs = open_jobs - 1 WHERE id = :account
+UPDATE accounts
+   SET open_jobs = open_jobs - 1,
+       open_bytes = open_bytes - COALESCE(
+           (SELECT LENGTH(payload) FROM job_payloads WHERE job_pk = :job), 0)
+ WHERE id = :account
 """,
 )
 
@@ -372,8 +397,10 @@ class JobStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def accept(self, new: NewJob, max_open: int) -> JobRecord:
-        return await self.db.write(lambda conn: accept(conn, new, max_open), single=True)
+    async def accept(self, new: NewJob, max_open: int, max_bytes: int) -> JobRecord:
+        return await self.db.write(
+            lambda conn: accept(conn, new, max_open, max_bytes), single=True
+        )
 
     async def get(self, account: AccountId, kind: str, job_id: str) -> JobRecord | None:
         return await self.db.read(lambda conn: get_job(conn, account, kind, job_id, now_us()))

@@ -48,9 +48,16 @@ accounts = Table(
     Column("id", Serial, primary_key=True, autoincrement=True),
     Column("name", String(200), nullable=False, unique=True),
     Column("created_at", BigInteger, nullable=False),
-    # Jobs queued or processing; the cap on it is checked and moved in the same transaction
-    # as the job's insert and completion, so it holds across every API process.
+    # Jobs queued or processing, and the bytes of their payloads; the caps on them are checked
+    # and moved in the same transaction as the job's insert and completion, so they hold across
+    # every API process.
     Column("open_jobs", Integer, nullable=False, server_default=text("0")),
+    Column("open_bytes", BigInteger, nullable=False, server_default=text("0")),
+    # When a worker last claimed a job of this account: claims go to the account served least
+    # recently (fair queues: one account's backlog does not hold up the others).
+    Column("last_claim", BigInteger, nullable=False, server_default=text("0")),
+    # The key its page cursors are enciphered with (domain.pagination).
+    Column("cursor_key", LargeBinary, nullable=False),
 )
 
 api_keys = Table(

@@ -8,6 +8,8 @@ Create Date: 2026-12-01
   its ``categories`` JSON column become links, to categories created for them (named by their
   external id) where none exists.
 - ``update_count`` on items (variants had it already).
+- accounts: ``open_bytes`` (the queued-bytes quota), ``last_claim`` (fair claiming) and
+  ``cursor_key`` (a random key per account for its page cursors).
 - ``jobs.kind``: every job so far was a catalog-variant bulk update job. ``variant_linkage`` is
   now ``linkage``. The payload moves to ``job_payloads`` (unfinished jobs only: a finished job
   needs none), as ``[external_id, changes, {}]`` triples.
@@ -16,6 +18,7 @@ Create Date: 2026-12-01
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import sqlalchemy as sa
@@ -90,6 +93,30 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("job_pk", name=op.f("pk_job_payloads")),
     )
     _payloads_apart()
+    with op.batch_alter_table("accounts") as batch:
+        batch.add_column(
+            sa.Column("open_bytes", sa.BigInteger(), server_default=sa.text("0"), nullable=False)
+        )
+        batch.add_column(
+            sa.Column("last_claim", sa.BigInteger(), server_default=sa.text("0"), nullable=False)
+        )
+        batch.add_column(sa.Column("cursor_key", sa.LargeBinary(), nullable=True))
+    conn = op.get_bind()
+    for (account,) in conn.execute(sa.text("SELECT id FROM accounts")).all():
+        conn.execute(
+            sa.text("UPDATE accounts SET cursor_key = :key WHERE id = :id"),
+            {"key": os.urandom(16), "id": account},
+        )
+    for pk, size in conn.execute(
+        sa.text("SELECT j.account_id, SUM(LENGTH(p.payload)) FROM job_payloads AS p "
+                "JOIN jobs AS j ON j.pk = p.job_pk GROUP BY j.account_id")
+    ).all():  # fmt: skip
+        conn.execute(
+            sa.text("UPDATE accounts SET open_bytes = :size WHERE id = :id"),
+            {"size": int(size), "id": pk},
+        )
+    with op.batch_alter_table("accounts") as batch:
+        batch.alter_column("cursor_key", existing_type=sa.LargeBinary(), nullable=False)
     with op.batch_alter_table("jobs") as batch:
         batch.add_column(
             sa.Column(
