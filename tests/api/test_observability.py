@@ -89,11 +89,8 @@ def test_per_account_counts_only_when_asked_and_bounded(app_factory: Any, key_fo
     for _ in range(3):
         busy.get("/api/catalog-items")
     other.get("/api/catalog-items")
-    lines = [
-        l
-        for l in loud.get("/metrics").text.splitlines()
-        if l.startswith("backstock_account_requests{")
-    ]  # noqa: E501
+    text = loud.get("/metrics").text.splitlines()
+    lines = [line for line in text if line.startswith("backstock_account_requests{")]
     assert len(lines) == 1 and lines[0].endswith(" 3.0")
 
 

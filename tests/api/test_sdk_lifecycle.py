@@ -46,7 +46,7 @@ def test_a_whole_catalog_lifecycle_through_the_sdk(live_server: LiveServer) -> N
     ]
     job = catalogs.bulk_create_catalog_categories(
         _job("catalog-category-bulk-create-job", "categories", categories)
-    )  # noqa: E501
+    )
     done = _wait(catalogs.get_bulk_create_categories_job, job.data.id)
     assert (done.attributes.completed_count, done.attributes.failed_count) == (2, 0)
 
@@ -70,7 +70,7 @@ def test_a_whole_catalog_lifecycle_through_the_sdk(live_server: LiveServer) -> N
     ]  # fmt: skip
     job = catalogs.bulk_create_catalog_variants(
         _job("catalog-variant-bulk-create-job", "variants", variants)
-    )  # noqa: E501
+    )
     done = _wait(catalogs.get_bulk_create_variants_job, job.data.id)
     assert (done.attributes.completed_count, done.attributes.failed_count) == (4, 0)
 
@@ -78,10 +78,10 @@ def test_a_whole_catalog_lifecycle_through_the_sdk(live_server: LiveServer) -> N
     again = [
         variants[0],
         {**variants[1], "attributes": {**variants[1]["attributes"], "external_id": "BOOT-XL"}},
-    ]  # noqa: E501
+    ]
     job = catalogs.bulk_create_catalog_variants(
         _job("catalog-variant-bulk-create-job", "variants", again)
-    )  # noqa: E501
+    )
     done = _wait(catalogs.get_bulk_create_variants_job, job.data.id)
     assert (done.attributes.completed_count, done.attributes.failed_count) == (1, 1)
     [error] = done.attributes.errors
@@ -94,11 +94,11 @@ def test_a_whole_catalog_lifecycle_through_the_sdk(live_server: LiveServer) -> N
     assert _ids(catalogs.get_items_for_catalog_category(cid("SHOES"))) == [
         cid("BOOT"),
         cid("SANDAL"),
-    ]  # noqa: E501
+    ]
     assert _ids(catalogs.get_item_ids_for_catalog_category(cid("SHOES"))) == [
         cid("BOOT"),
         cid("SANDAL"),
-    ]  # noqa: E501
+    ]
     assert _ids(catalogs.get_categories_for_catalog_item(cid("BOOT"))) == [cid("SHOES")]
     assert _ids(catalogs.get_category_ids_for_catalog_item(cid("BOOT"))) == [cid("SHOES")]
     assert _ids(catalogs.get_variants_for_catalog_item(cid("BOOT"))) == [
@@ -115,12 +115,12 @@ def test_a_whole_catalog_lifecycle_through_the_sdk(live_server: LiveServer) -> N
     assert _ids(catalogs.get_categories_for_catalog_item(cid("BOOT"))) == [
         cid("SHOES"),
         cid("SALE"),
-    ]  # noqa: E501
+    ]
     catalogs.update_items_for_catalog_category(cid("SALE"), _linkage("catalog-item", "SANDAL"))
     assert _ids(catalogs.get_items_for_catalog_category(cid("SALE"))) == [cid("SANDAL")]
     catalogs.remove_categories_from_catalog_item(
         cid("SANDAL"), _linkage("catalog-category", "SHOES")
-    )  # noqa: E501
+    )
     assert _ids(catalogs.get_category_ids_for_catalog_item(cid("SANDAL"))) == [cid("SALE")]
     catalogs.add_categories_to_catalog_item(cid("SANDAL"), _linkage("catalog-category", "SHOES"))
     catalogs.update_categories_for_catalog_item(cid("BOOT"), _linkage("catalog-category", "SALE"))
@@ -150,7 +150,7 @@ def test_a_whole_catalog_lifecycle_through_the_sdk(live_server: LiveServer) -> N
     assert _ids(catalogs.get_variant_ids_for_catalog_item(cid("BOOT"))) == [
         cid("BOOT-L"),
         cid("BOOT-XL"),
-    ]  # noqa: E501
+    ]
     job = catalogs.bulk_delete_catalog_items(_job("catalog-item-bulk-delete-job", "items", [
         {"type": "catalog-item", "id": cid("BOOT")},
     ]))  # fmt: skip

@@ -88,7 +88,10 @@ def relationships(draw: st.DrawFn, res: Resource, action: str) -> dict[str, Any]
         required = action == "create" and relation.create == "required"
         if not required and draw(st.booleans()):
             continue
-        link = lambda: {"type": relation.target, "id": draw(st.sampled_from(IDS))}  # noqa: E731
+
+        def link(target: str = relation.target) -> dict[str, Any]:
+            return {"type": target, "id": draw(st.sampled_from(IDS))}
+
         if relation.legacy_name and draw(st.booleans()):
             found[relation.legacy_name] = {"data": [link()]}
         elif relation.many:

@@ -7,14 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
-from backstock.domain.resources import ITEM, VARIANT
-
-ITEM_FIELDS, VARIANT_FIELDS = ITEM.fields, VARIANT.fields
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from backstock.domain.resources import ITEM, VARIANT
 from tests.support import Api, cid, seed_catalog
+
+ITEM_FIELDS, VARIANT_FIELDS = ITEM.fields, VARIANT.fields
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -73,10 +75,8 @@ def test_a_cursor_reveals_no_position_and_is_its_accounts_alone(
     assert str(position) not in base64_text(mine)
     assert encode_cursor(Cursor("after", position + 1), KEY)[2:] != mine[2:]
     if other != KEY:
-        try:
+        with contextlib.suppress(InvalidParameter):
             assert decode_cursor(mine, other).position != position
-        except InvalidParameter:
-            pass
 
 
 def base64_text(cursor: str) -> str:

@@ -21,7 +21,6 @@ from typing import Any
 
 from backstock import telemetry
 from backstock.domain import keys
-from backstock.domain.keys import Principal
 from backstock.domain.errors import (
     BackstockError,
     MethodNotAllowed,
@@ -30,6 +29,7 @@ from backstock.domain.errors import (
     Unavailable,
     UntrustedHost,
 )
+from backstock.domain.keys import Principal
 from backstock.http import openapi, requests
 from backstock.http.render import MEDIA_TYPE, Renderer, dumps, error_body, parse_fields
 from backstock.http.requests import NULLABLE_SINCE, BodyGate, Request, Scope
