@@ -145,8 +145,8 @@ def worker(
 ) -> None:
     """Run a job worker until SIGTERM or SIGINT (then finish the batch, hand the job back)."""
     settings = settings_from(worker_concurrency=concurrency)
-    telemetry.configure_logging(settings.log_level, settings.log_format)
     ready(settings)
+    telemetry.configure_logging(settings.log_level, settings.log_format)
     services = build_services(settings)
     runner = build_worker(services, settings.worker_concurrency)
 
