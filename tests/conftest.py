@@ -22,17 +22,21 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
+import requests
 from starlette.testclient import TestClient
 
 from backstock.bootstrap import build_app, build_services
 from backstock.services.container import Services
 from backstock.settings import Settings
 from backstock.storage import migrate
-from tests.support import BOTH_SCOPES, Api, Cluster, LiveServer, make_key, served
+from tests.support import BOTH_SCOPES, Api, Cluster, LiveServer, call, make_key, served
+
+if TYPE_CHECKING:
+    from tests.contract.fuzzing import Target
 
 PG_ADMIN = os.environ.get("BACKSTOCK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("BACKSTOCK_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -326,3 +330,45 @@ def make_cluster(tmp_path: Path, cluster_env: dict[str, str]) -> Iterator[Callab
     yield make
     for cluster in made:
         cluster.stop_all()
+
+
+# ---- contract fuzzing (tests/contract) -----------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+    """One real Backstock for the contract fuzzing (``served``: uvicorn on a loopback port)
+    over one SQLite file, with rate limits on (so every counted response carries
+    ``RateLimit-*``) but generous enough that the fuzzing is not a sea of 429s, no job worker
+    (spawned jobs stay queued; one job of each kind is applied here, so a ``complete`` job with
+    an item error exists for every kind), a key with both scopes, and the catalog the
+    documents' examples name."""
+    from tests.contract import fuzzing
+
+    url = sqlite_database(tmp_path_factory.mktemp("contract"))
+    app = build_app(fuzzing.target_settings(url))
+    services: Services = app.services
+    key = make_key(services, "contract", BOTH_SCOPES)
+    with fuzzing.serve(app) as base_url, fuzzing.HttpClient(base_url) as client:
+        api = Api(client, key)
+        fuzzing.seed(api)
+        job_ids = fuzzing.spawn_jobs(api)
+        while (claimed := call(services, lambda: services.jobs.claim("contract-seed"))) is not None:
+            assert claimed[1], "a seeded job did not complete in one batch"
+        yield fuzzing.Target(base_url, app, key, api, job_ids)
+
+
+@pytest.fixture
+def seeded_target(target: Target) -> Target:
+    """The target with the example rows put back (an earlier operation may have deleted
+    them), so that examples hit existing rows."""
+    from tests.contract import fuzzing
+
+    fuzzing.seed(target.api)
+    return target
+
+
+@pytest.fixture(scope="session")
+def http_session() -> Iterator[requests.Session]:
+    with requests.Session() as made:
+        yield made

@@ -437,3 +437,89 @@ def kill(process: subprocess.Popen[bytes]) -> None:
     """SIGKILL, as a crash would: the process and its children, at once."""
     signal_group(process, signal.SIGKILL)
     process.wait(10)
+
+
+# ---- a webhook receiver -------------------------------------------------------------------------
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+
+
+class Receiver:
+    """A real HTTP server on a loopback port that records each POST and answers ``status``
+    (settable: a receiver that fails for a while). ``start`` again after ``stop`` reuses the
+    port (a receiver that was down)."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}/hooks"
+        self.status = 200
+        self.received: list[Received] = []
+        self.answered: list[int] = []
+        self._server: Any = None
+
+    def start(self) -> Receiver:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                status = receiver.status
+                receiver.answered.append(status)
+                if status == 200:
+                    receiver.received.append(Received(dict(self.headers.items()), body))
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        ThreadingHTTPServer.allow_reuse_address = True
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def wait(self, count: int = 1, timeout: float = 15.0) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        while len(self.received) < count:
+            assert time.monotonic() < deadline, f"{len(self.received)} of {count} deliveries"
+            time.sleep(0.02)
+        return self.received
+
+
+def account_name(services: Services, key: str) -> str:
+    """The name of the account ``key`` belongs to (what the CLI addresses it by)."""
+    from backstock.domain.keys import from_authorization
+
+    who = run(
+        services,
+        lambda: services.accounts.authenticate(from_authorization(f"Klaviyo-API-Key {key}")),
+    )
+    records = run(services, services.accounts.list_accounts)
+    return next(record.name for record in records if record.id == who.account_id)
+
+
+def sse_events(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """The events of a ``text/event-stream`` body: (event name, JSON data) each."""
+    import orjson
+
+    found = []
+    for block in text.split("\n\n"):
+        lines = [line for line in block.split("\n") if line and not line.startswith(":")]
+        if not lines:
+            continue
+        fields = dict(line.split(": ", 1) for line in lines)
+        found.append((fields["event"], orjson.loads(fields["data"])))
+    return found

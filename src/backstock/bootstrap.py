@@ -9,19 +9,22 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from backstock import telemetry
+from backstock import faults, telemetry
 from backstock.http.app import App
 from backstock.services.accounts import Accounts
 from backstock.services.catalog import Catalog
 from backstock.services.container import Services
-from backstock.services.jobs import Jobs, JobSignal
+from backstock.services.jobs import Jobs, Signal
 from backstock.services.limits import Limiter
+from backstock.services.webhooks import Webhooks
 from backstock.settings import Settings
 from backstock.storage.accounts import AccountStore
 from backstock.storage.catalog import CatalogStore
 from backstock.storage.database import Database
-from backstock.storage.jobs import JobStore
-from backstock.storage.notify import listen_for_jobs
+from backstock.storage.engine import JobStore
+from backstock.storage.jobs import EVENTS_CHANNEL, NOTIFY_CHANNEL
+from backstock.storage.notify import listen
+from backstock.storage.webhooks import WebhookStore
 from backstock.worker import Worker
 
 log = logging.getLogger("backstock")
@@ -31,16 +34,29 @@ T = TypeVar("T")
 def build_services(settings: Settings) -> Services:
     db = Database(settings)
     catalog = CatalogStore(db)
-    signal = JobSignal()
+    signal = Signal()
+    listen_events = None
+    if not settings.is_sqlite:
+        listen_events = functools.partial(listen, settings.database_url, EVENTS_CHANNEL)
+    hooks = faults.Hooks(faults.RuleBook.of(settings)) if settings.test_faults == "on" else None
+    jobs = Jobs(JobStore(db), catalog, settings, signal, listen_events, hooks)
+
+    async def close_loop() -> None:
+        await jobs.stop_listening()
+        await db.close_loop()
+
     return Services(
         settings=settings,
         accounts=Accounts(AccountStore(db)),
         catalog=Catalog(catalog),
-        jobs=Jobs(JobStore(db), catalog, settings, signal),
+        jobs=jobs,
+        webhooks=Webhooks(
+            WebhookStore(db), settings.webhook_backoff_seconds, settings.webhook_max_attempts
+        ),
         limiter=Limiter(settings),
         signal=signal,
         ping=db.ping,
-        close_loop=db.close_loop,
+        close_loop=close_loop,
         close=db.close,
     )
 
@@ -48,10 +64,14 @@ def build_services(settings: Settings) -> Services:
 def build_worker(services: Services, concurrency: int) -> Worker:
     """A worker; on PostgreSQL it LISTENs for jobs accepted by any process."""
     settings = services.settings
-    listen = None
+    on_job = None
     if not settings.is_sqlite:
-        listen = functools.partial(listen_for_jobs, settings.database_url)
-    return Worker(services, concurrency, listen)
+        listen_jobs = functools.partial(listen, settings.database_url, NOTIFY_CHANNEL)
+
+        async def on_job(wake: Callable[[], None], stopping: asyncio.Event) -> None:
+            await listen_jobs(lambda _payload: wake(), stopping)
+
+    return Worker(services, concurrency, on_job)
 
 
 def migrate_database(settings: Settings) -> None:
@@ -109,6 +129,9 @@ def build_app(settings: Settings) -> App:
             worker.shutdown()
         services.close()
 
+    if settings.test_faults == "on":
+        log.warning("BACKSTOCK_TEST_FAULTS is on: faults on demand (docs/testing.md)")
+        return faults.FaultyApp(services, startup, shutdown)
     return App(services, startup, shutdown)
 
 

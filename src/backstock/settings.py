@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -84,6 +84,16 @@ class Settings(BaseSettings):
     metrics_top_accounts: int = Field(default=0, ge=0, le=1000)
     """Per-account request counts in ``/metrics`` for the N busiest accounts (0: none; the
     label set stays bounded either way)."""
+    max_event_streams: int = Field(default=20, ge=1, le=10_000)
+    """Job event streams (``…/events``) one account may hold open in one API process."""
+    webhook_backoff_seconds: float = Field(default=5.0, gt=0)
+    """The wait after a webhook delivery's first failed try; it doubles with each (at most
+    an hour)."""
+    webhook_max_attempts: int = Field(default=12, ge=1, le=100)
+    """Tries before a delivery is given up (12: about 2.4 hours with the default backoff)."""
+    test_faults: Literal["on", "off"] = "off"
+    """``on``: faults on demand for testing clients (``Prefer: code=429``, per-account rules:
+    docs/testing.md). SQLite only; never in production."""
 
     @field_validator("database_url")
     @classmethod
@@ -128,9 +138,23 @@ class Settings(BaseSettings):
     def operation_limit_map(self) -> dict[str, str]:
         return _limit_map(self.operation_limits)
 
+    @model_validator(mode="after")
+    def _faults_on_sqlite_only(self) -> Settings:
+        if self.test_faults == "on" and not self.is_sqlite:
+            raise ValueError(
+                "BACKSTOCK_TEST_FAULTS=on is for testing clients against an embedded SQLite "
+                "Backstock; it is refused with a PostgreSQL BACKSTOCK_DATABASE_URL"
+            )
+        return self
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def sqlite_file(self) -> str:
+        """The SQLite database's path (``:memory:`` for none)."""
+        return sqlite_path(self.database_url)
 
     @property
     def lease(self) -> timedelta:
@@ -159,3 +183,7 @@ def _check_limits(value: str) -> None:
         parse_many(value)
     except ValueError as exc:
         raise ValueError(f"'{value}' is not a rate limit such as 75/second;750/minute") from exc
+
+
+def sqlite_path(url: str) -> str:
+    return url.removeprefix("sqlite:///").removeprefix("sqlite://") or ":memory:"

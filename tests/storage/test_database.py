@@ -27,9 +27,9 @@ from backstock.bootstrap import build_services
 from backstock.domain.errors import TooManyJobs, Unavailable
 from backstock.domain.jobs import KINDS
 from backstock.domain.keys import Principal, from_authorization
-from backstock.settings import Settings
-from backstock.storage.database import Database, sqlite_path
-from backstock.storage.jobs import JobStore
+from backstock.settings import Settings, sqlite_path
+from backstock.storage.database import Database
+from backstock.storage.engine import JobStore
 from backstock.storage.sql import Conn, Statement
 from tests.support import BOTH_SCOPES, bulk_body, free_port
 

@@ -23,10 +23,10 @@ from backstock.domain.jobs import KINDS
 from backstock.domain.keys import from_authorization
 from backstock.domain.resources import ITEM, VARIANT
 from backstock.services.container import Services
-from backstock.settings import Settings
+from backstock.settings import Settings, sqlite_path
 from backstock.storage import catalog as catalog_store
 from backstock.storage import database
-from backstock.storage.database import Database, sqlite_path, translate_errors, unavailable_for
+from backstock.storage.database import Database, translate_errors, unavailable_for
 from backstock.storage.sql import Conn, Statement
 from backstock.worker import POISON_TRIES, Worker
 from tests.support import bulk_body, call, item_body, make_key, variant_body

@@ -29,12 +29,47 @@ def _klaviyo() -> dict[tuple[str, str], tuple[str, str, str, int]]:
 
 
 def test_every_operation_of_klaviyos_document_is_served_as_it_says() -> None:
-    ours = {(op.method, op.path): (op.id, op.scope, op.limits, op.status) for op in operations()}
+    klaviyos = [op for op in operations() if not op.extension]
+    ours = {(op.method, op.path): (op.id, op.scope, op.limits, op.status) for op in klaviyos}
     theirs = _klaviyo()
     assert len(theirs) == 54
     assert ours == theirs
 
 
+def test_extensions_are_apart_from_klaviyos_paths() -> None:
+    """Backstock's own operations live under a job's path, where Klaviyo has nothing: an
+    unmodified Klaviyo client never reaches one."""
+    theirs = {path for _, path in _klaviyo()}
+    extensions = [op for op in operations() if op.extension]
+    assert {op.path.rsplit("/", 1)[1] for op in extensions} == {"cancel", "retry", "events"}
+    assert len(extensions) == 3 * 9
+    for op in extensions:
+        assert op.path not in theirs
+        assert op.path.rsplit("/", 1)[0] in theirs  # …/{job_id}, one of Klaviyo's
+
+
 def test_operation_ids_are_unique() -> None:
     ids = [op.id for op in operations()]
     assert len(ids) == len(set(ids))
+
+
+def test_the_document_marks_backstocks_own_operations() -> None:
+    import orjson
+
+    from backstock.http.app import _openapi_document
+
+    document = orjson.loads(_openapi_document())
+    marked = {
+        operation["operationId"]
+        for item in document["paths"].values()
+        for operation in item.values()
+        if operation.get("x-backstock-extension")
+    }
+    extensions = {op.id for op in operations() if op.extension}
+    assert marked == extensions | {f"{name}_slash" for name in extensions}
+    spawns = [op for op in operations() if op.id.startswith("bulk_")]
+    for op in spawns:
+        described = document["paths"][op.path]["post"]
+        assert "x-backstock-extension" not in described  # Klaviyo's, with extensions inside
+        names = {p.get("name") for p in described["parameters"]}
+        assert {"Idempotency-Key", "dry_run"} <= names

@@ -4,8 +4,8 @@ settings model itself."""
 
 from __future__ import annotations
 
-from backstock.cli import admin, serving
+from backstock.cli import admin, faults, load, serving
 from backstock.cli.common import app, main
 from backstock.cli.serving import run_granian, self_command
 
-__all__ = ["admin", "app", "main", "run_granian", "self_command", "serving"]
+__all__ = ["admin", "app", "faults", "load", "main", "run_granian", "self_command", "serving"]

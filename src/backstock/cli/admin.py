@@ -1,4 +1,4 @@
-"""``accounts``, ``keys`` and ``jobs``: what an operator looks at and changes."""
+"""``accounts``, ``keys``, ``jobs`` and ``webhooks``: what an operator looks at and changes."""
 
 from __future__ import annotations
 
@@ -22,9 +22,13 @@ from backstock.domain.jobs import KINDS, STATUSES, JobRecord
 accounts_app = typer.Typer(help="Accounts.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Bulk jobs of every account.", no_args_is_help=True)
+webhooks_app = typer.Typer(
+    help="Webhooks: each account's job ends, POSTed and signed.", no_args_is_help=True
+)
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(keys_app, name="keys")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(webhooks_app, name="webhooks")
 
 Scope = Annotated[
     list[str], typer.Option("--scope", help="catalogs:read and/or catalogs:write (repeat).")
@@ -213,3 +217,69 @@ def jobs_watch(
                 live.update(table())
         except KeyboardInterrupt:
             pass
+
+
+# ---- webhooks ------------------------------------------------------------------------------------
+
+Name = Annotated[str, typer.Argument(help="The account's name.")]
+
+
+@webhooks_app.command("set")
+def webhooks_set(
+    account: Name,
+    url: Annotated[str, typer.Argument(help="Where to POST: an http:// or https:// URL.")],
+    secret: Annotated[
+        str | None, typer.Option(help="The signing secret (default: a new random one).")
+    ] = None,
+) -> None:
+    """Send the account's job ends (complete, cancelled) to URL, signed; prints the secret
+    (alone, on stdout)."""
+    made = services()
+    try:
+        hook = run(made, lambda: made.webhooks.set(account, url, secret))
+    except BackstockError as exc:
+        raise fail(exc) from exc
+    err.print(f"Webhook of '{escape(account)}': {escape(hook.url)}")
+    typer.echo(hook.secret)
+
+
+@webhooks_app.command("show")
+def webhooks_show(account: Name) -> None:
+    """The account's webhook URL (never its secret)."""
+    made = services()
+    try:
+        hook = run(made, lambda: made.webhooks.get(account))
+    except BackstockError as exc:
+        raise fail(exc) from exc
+    out.print(f"{escape(hook.url)} (since {to_iso(hook.created_at)})")
+
+
+@webhooks_app.command("remove")
+def webhooks_remove(account: Name) -> None:
+    """Stop sending the account's job ends (pending deliveries are given up)."""
+    made = services()
+    try:
+        run(made, lambda: made.webhooks.remove(account))
+    except BackstockError as exc:
+        raise fail(exc) from exc
+    err.print(f"Removed the webhook of '{escape(account)}'")
+
+
+@webhooks_app.command("deliveries")
+def webhooks_deliveries(
+    account: Name,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many, newest first.")] = 50,
+) -> None:
+    """The account's delivery log: each job end, its state, tries and last answer."""
+    made = services()
+    table = Table(
+        "delivery", "job", "event", "status", "tries", "last answer", "created", "next try"
+    )
+    for d in run(made, lambda: made.webhooks.deliveries(account, limit)):
+        answer = d.last_error or (str(d.last_status) if d.last_status is not None else "")
+        upcoming = to_iso(d.next_attempt_at) if d.status == "pending" else ""
+        table.add_row(
+            str(d.pk), d.job_id, d.event, d.status, str(d.attempts), escape(answer),
+            to_iso(d.created_at), upcoming or "",
+        )  # fmt: skip
+    out.print(table)

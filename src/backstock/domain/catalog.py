@@ -18,12 +18,14 @@ are stored as (an ``orjson.Fragment``, written into a response as it is)."""
 class Refusal:
     """Why one entry was not applied: its resource ``exists`` already (create), is
     ``missing`` (update, delete), or a related resource it names is missing (``related``:
-    ``relation``'s ``index``-th id, ``external``)."""
+    ``relation``'s ``index``-th id, ``external``); or a test fault ``forced`` it to fail with
+    ``code`` (``BACKSTOCK_TEST_FAULTS``)."""
 
-    reason: Literal["exists", "missing", "related"]
+    reason: Literal["exists", "missing", "related", "forced"]
     relation: str = ""
     index: int = 0
     external: str = ""
+    code: str = ""
 
 
 Outcome = Refusal | None

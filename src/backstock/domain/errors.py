@@ -13,6 +13,8 @@
     ├── MethodNotAllowed (405 method_not_allowed)
     ├── NotAcceptable (406 not_acceptable)
     ├── Conflict (409 duplicate)
+    │   └── JobFinished (409 job_finished)
+    ├── IdempotencyMismatch (422 idempotency_key_reused)
     ├── PayloadTooLarge (413 payload_too_large)
     ├── UriTooLong (414 uri_too_long)
     ├── UnsupportedMediaType (415 unsupported_media_type)
@@ -143,6 +145,21 @@ class Conflict(BackstockError):
     code = "duplicate"
     title = "Conflict."
     default_detail = "A resource with this id already exists."
+
+
+class JobFinished(Conflict):
+    code = "job_finished"
+    title = "The job has finished."
+    default_detail = "The job has finished."
+
+
+class IdempotencyMismatch(BackstockError):
+    status = 422
+    code = "idempotency_key_reused"
+    title = "Idempotency key reused."
+    default_detail = (
+        "This Idempotency-Key was used with a different request; send a new key for a new job."
+    )
 
 
 class PayloadTooLarge(BackstockError):

@@ -8,6 +8,7 @@ documents may include.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -17,6 +18,8 @@ import msgspec
 
 from backstock.domain.bodies import Action, job_type
 from backstock.domain.catalog import Refusal
+from backstock.domain.clock import to_iso
+from backstock.domain.errors import InvalidParameter
 from backstock.domain.filters import FieldRule
 from backstock.domain.ids import AccountId, ExternalId, JobId, compound_id, parse_compound_id
 from backstock.domain.resources import CATEGORY, ITEM, RESOURCES, VARIANT, Resource
@@ -90,6 +93,8 @@ class JobRecord:
     """The job's ``errors`` array as JSON text."""
     linkage: str
     """The request's resources as JSON:API resource identifiers (JSON text)."""
+    retry_of: str | None = None
+    """The job whose failed items this one retries (Backstock's extension)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,11 +109,16 @@ class NewJob:
     payload: bytes
     linkage: str
     created_at: int
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    """A hash of the request, to tell a retried spawn from another one with the same key."""
+    retry_of: str | None = None
+    not_before: int | None = None
 
     def record(self, pk: int) -> JobRecord:
         return JobRecord(
             pk, self.id, self.kind, "queued", self.shape, self.total, 0, 0, self.created_at,
-            None, None, "[]", self.linkage,
+            None, None, "[]", self.linkage, self.retry_of,
         )  # fmt: skip
 
 
@@ -163,12 +173,22 @@ def missing_related(res: Resource, external: str, pointer: str) -> dict[str, Any
     return item_error("not_found", f"Related catalog {res.noun} not found.", detail, pointer)
 
 
+def failed_indexes(errors: list[dict[str, Any]]) -> list[int]:
+    """The positions in its request of the items a job failed, in order (each error's pointer
+    ends with the item's index)."""
+    found = {int(e["source"]["pointer"].rpartition("/")[2]) for e in errors}
+    return sorted(found)
+
+
 def refused(res: Resource, refusal: Refusal, external: str, pointer: str) -> dict[str, Any]:
     """The error of an item a job did not apply."""
     if refusal.reason == "exists":
         return conflict(res, external, pointer)
     if refusal.reason == "missing":
         return not_found(res, external, pointer)
+    if refusal.reason == "forced":
+        detail = f"'{compound_id(external)}' failed on purpose (a BACKSTOCK_TEST_FAULTS rule)."
+        return item_error(refusal.code, "Failed on purpose.", detail, pointer)
     target = res.relation(refusal.relation).target
     return missing_related(RESOURCES[target], refusal.external, pointer)
 
@@ -184,3 +204,46 @@ _LINKAGE = msgspec.json.Decoder(list[dict[str, str]])
 def linked_external_ids(linkage: str) -> list[ExternalId]:
     """The external ids a job's linkage names, in request order."""
     return [parse_compound_id(entry["id"]) for entry in _LINKAGE.decode(linkage)]
+
+
+# ---- Backstock's extensions (docs/extensions.md) ----------------------------------------------
+
+FINAL: Final = frozenset({"complete", "cancelled"})
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def idempotency_key(value: str | None) -> str | None:
+    """A client's ``Idempotency-Key``: 1 to 255 printable ASCII characters."""
+    if value is None:
+        return None
+    if not 0 < len(value) <= MAX_IDEMPOTENCY_KEY or not (value.isascii() and value.isprintable()):
+        raise InvalidParameter(
+            "Idempotency-Key",
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters.",
+        )
+    return value
+
+
+def request_hash(kind: str, body: bytes) -> str:
+    """What makes two spawns with one ``Idempotency-Key`` the same request: the job kind and
+    the body, byte for byte."""
+    return hashlib.sha256(kind.encode() + b"\0" + body).hexdigest()
+
+
+def finished_event(
+    kind: str, job_id: str, status: str, counts: tuple[int, int, int], at: int
+) -> bytes:
+    """The body of the webhook a job's end sends: the job, as a JSON:API resource object
+    (without ``errors``: GET the job for those)."""
+    total, completed, failed = counts
+    return msgspec.json.encode({
+        "meta": {"event": f"job.{status}"},
+        "data": {
+            "type": kind,
+            "id": job_id,
+            "attributes": {
+                "status": status, "total_count": total, "completed_count": completed,
+                "failed_count": failed, "completed_at": to_iso(at),
+            },
+        },
+    })  # fmt: skip

@@ -30,10 +30,10 @@ from backstock.domain.errors import (
     UntrustedHost,
 )
 from backstock.domain.keys import Principal
-from backstock.http import openapi, requests
+from backstock.http import openapi, pages, requests
 from backstock.http.render import MEDIA_TYPE, Renderer, dumps, error_body, parse_fields
 from backstock.http.requests import NULLABLE_SINCE, BodyGate, Request, Scope
-from backstock.http.routes import Call, Operation, Response, document, operations
+from backstock.http.routes import EVENT_STREAM, Call, Operation, Response, document, operations
 from backstock.services.container import Services
 from backstock.services.limits import LimitState
 
@@ -152,8 +152,12 @@ class App:
         if request.body_pending:
             response.headers["Connection"] = "close"
         response.headers["X-Request-Id"] = rid
-        await _send(send, response, content_type)
-        self._observe(request, seen, response.status, started, rid)
+        if response.stream is None:
+            await send_response(send, response, content_type)
+            self._observe(request, seen, response.status, started, rid)
+        else:  # observed as it starts: its length is the client's business
+            self._observe(request, seen, response.status, started, rid)
+            await _stream(send, receive, response)
 
     def _observe(
         self, request: Request, seen: _Seen, status: int, started: float, rid: str
@@ -180,7 +184,7 @@ class App:
     ) -> Response:
         headers = request.headers
         revision = requests.revision(headers)
-        requests.check_accept(headers)
+        requests.check_accept(headers, op.media_type)
         query = request.query
         requests.check_query(query, op.query)
         fields = parse_fields(query, op.fields)
@@ -257,13 +261,48 @@ def error_response(exc: BackstockError) -> Response:
     return Response(exc.status, error_body(exc), headers)
 
 
-async def _send(send: Any, response: Response, content_type: str) -> None:
+async def send_response(send: Any, response: Response, content_type: str = MEDIA_TYPE) -> None:
     headers = [(b"content-length", str(len(response.body)).encode())]
     if response.status != 204:
         headers.append((b"content-type", content_type.encode()))
     headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()]
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": response.body})
+
+
+async def _stream(send: Any, receive: Any, response: Response) -> None:
+    """Send a streamed body chunk by chunk until it ends, the client goes away (its
+    ``http.disconnect``), or it fails (logged; the stream just ends)."""
+    assert response.stream is not None
+    chunks = response.stream
+    headers = [(b"content-type", EVENT_STREAM.encode())]
+    headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()]
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    gone = asyncio.ensure_future(_disconnect(receive))
+    try:
+        while True:
+            chunk = asyncio.ensure_future(anext(chunks))
+            await asyncio.wait((chunk, gone), return_when=asyncio.FIRST_COMPLETED)
+            if not chunk.done():  # the client went away
+                chunk.cancel()
+                return
+            try:
+                body = chunk.result()
+            except StopAsyncIteration:
+                break
+            except Exception:
+                log.exception("event stream failed")
+                break
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        gone.cancel()
+        await chunks.aclose()
+
+
+async def _disconnect(receive: Any) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 # ---- routes that need no key ---------------------------------------------------------------------
@@ -322,4 +361,6 @@ _PUBLIC = (
     Public("readyz", "GET", "/readyz", _readyz),
     Public("openapi", "GET", openapi.PATH, _openapi, "application/json"),
     Public("metrics", "GET", "/metrics", _metrics, telemetry.CONTENT_TYPE),
+    # The job dashboard (/ui) and the API's docs (/docs): static files, one route each.
+    *(Public(p.id, "GET", p.path, p.handler, p.content_type) for p in pages.routes()),
 )

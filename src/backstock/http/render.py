@@ -109,6 +109,8 @@ class Renderer:
             "expires_at": to_iso(job.expires_at),
             "errors": orjson.Fragment(job.errors),
         }
+        if job.retry_of is not None:  # Backstock's extension: the job this one retries
+            attributes["retry_of"] = job.retry_of
         return {
             "type": kind.type,
             "id": job.id,

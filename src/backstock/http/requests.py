@@ -214,22 +214,33 @@ def _revision(value: str) -> date:
     return day
 
 
-def check_accept(headers: Mapping[str, str]) -> None:
+def check_accept(headers: Mapping[str, str], media_type: str | None = None) -> None:
+    """``Accept`` allows JSON (or, given, the operation's own ``media_type``)."""
     accept = headers.get("accept")
-    if accept and not _acceptable(accept):
+    if accept and not _acceptable(accept, media_type):
         raise NotAcceptable()
 
 
 @lru_cache(maxsize=256)
-def _acceptable(accept: str) -> bool:
+def _acceptable(accept: str, media_type: str | None) -> bool:
     types = [part.split(";")[0].strip().lower() for part in accept.split(",")]
-    return any(kind in _ACCEPTABLE for kind in types)
+    return any(kind in _ACCEPTABLE or kind == media_type for kind in types)
 
 
 def check_query(query: Mapping[str, str], allowed: Collection[str]) -> None:
     for name in query:
         if name not in allowed:
             raise InvalidParameter(name, f"Unknown query parameter '{name[:80]}'.")
+
+
+def flag(query: Mapping[str, str], name: str) -> bool:
+    """A ``true``/``false`` query parameter (absent: false)."""
+    value = query.get(name)
+    if value is None or value == "false":
+        return False
+    if value == "true":
+        return True
+    raise InvalidParameter(name, f"{name} must be 'true' or 'false'.")
 
 
 def include(query: Mapping[str, str], allowed: str | None) -> bool:

@@ -5,7 +5,7 @@ operation list all come from this one table."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -14,7 +14,7 @@ from backstock.domain import jobs
 from backstock.domain.catalog import Record
 from backstock.domain.errors import InvalidParameter
 from backstock.domain.filters import Condition, parse_filter, rules_for
-from backstock.domain.jobs import KINDS, JobKind
+from backstock.domain.jobs import KINDS, JobKind, JobRecord
 from backstock.domain.keys import READ, WRITE, Principal
 from backstock.domain.pagination import Cursor, PageRequest, decode_cursor, parse_page_size
 from backstock.domain.resources import CATEGORY, ITEM, RESOURCES, Relation, Resource, resource
@@ -24,6 +24,8 @@ from backstock.http.requests import Request, path_id
 from backstock.services.container import Services
 
 READ_LIMITS = "350/second;3500/minute"
+EVENT_STREAM = "text/event-stream"
+_EXTENSIONS = "Backstock extensions"
 WRITE_LIMITS = "75/second;750/minute"
 LIST = ("filter", "sort", "page[cursor]", "page[size]")
 
@@ -33,6 +35,8 @@ class Response:
     status: int
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    stream: AsyncGenerator[bytes, None] | None = None
+    """A streamed body (``text/event-stream``), sent chunk by chunk instead of ``body``."""
 
 
 def document(body: Any, status: int = 200) -> Response:
@@ -88,6 +92,11 @@ class Operation:
     filters: str | None = None
     """The filter fields it takes: a resource type, or ``job``."""
     include: str | None = None
+    extension: bool = False
+    """Backstock's own (docs/extensions.md), not Klaviyo's; an unmodified Klaviyo client
+    never calls it."""
+    media_type: str | None = None
+    """What it answers with instead of JSON (an event stream)."""
 
 
 # ---- query parameters shared by lists ---------------------------------------------------------
@@ -318,13 +327,26 @@ _SLOW_JOB_READS = frozenset(
 
 def _spawn(kind: JobKind) -> Handler:
     async def handler(call: Call) -> Response:
-        job = await call.services.jobs.spawn(call.who, kind, await call.body())
+        service = call.services.jobs
+        if requests.flag(call.query, "dry_run"):
+            would_be = await service.dry_run(call.who, kind, await call.body())
+            data = call.render.job(kind, would_be)
+            del data["links"]
+            return document({"data": data, "meta": {"dry_run": True}})
+        key = jobs.idempotency_key(call.request.headers.get("idempotency-key"))
+        job = await service.spawn(call.who, kind, await call.body(), key)
         telemetry.JOBS_ACCEPTED.labels(kind.type).inc()
-        return document(
-            {"data": call.render.job(kind, job), "links": {"self": call.render.url(kind.path)}}, 202
-        )
+        # As Klaviyo's spawn answers: the document's own link is the collection's.
+        return _job_document(call, kind, job, 202, kind.path)
 
     return handler
+
+
+def _job_document(
+    call: Call, kind: JobKind, job: JobRecord, status: int = 200, path: str | None = None
+) -> Response:
+    self_url = call.render.url(path or f"{kind.path}/{job.id}")
+    return document({"data": call.render.job(kind, job), "links": {"self": self_url}}, status)
 
 
 def _get_job(kind: JobKind) -> Handler:
@@ -359,6 +381,55 @@ def _list_jobs(kind: JobKind) -> Handler:
     return handler
 
 
+def _cancel(kind: JobKind) -> Handler:
+    async def handler(call: Call) -> Response:
+        return _job_document(
+            call, kind, await call.services.jobs.cancel(call.who, kind, call.params[0])
+        )
+
+    return handler
+
+
+def _retry(kind: JobKind) -> Handler:
+    async def handler(call: Call) -> Response:
+        job = await call.services.jobs.retry(call.who, kind, call.params[0])
+        telemetry.JOBS_ACCEPTED.labels(kind.type).inc()
+        return _job_document(call, kind, job, 202)
+
+    return handler
+
+
+def _events(kind: JobKind) -> Handler:
+    async def handler(call: Call) -> Response:
+        updates = call.services.jobs.watch(call.who, kind, call.params[0])
+        first = await anext(updates)  # a 404 (or 429) is an ordinary error response
+        assert first is not None
+        render = call.render
+
+        async def stream() -> AsyncGenerator[bytes, None]:
+            try:
+                job: JobRecord | None = first
+                while True:
+                    if job is None:
+                        yield b": heartbeat\n\n"
+                    else:
+                        url = render.url(f"{kind.path}/{job.id}")
+                        body = dumps({"data": render.job(kind, job), "links": {"self": url}})
+                        yield b"event: %s\ndata: %s\n\n" % (job.status.encode(), body)
+                    job = await anext(updates, _END)
+                    if job is _END:
+                        return
+            finally:
+                await updates.aclose()
+
+        return Response(200, headers={"Cache-Control": "no-store"}, stream=stream())
+
+    return handler
+
+
+_END: Any = object()
+
+
 def _job_operations(kind: JobKind) -> list[Operation]:
     res, action = kind.resource, kind.action
     name = _JOB_NAMES[res.type]
@@ -369,7 +440,7 @@ def _job_operations(kind: JobKind) -> list[Operation]:
     return [
         Operation(
             f"bulk_{action}_catalog_{res.plural}", "POST", kind.path, _spawn(kind), WRITE,
-            WRITE_LIMITS, 202, (f"fields[{kind.type}]",), own,
+            WRITE_LIMITS, 202, (f"fields[{kind.type}]", "dry_run"), own,
             f"Spawn a job that {action}s 1 to 100 {res.plural}; 202 means it is committed", tag,
             body=f"{kind.type}:create", response=f"{kind.type}:document",
         ),
@@ -385,6 +456,25 @@ def _job_operations(kind: JobKind) -> list[Operation]:
             200, (f"fields[{kind.type}]", "filter", "page[cursor]"), own,
             f"List bulk {action} jobs of {res.plural}, newest first", tag,
             response=f"{kind.type}:collection", filters="job",
+        ),
+        Operation(
+            f"cancel_bulk_{action}_{name}_job", "POST", f"{kind.path}/{{job_id}}/cancel",
+            _cancel(kind), WRITE, WRITE_LIMITS, 200, (f"fields[{kind.type}]",), own,
+            f"Cancel a bulk {action} job of {res.plural}: nothing more of it is applied",
+            _EXTENSIONS, response=f"{kind.type}:document", errors=(404, 409), extension=True,
+        ),
+        Operation(
+            f"retry_bulk_{action}_{name}_job", "POST", f"{kind.path}/{{job_id}}/retry",
+            _retry(kind), WRITE, WRITE_LIMITS, 202, (f"fields[{kind.type}]",), own,
+            f"Spawn a job of exactly the {res.plural} a completed job failed", _EXTENSIONS,
+            response=f"{kind.type}:document", errors=(404, 409, 429), extension=True,
+        ),
+        Operation(
+            f"watch_bulk_{action}_{name}_job", "GET", f"{kind.path}/{{job_id}}/events",
+            _events(kind), READ, reads, 200, (f"fields[{kind.type}]",), own,
+            f"Stream a bulk {action} job's progress as Server-Sent Events", _EXTENSIONS,
+            errors=(404, 429), extension=True,
+            media_type=EVENT_STREAM,
         ),
     ]  # fmt: skip
 

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 from backstock.services.accounts import Accounts
 from backstock.services.catalog import Catalog
-from backstock.services.jobs import Jobs, JobSignal
+from backstock.services.jobs import Jobs, Signal
 from backstock.services.limits import Limiter
+from backstock.services.webhooks import Webhooks
 from backstock.settings import Settings
 
 
@@ -18,8 +19,9 @@ class Services:
     accounts: Accounts
     catalog: Catalog
     jobs: Jobs
+    webhooks: Webhooks
     limiter: Limiter
-    signal: JobSignal
+    signal: Signal
     ping: Callable[[], Awaitable[None]]
     """Raise ``Unavailable`` unless the database answers (``/readyz``)."""
     close_loop: Callable[[], Awaitable[None]]

@@ -6,73 +6,242 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Set
+import time
+from collections.abc import AsyncGenerator, Mapping, Set
+from dataclasses import replace
+from typing import Protocol
+
+import msgspec
 
 from backstock.domain import bodies
 from backstock.domain.catalog import Record
 from backstock.domain.clock import now_us
-from backstock.domain.errors import NotFound
-from backstock.domain.ids import new_job_id
-from backstock.domain.jobs import ClaimedJob, JobKind, JobRecord, NewJob, linked_external_ids
+from backstock.domain.errors import NotFound, Throttled
+from backstock.domain.ids import AccountId, JobId, new_job_id
+from backstock.domain.jobs import (
+    FINAL,
+    ClaimedJob,
+    JobKind,
+    JobRecord,
+    NewJob,
+    linked_external_ids,
+    request_hash,
+)
 from backstock.domain.keys import Principal
 from backstock.domain.pagination import Page, PageRequest
 from backstock.services.offload import decoded
-from backstock.services.stores import CatalogStore, JobStore
+from backstock.services.stores import CatalogStore, JobStore, Listen
 from backstock.settings import Settings
 
 
-class JobSignal:
-    """Wakes this process's workers when this process accepts a job (the SQLite path; on
-    PostgreSQL the ``NOTIFY`` sent with the job wakes every worker everywhere). Each worker
-    waits on an ``asyncio.Event`` of its own event loop; ``notify`` may be called from any
-    thread."""
+class Signal:
+    """In-process wake-ups on topics: ``""`` when this process accepts a job (the SQLite path;
+    on PostgreSQL the ``NOTIFY`` sent with the job wakes every worker everywhere), a job's id
+    when a batch of it commits here, ``DELIVERIES`` when a job ends here. Each waiter waits on
+    an ``asyncio.Event`` of its own event loop; ``notify`` may be called from any thread."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
 
-    def attach(self) -> asyncio.Event:
+    def attach(self, topic: str = "") -> asyncio.Event:
         event = asyncio.Event()
         with self._lock:
-            self._waiters.append((asyncio.get_running_loop(), event))
+            self._waiters.setdefault(topic, []).append((asyncio.get_running_loop(), event))
         return event
 
-    def detach(self, event: asyncio.Event) -> None:
+    def detach(self, event: asyncio.Event, topic: str = "") -> None:
         with self._lock:
-            self._waiters = [(loop, e) for loop, e in self._waiters if e is not event]
+            left = [(loop, e) for loop, e in self._waiters.get(topic, ()) if e is not event]
+            if left:
+                self._waiters[topic] = left
+            else:
+                self._waiters.pop(topic, None)
 
-    def notify(self) -> None:
+    def notify(self, topic: str = "") -> None:
         with self._lock:
-            waiters = list(self._waiters)
+            waiters = self._waiters.get(topic)
+            if not waiters:
+                return
+            waiters = list(waiters)
         for loop, event in waiters:
             with contextlib.suppress(RuntimeError):  # that loop has closed
                 loop.call_soon_threadsafe(event.set)
 
 
+class FaultHooks(Protocol):
+    """Test faults (``BACKSTOCK_TEST_FAULTS``, ``backstock.faults``): how a spawn and a batch
+    are disturbed on purpose. Absent in production."""
+
+    def on_spawn(self, new: NewJob) -> NewJob:
+        """Raise to refuse the spawn, or return the job (held, perhaps)."""
+        ...
+
+    async def before_batch(self, job: ClaimedJob) -> tuple[int | None, Mapping[str, str]]:
+        """Wait as the rules say; the batch size to use (None: the setting's), and the
+        external ids to fail, with their error codes."""
+        ...
+
+
+DELIVERIES = "webhook-deliveries"
+HEARTBEAT_SECONDS = 15.0
+
+
 class Jobs:
     def __init__(
-        self, store: JobStore, catalog: CatalogStore, settings: Settings, signal: JobSignal
+        self,
+        store: JobStore,
+        catalog: CatalogStore,
+        settings: Settings,
+        signal: Signal,
+        listen_events: Listen | None = None,
+        faults: FaultHooks | None = None,
     ) -> None:
         self.store = store
         self.catalog = catalog
         self.settings = settings
         self.signal = signal
+        self.listen_events = listen_events
+        self.faults = faults
+        """PostgreSQL: LISTEN for job events (SQLite: the signal alone)."""
+        self._listeners: dict[
+            asyncio.AbstractEventLoop, tuple[asyncio.Task[None], asyncio.Event]
+        ] = {}
+        self._streams: dict[AccountId, int] = {}
 
     # ---- the API's side ----------------------------------------------------------------------
 
-    async def spawn(self, who: Principal, kind: JobKind, body: bytes) -> JobRecord:
-        """Validate the body and commit the job, queued: the 202 comes after the commit."""
-        request = await decoded(lambda: bodies.decode_job(kind.resource, kind.action, body), body)
-        new = NewJob(
-            who.account_id, new_job_id(), kind.type, request.shape, len(request.external_ids),
-            request.payload, request.linkage, now_us(),
-        )  # fmt: skip
+    async def spawn(
+        self, who: Principal, kind: JobKind, body: bytes, idempotency_key: str | None = None
+    ) -> JobRecord:
+        """Validate the body and commit the job, queued: the 202 comes after the commit. With
+        an ``idempotency_key`` the account used before for the same request, the job that
+        request made (a different request with that key: 422)."""
+        new = await self._new_job(who, kind, body)
+        if idempotency_key is not None:
+            new = replace(
+                new,
+                idempotency_key=idempotency_key,
+                request_hash=request_hash(kind.type, body),
+            )
+        if self.faults is not None:
+            new = self.faults.on_spawn(new)
         settings = self.settings
         record = await self.store.accept(
             new, settings.max_jobs_in_progress, settings.max_queued_bytes
         )
         self.signal.notify()
         return record
+
+    async def _new_job(self, who: Principal, kind: JobKind, body: bytes) -> NewJob:
+        request = await decoded(lambda: bodies.decode_job(kind.resource, kind.action, body), body)
+        return NewJob(
+            who.account_id, new_job_id(), kind.type, request.shape, len(request.external_ids),
+            request.payload, request.linkage, now_us(),
+        )  # fmt: skip
+
+    async def dry_run(self, who: Principal, kind: JobKind, body: bytes) -> JobRecord:
+        """The job ``body`` would make, as if it had run now: its counts and ``errors`` (every
+        item checked against the catalog in a transaction then rolled back). Nothing is
+        written and no queue slot is taken; the record's id names no job."""
+        new = await self._new_job(who, kind, body)
+        errors = await self.store.dry_run(kind, new)
+        now = now_us()
+        failed = len(errors)
+        return JobRecord(
+            0, JobId("dry-run"), kind.type, "complete", new.shape, new.total,
+            new.total - failed, failed, new.created_at, now, None,
+            msgspec.json.encode(errors).decode(), new.linkage,
+        )  # fmt: skip
+
+    async def cancel(self, who: Principal, kind: JobKind, job_id: str) -> JobRecord:
+        """Cancel a queued or processing job: nothing more of it is applied (409 once it is
+        complete)."""
+        found = await self.store.cancel(who.account_id, kind.type, job_id, self._retention_us)
+        if found is None:
+            raise NotFound(f"No {kind.type} with id '{job_id[:40]}'")
+        self.signal.notify(found.id)
+        self.signal.notify(DELIVERIES)
+        return found
+
+    async def retry(self, who: Principal, kind: JobKind, job_id: str) -> JobRecord:
+        """A new job of exactly the items ``job_id`` failed, in their order; the same one on
+        every call for that job."""
+        source = await self.get(who, kind, job_id)
+        new = NewJob(
+            who.account_id, new_job_id(), kind.type, source.shape, 0, b"", "[]", now_us(),
+            retry_of=source.id,
+        )  # fmt: skip
+        settings = self.settings
+        record = await self.store.retry(
+            source, new, settings.max_jobs_in_progress, settings.max_queued_bytes
+        )
+        self.signal.notify()
+        return record
+
+    async def watch(
+        self, who: Principal, kind: JobKind, job_id: str
+    ) -> AsyncGenerator[JobRecord | None, None]:
+        """The job now (404 if none), then again each time its status or counts change,
+        until it is complete or cancelled; ``None`` when nothing changed for a while (a
+        heartbeat). Changes are heard of at once from this process's worker and, on
+        PostgreSQL, from any process's (``LISTEN``); the job is read again every few seconds
+        besides, so a lost notification only delays an event."""
+        account = who.account_id
+        open_now = self._streams.get(account, 0)
+        if open_now >= self.settings.max_event_streams:
+            raise Throttled(
+                f"This account already has {open_now} event streams open in this process.",
+                retry_after=1,
+            )
+        self._streams[account] = open_now + 1
+        self._listening()
+        event = self.signal.attach(job_id)
+        try:
+            job = await self.get(who, kind, job_id)
+            yield job
+            poll = 1.0 if self.listen_events is None else 5.0
+            quiet_since = time.monotonic()
+            while job.status not in FINAL:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), poll)
+                event.clear()
+                latest = await self.store.get(account, kind.type, job.id)
+                if latest is None:  # expired meanwhile
+                    return
+                if _progress(latest) != _progress(job):
+                    job = latest
+                    quiet_since = time.monotonic()
+                    yield job
+                elif time.monotonic() - quiet_since >= HEARTBEAT_SECONDS:
+                    quiet_since = time.monotonic()
+                    yield None
+        finally:
+            self.signal.detach(event, job_id)
+            self._streams[account] -= 1
+            if not self._streams[account]:
+                del self._streams[account]
+
+    def _listening(self) -> None:
+        """On PostgreSQL: this event loop LISTENs for job events (once, from its first watch
+        to ``stop_listening``)."""
+        if self.listen_events is None:
+            return
+        loop = asyncio.get_running_loop()
+        if loop in self._listeners:
+            return
+        stopping = asyncio.Event()
+        task = loop.create_task(self.listen_events(self.signal.notify, stopping))
+        self._listeners[loop] = (task, stopping)
+
+    async def stop_listening(self) -> None:
+        """End this event loop's LISTEN, if it has one."""
+        found = self._listeners.pop(asyncio.get_running_loop(), None)
+        if found is not None:
+            task, stopping = found
+            stopping.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 2.0)
 
     async def get(self, who: Principal, kind: JobKind, job_id: str) -> JobRecord:
         found = await self.store.get(who.account_id, kind.type, job_id)
@@ -117,23 +286,42 @@ class Jobs:
     async def claim(self, owner: str, first_batch: bool = True) -> tuple[ClaimedJob, bool] | None:
         """Claim the next job and apply its first batch in the same transaction. Returns the
         job and whether it is complete."""
-        return await self.store.claim(
+        if self.faults is not None:  # each batch as the account's rules say: none in the claim
+            first_batch = False
+        claimed = await self.store.claim(
             owner, self._lease_us, self.settings.worker_batch_size, self._retention_us, first_batch
         )
+        if claimed is not None:
+            self._moved(claimed[0], claimed[1])
+        return claimed
 
     async def run_batch(self, job: ClaimedJob, *, fail: bool = False) -> bool | None:
         """Apply the next batch of ``job`` (with ``fail``, give up on it after repeated
         unexpected failures: its items fail with ``internal_error``): ``True`` when the job is
         complete, ``False`` when more remain, ``None`` when the lease was lost."""
-        return await self.store.run_batch(
-            job, self._lease_us, self.settings.worker_batch_size, self._retention_us, fail=fail
+        size, forced = self.settings.worker_batch_size, None
+        if self.faults is not None:
+            chosen, forced = await self.faults.before_batch(job)
+            size = chosen or size
+        done = await self.store.run_batch(
+            job, self._lease_us, size, self._retention_us, fail=fail, forced=forced
         )
+        if done is not None:
+            self._moved(job, done)
+        return done
+
+    def _moved(self, job: ClaimedJob, done: bool) -> None:
+        """A batch of ``job`` committed: wake whoever watches it here, and this process's
+        webhook deliveries when the job ended."""
+        self.signal.notify(job.id)
+        if done:
+            self.signal.notify(DELIVERIES)
 
     async def release(self, job: ClaimedJob) -> None:
         await self.store.release(job)
 
     async def delete_expired(self) -> int:
-        return await self.store.delete_expired()
+        return await self.store.delete_expired(self._retention_us)
 
     async def queue(self) -> tuple[int, int, float | None]:
         """Jobs queued, jobs processing, and the age in seconds of the oldest queued one."""
@@ -152,3 +340,7 @@ class Jobs:
     @property
     def _retention_us(self) -> int:
         return int(self.settings.job_retention.total_seconds() * 1_000_000)
+
+
+def _progress(job: JobRecord) -> tuple[str, int, int]:
+    return job.status, job.completed_count, job.failed_count

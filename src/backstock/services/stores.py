@@ -1,20 +1,23 @@
 """What the services need of storage, in domain terms. ``storage`` implements these
-(``AccountStore``, ``CatalogStore``, ``JobStore``) and ``bootstrap`` hands them in: the services
-never import storage, so nothing above storage can reach SQL, even indirectly."""
+(``AccountStore``, ``CatalogStore``, ``JobStore``, ``WebhookStore``) and ``bootstrap`` hands
+them in: the services never import storage, so nothing above storage can reach SQL, even
+indirectly."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal, Protocol
+import asyncio
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, Literal, Protocol
 
 from backstock.domain.bodies import Action, PayloadItem
 from backstock.domain.catalog import Outcome, Record
 from backstock.domain.filters import Condition
 from backstock.domain.ids import AccountId
-from backstock.domain.jobs import ClaimedJob, JobRecord, NewJob
+from backstock.domain.jobs import ClaimedJob, JobKind, JobRecord, NewJob
 from backstock.domain.keys import AccountRecord, KeyRecord
 from backstock.domain.pagination import Page, PageRequest
 from backstock.domain.resources import Resource
+from backstock.domain.webhooks import Delivery, Due, Webhook
 
 
 class AccountStore(Protocol):
@@ -60,6 +63,13 @@ class CatalogStore(Protocol):
 
 class JobStore(Protocol):
     async def accept(self, new: NewJob, max_open: int, max_bytes: int) -> JobRecord: ...
+    async def dry_run(self, kind: JobKind, new: NewJob) -> list[dict[str, Any]]: ...
+    async def cancel(
+        self, account: AccountId, kind: str, job_id: str, retention_us: int
+    ) -> JobRecord | None: ...
+    async def retry(
+        self, source: JobRecord, new: NewJob, max_open: int, max_bytes: int
+    ) -> JobRecord: ...
     async def get(self, account: AccountId, kind: str, job_id: str) -> JobRecord | None: ...
     async def list_jobs(
         self, account: AccountId, kind: str, status: str | None, page: PageRequest
@@ -68,16 +78,46 @@ class JobStore(Protocol):
         self, owner: str, lease_us: int, batch_size: int, retention_us: int, first_batch: bool
     ) -> tuple[ClaimedJob, bool] | None: ...
     async def run_batch(
-        self, job: ClaimedJob, lease_us: int, batch_size: int, retention_us: int, *, fail: bool
+        self,
+        job: ClaimedJob,
+        lease_us: int,
+        batch_size: int,
+        retention_us: int,
+        *,
+        fail: bool,
+        forced: Mapping[str, str] | None = None,
     ) -> bool | None: ...
     async def release(self, job: ClaimedJob) -> None: ...
-    async def delete_expired(self) -> int: ...
+    async def delete_expired(self, retention_us: int) -> int: ...
     async def next_lease_expiry(self) -> int | None: ...
     async def queue_stats(self) -> tuple[int, int, int | None]: ...
     async def admin_job(self, job_id: str) -> tuple[str, JobRecord] | None: ...
     async def admin_jobs(
         self, account: str | None, status: str | None, kind: str | None, limit: int
     ) -> list[tuple[str, JobRecord]]: ...
+
+
+class WebhookStore(Protocol):
+    async def set(self, account: str, url: str, secret: str, now: int) -> bool: ...
+    async def get(self, account: str) -> Webhook | None: ...
+    async def remove(self, account: str) -> bool: ...
+    async def deliveries(self, account: str, limit: int) -> list[Delivery]: ...
+    async def take_due(self, now: int, until: int, limit: int) -> list[Due]: ...
+    async def settle(
+        self,
+        pk: int,
+        status: str,
+        code: int | None,
+        error: str | None,
+        next_at: int | None,
+        now: int,
+    ) -> None: ...
+    async def next_due(self) -> int | None: ...
+
+
+Listen = Callable[[Callable[[str], None], asyncio.Event], Coroutine[Any, Any, None]]
+"""Call back with each notification's payload until the event is set (PostgreSQL ``LISTEN``
+on one channel)."""
 
 
 class Database(Protocol):

@@ -35,7 +35,7 @@ import psycopg
 from psycopg.pq import TransactionStatus
 
 from backstock.domain.errors import Unavailable
-from backstock.settings import Settings
+from backstock.settings import Settings, sqlite_path
 from backstock.storage.sql import Conn, Statement, run_to_completion
 
 log = logging.getLogger("backstock.storage")
@@ -66,10 +66,6 @@ def sqlalchemy_url(url: str) -> str:
     if url.startswith("sqlite"):
         return url
     return "postgresql+psycopg://" + postgres_url(url).removeprefix("postgresql://")
-
-
-def sqlite_path(url: str) -> str:
-    return url.removeprefix("sqlite:///").removeprefix("sqlite://") or ":memory:"
 
 
 class Database:

@@ -12,36 +12,41 @@ parallel.
 Each batch of items is applied in one transaction that first fences on the lease (owner and
 ``next_index``), then writes the catalog, then moves ``next_index`` and the counters. A batch
 commits whole or not at all, so a resumed job never applies or counts an item twice. The job
-that completes frees its account's slot and drops its payload in the same transaction.
+that completes frees its account's slot and drops its payload (all but its failed items, kept
+for a retry until the job expires, outside the queued-bytes quota) in the same transaction,
+which also writes the account's webhook delivery, if it has a webhook (the outbox). On
+PostgreSQL each batch also ``NOTIFY``s ``backstock_job_events`` with the job's id, for event
+streams in other processes. ``storage.engine`` applies the batches.
 """
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import replace
 from typing import Any
 
+import msgspec
 import orjson
 from sqlalchemy import Select, bindparam, select
 
 from backstock.domain import jobs as domain
-from backstock.domain.bodies import entries_pointer, load_payload
-from backstock.domain.catalog import Outcome
+from backstock.domain.bodies import load_payload
 from backstock.domain.clock import now_us
-from backstock.domain.errors import QuotaExceeded, TooManyJobs
-from backstock.domain.ids import AccountId, JobId
-from backstock.domain.jobs import ClaimedJob, JobRecord, NewJob
+from backstock.domain.errors import IdempotencyMismatch, JobFinished, QuotaExceeded, TooManyJobs
+from backstock.domain.ids import AccountId, JobId, compound_id
+from backstock.domain.jobs import ClaimedJob, JobRecord, NewJob, finished_event
 from backstock.domain.pagination import Page, PageRequest
-from backstock.domain.resources import Resource
-from backstock.storage import catalog, pages
-from backstock.storage.database import Database
+from backstock.storage import pages
 from backstock.storage.schema import accounts, jobs
 from backstock.storage.sql import Conn, Statement, composed
 
 NOTIFY_CHANNEL = "backstock_jobs"  # also spelled out in _ACCEPT's PostgreSQL form
+EVENTS_CHANNEL = "backstock_job_events"  # a job's progress: its id, after each batch
 
 
 _JOB_COLUMNS = (
     "pk", "id", "kind", "status", "shape", "total_count", "completed_count", "failed_count",
-    "created_at", "completed_at", "expires_at", "errors", "linkage",
+    "created_at", "completed_at", "expires_at", "errors", "linkage", "retry_of",
 )  # fmt: skip
 
 
@@ -54,8 +59,9 @@ _OPEN = Statement("open_of", "SELECT open_jobs, open_bytes FROM accounts WHERE i
 _INSERT_JOB = Statement(
     "insert_job",
     """INSERT INTO jobs (id, account_id, kind, status, shape, total_count, linkage, errors,
-                         created_at)
-       VALUES (:id, :account, :kind, 'queued', :shape, :total, :linkage, '[]', :now)
+                         created_at, idempotency_key, request_hash, retry_of, not_before)
+       VALUES (:id, :account, :kind, 'queued', :shape, :total, :linkage, '[]', :now,
+               :idempotency_key, :request_hash, :retry_of, :not_before)
     RETURNING pk""",
 )
 _INSERT_PAYLOAD = Statement(
@@ -73,8 +79,9 @@ WITH slot AS (
  RETURNING id),
 job AS (
     INSERT INTO jobs (id, account_id, kind, status, shape, total_count, linkage, errors,
-                      created_at)
-    SELECT :id, slot.id, :kind, 'queued', :shape, :total, :linkage, '[]', :now
+                      created_at, idempotency_key, request_hash, retry_of, not_before)
+    SELECT :id, slot.id, :kind, 'queued', :shape, :total, :linkage, '[]', :now,
+           :idempotency_key, :request_hash, :retry_of, CAST(:not_before AS BIGINT)
       FROM slot
  RETURNING pk),
 payload AS (
@@ -84,13 +91,42 @@ SELECT job.pk, pg_notify('backstock_jobs', '') FROM job
 )
 
 
+_LOCK = Statement("advisory_lock", "SELECT pg_advisory_xact_lock(:lock)")
+_BY_KEY = Statement(
+    "job_by_idempotency_key",
+    """SELECT request_hash, pk, id, kind, status, shape, total_count, completed_count,
+              failed_count, created_at, completed_at, expires_at, errors, linkage, retry_of
+         FROM jobs WHERE account_id = :account AND idempotency_key = :key""",
+)
+
+
+async def serialize(conn: Conn, *names: object) -> None:
+    """PostgreSQL: hold, until the transaction ends, a lock named by ``names`` (concurrent
+    spawns with one Idempotency-Key, or retries of one job, then take turns). SQLite has one
+    writer: its transactions take turns anyway."""
+    if conn.postgres:
+        digest = hashlib.sha256(repr(names).encode()).digest()
+        await conn.run(_LOCK, {"lock": int.from_bytes(digest[:8], "big", signed=True)})
+
+
 async def accept(conn: Conn, new: NewJob, max_open: int, max_bytes: int) -> JobRecord:
     """Queue the job, if the account has fewer than ``max_open`` open jobs and its open jobs'
-    payloads would stay within ``max_bytes`` (else 429)."""
+    payloads would stay within ``max_bytes`` (else 429). With an idempotency key already
+    used for the same request, the job accepted then (never a second one); for another
+    request, a 422."""
+    if new.idempotency_key is not None:
+        await serialize(conn, "idempotency", new.account, new.idempotency_key)
+        found = await conn.one(_BY_KEY, {"account": new.account, "key": new.idempotency_key})
+        if found is not None:
+            if found[0] != new.request_hash:
+                raise IdempotencyMismatch()
+            return _job(found[1:])
     params = {
         "account": new.account, "max_open": max_open, "max_bytes": max_bytes, "id": new.id,
         "kind": new.kind, "shape": new.shape, "total": new.total, "linkage": new.linkage,
         "now": new.created_at, "payload": new.payload, "size": len(new.payload),
+        "idempotency_key": new.idempotency_key, "request_hash": new.request_hash,
+        "retry_of": new.retry_of, "not_before": new.not_before,
     }  # fmt: skip
     if conn.postgres:
         row = await conn.one(_ACCEPT_POSTGRES, params)
@@ -121,7 +157,7 @@ async def accept(conn: Conn, new: NewJob, max_open: int, max_bytes: int) -> JobR
 _GET_JOB = Statement(
     "get_job",
     """SELECT pk, id, kind, status, shape, total_count, completed_count, failed_count,
-              created_at, completed_at, expires_at, errors, linkage
+              created_at, completed_at, expires_at, errors, linkage, retry_of
          FROM jobs
         WHERE account_id = :account AND id = :id AND kind = :kind
           AND (expires_at IS NULL OR expires_at > :now)""",
@@ -173,6 +209,7 @@ UPDATE jobs
        SELECT j.pk FROM jobs AS j
         WHERE j.status IN ('queued', 'processing')
           AND (j.status = 'queued' OR j.lease_expires_at < :now)
+          AND (j.not_before IS NULL OR j.not_before <= :now)
           -- only the head of its account's queue: ordering per account, across kinds
           AND NOT EXISTS (SELECT 1 FROM jobs AS e
                            WHERE e.account_id = j.account_id
@@ -236,15 +273,27 @@ async def fence(conn: Conn, job: ClaimedJob, now: int, lease_us: int) -> bool:
     return True
 
 
-_PROGRESS = Statement(
-    "record_progress",
-    """UPDATE jobs
+_PROGRESS_SQL = """UPDATE jobs
           SET next_index = :end, completed_count = completed_count + :completed,
               failed_count = failed_count + :failed, errors = :errors, status = :status,
               completed_at = :completed_at, expires_at = :expires_at, lease_owner = :owner,
               lease_expires_at = :lease_expires
-        WHERE pk = :job""",
+        WHERE pk = :job"""
+_PROGRESS = Statement("record_progress", _PROGRESS_SQL)
+# PostgreSQL: a batch that leaves the job unfinished also tells the API processes (a client
+# may be watching the job's events).
+_PROGRESS_POSTGRES = Statement(
+    "record_progress_and_notify",
+    f"WITH progress AS ({_PROGRESS_SQL}) SELECT pg_notify('backstock_job_events', :job_id)",
 )
+_ENQUEUE_DELIVERY = Statement(
+    "enqueue_delivery",
+    """INSERT INTO webhook_deliveries (account_id, job_id, event, payload, next_attempt_at,
+                                       created_at)
+       SELECT account_id, :job_id, :event, :hook, :now, :now FROM webhooks
+        WHERE account_id = :account""",
+)
+_NOTIFY_EVENT = Statement("notify_job_event", "SELECT pg_notify('backstock_job_events', :job_id)")
 _FREE_SLOT = Statement(
     "free_slot",
     """UPDATE accounts
@@ -253,9 +302,14 @@ _FREE_SLOT = Statement(
                   (SELECT LENGTH(payload) FROM job_payloads WHERE job_pk = :job), 0)
         WHERE id = :account""",
 )
+_KEEP_PAYLOAD = Statement(
+    "keep_failed_items", "UPDATE job_payloads SET payload = :retained WHERE job_pk = :job"
+)
 _DROP_PAYLOAD = Statement("drop_payload", "DELETE FROM job_payloads WHERE job_pk = :job")
-# PostgreSQL: the last batch's progress, the freed slot and the dropped payload in one round
-# trip (a data-modifying WITH runs whether or not the statement reads it).
+# PostgreSQL: the last batch's progress, the freed slot, the payload (dropped, or cut down to
+# the failed items), the webhook delivery and the event in one round trip (a data-modifying
+# WITH runs whether or not the statement reads it; every part sees the rows as they were
+# before the statement).
 _COMPLETE_POSTGRES = Statement(
     "complete_job",
     """
@@ -266,13 +320,23 @@ WITH progress AS (
            completed_at = :completed_at, expires_at = :expires_at, lease_owner = :owner,
            lease_expires_at = :lease_expires
      WHERE pk = :job),
-payload AS (DELETE FROM job_payloads WHERE job_pk = :job)
-UPDATE accounts
-   SET open_jobs = open_jobs - 1,
-       open_bytes = open_bytes - COALESCE(
-           (SELECT LENGTH(payload) FROM job_payloads WHERE job_pk = :job), 0)
- WHERE id = :account
-""",
+kept AS (
+    UPDATE job_payloads SET payload = CAST(:retained AS BYTEA)
+     WHERE job_pk = :job AND CAST(:retained AS BYTEA) IS NOT NULL),
+gone AS (
+    DELETE FROM job_payloads WHERE job_pk = :job AND CAST(:retained AS BYTEA) IS NULL),
+slot AS (
+    UPDATE accounts
+       SET open_jobs = open_jobs - 1,
+           open_bytes = open_bytes - COALESCE(
+               (SELECT LENGTH(payload) FROM job_payloads WHERE job_pk = :job), 0)
+     WHERE id = :account),
+hook AS (
+    INSERT INTO webhook_deliveries (account_id, job_id, event, payload, next_attempt_at,
+                                    created_at)
+    SELECT account_id, :job_id, :event, :hook, :now, :now FROM webhooks
+     WHERE account_id = :account)
+SELECT pg_notify('backstock_job_events', :job_id)""",
 )
 
 
@@ -285,31 +349,50 @@ async def record_progress(
     now: int,
     retention_us: int,
 ) -> bool:
-    """Move the job past a batch; completes it (frees its slot, drops its payload) when it was
-    the last."""
+    """Move the job past a batch; completes it when it was the last: frees its slot, and cuts
+    its payload down to the items that failed (kept for a retry until the job expires)."""
     done = end >= job.total_count
+    every_error = [*job.errors, *errors]
+    retained = _failed_items(job.payload, every_error) if done else None
     params = {
         "job": job.pk, "end": end, "completed": completed, "failed": len(errors),
-        "errors": orjson.dumps([*job.errors, *errors]).decode(),
+        "errors": orjson.dumps(every_error).decode(),
         "status": "complete" if done else "processing",
         "completed_at": now if done else None,
         "expires_at": now + retention_us if done else None,
         "owner": None if done else job.owner,
         "lease_expires": None if done else job.lease_expires_at,
         "account": job.account_id,
+        "retained": retained, "job_id": job.id, "now": now,
     }  # fmt: skip
-    if done and conn.postgres:
-        await conn.run(_COMPLETE_POSTGRES, params)
+    if done:
+        counts = (job.total_count, job.completed_count + completed, job.failed_count + len(errors))
+        params |= {
+            "event": "job.complete",
+            "hook": finished_event(job.kind, job.id, "complete", counts, now),
+        }
+    if conn.postgres:
+        await conn.run(_COMPLETE_POSTGRES if done else _PROGRESS_POSTGRES, params)
     else:
         await conn.run(_PROGRESS, params)
         if done:
             await conn.run(_FREE_SLOT, params)
-            await conn.run(_DROP_PAYLOAD, params)
+            await conn.run(_KEEP_PAYLOAD if retained else _DROP_PAYLOAD, params)
+            await conn.run(_ENQUEUE_DELIVERY, params)
     job.next_index = end
     job.completed_count += completed
     job.failed_count += len(errors)
     job.applied_now, job.failed_now = completed, len(errors)
     return done
+
+
+def _failed_items(payload: bytes, errors: list[dict[str, Any]]) -> bytes | None:
+    """The payload of a job's failed items, in order (None: none failed)."""
+    failed = domain.failed_indexes(errors)
+    if not failed:
+        return None
+    entries = load_payload(payload)
+    return msgspec.json.encode([entries[index] for index in failed])
 
 
 _RELEASE = Statement(
@@ -324,144 +407,119 @@ async def release_job(conn: Conn, job: ClaimedJob) -> None:
     await conn.run(_RELEASE, {"job": job.pk, "owner": job.owner})
 
 
+_DELETE_EXPIRED_PAYLOADS = Statement(
+    "delete_expired_payloads",
+    "DELETE FROM job_payloads WHERE job_pk IN (SELECT pk FROM jobs WHERE expires_at < :now)",
+)
 _DELETE_EXPIRED = Statement(
     "delete_expired_jobs",
     "DELETE FROM jobs WHERE pk IN (SELECT pk FROM jobs WHERE expires_at < :now LIMIT :limit)",
 )
 
 
-async def delete_expired_jobs(conn: Conn, now: int, limit: int = 1000) -> int:
-    return await conn.run(_DELETE_EXPIRED, {"now": now, "limit": limit})
+_DELETE_OLD_DELIVERIES = Statement(
+    "delete_old_deliveries",
+    "DELETE FROM webhook_deliveries WHERE status <> 'pending' AND created_at < :before",
+)
+
+
+async def delete_expired_jobs(conn: Conn, now: int, retention_us: int, limit: int = 1000) -> int:
+    """Delete expired jobs (and webhook deliveries settled as long ago)."""
+    params = {"now": now, "limit": limit, "before": now - retention_us}
+    await conn.run(_DELETE_EXPIRED_PAYLOADS, params)
+    await conn.run(_DELETE_OLD_DELIVERIES, params)
+    return await conn.run(_DELETE_EXPIRED, params)
+
+
+# ---- cancel and retry (Backstock's extensions) ---------------------------------------------
+
+_CANCEL = Statement(
+    "cancel_job",
+    """UPDATE jobs SET status = 'cancelled', completed_at = :now, expires_at = :expires,
+                       lease_owner = NULL, lease_expires_at = NULL
+        WHERE account_id = :account AND id = :id AND kind = :kind
+          AND status IN ('queued', 'processing')
+    RETURNING pk""",
+)
+
+
+async def cancel_job(
+    conn: Conn, account: AccountId, kind: str, job_id: str, now: int, retention_us: int
+) -> JobRecord | None:
+    """Cancel an open job at once: a queued one before anything of it is applied, a processing
+    one right after the batch its worker is applying (on PostgreSQL the UPDATE waits for that
+    batch's row lock; on SQLite there is one writer). Its worker's next fence then fails, so
+    nothing more of it is ever applied. A job cancelled already stays so; a complete one is a
+    409. None: no such job."""
+    params = {"account": account, "id": job_id, "kind": kind, "now": now}
+    row = await conn.one(_CANCEL, params | {"expires": now + retention_us})
+    found = await get_job(conn, account, kind, job_id, now)
+    if row is not None and found is not None:
+        counts = (found.total_count, found.completed_count, found.failed_count)
+        ended = {
+            "job": row[0], "account": account, "job_id": found.id, "now": now,
+            "event": "job.cancelled",
+            "hook": finished_event(kind, found.id, "cancelled", counts, now),
+        }  # fmt: skip
+        await conn.run(_FREE_SLOT, ended)
+        await conn.run(_DROP_PAYLOAD, ended)
+        await conn.run(_ENQUEUE_DELIVERY, ended)
+        if conn.postgres:
+            await conn.run(_NOTIFY_EVENT, ended)
+    if found is not None and found.status == "complete":
+        raise JobFinished(f"Job '{job_id}' is complete: there is nothing left to cancel.")
+    return found
+
+
+_RETRY_OF = Statement(
+    "retry_of",
+    """SELECT pk, id, kind, status, shape, total_count, completed_count, failed_count,
+              created_at, completed_at, expires_at, errors, linkage, retry_of
+         FROM jobs WHERE account_id = :account AND retry_of = :id""",
+)
+_KEPT = Statement("kept_items", "SELECT payload FROM job_payloads WHERE job_pk = :job")
+
+
+async def retry_job(
+    conn: Conn, source: JobRecord, new: NewJob, max_open: int, max_bytes: int
+) -> JobRecord:
+    """A job of exactly the failed items of ``source``, in their order (once: a second retry
+    of the same job is the first one). The kept items move to the new job."""
+    await serialize(conn, "retry", new.account, source.id)
+    existing = await conn.one(_RETRY_OF, {"account": new.account, "id": source.id})
+    if existing is not None:
+        return _job(existing)
+    kept = await conn.one(_KEPT, {"job": source.pk})
+    if source.status != "complete" or source.failed_count == 0 or kept is None:
+        raise JobFinished(
+            f"Job '{source.id}' has no failed items to retry (it must be complete with "
+            "failures, and not expired)."
+        )
+    payload = bytes(kept[0])
+    externals = [entry[0] for entry in load_payload(payload)]
+    res = domain.kind(source.kind).resource
+    linkage = msgspec.json.encode([{"type": res.type, "id": compound_id(e)} for e in externals])
+    retry = replace(new, payload=payload, total=len(externals), linkage=linkage.decode())
+    record = await accept(conn, retry, max_open, max_bytes)
+    await conn.run(_DROP_PAYLOAD, {"job": source.pk})
+    return record
 
 
 _NEXT_LAPSE = Statement(
     "next_lease_expiry",
-    "SELECT min(lease_expires_at) FROM jobs WHERE status = 'processing'",
+    """SELECT min(at) FROM (
+           SELECT lease_expires_at AS at FROM jobs WHERE status = 'processing'
+           UNION ALL
+           SELECT not_before FROM jobs WHERE status = 'queued' AND not_before > :now
+       ) AS wakes""",
 )
 
 
 async def next_lease_expiry(conn: Conn) -> int | None:
-    """When the earliest lease of a processing job lapses (the worker's idle wake-up)."""
-    row = await conn.one(_NEXT_LAPSE)
+    """When the earliest lease of a processing job lapses, or a held job may be claimed (the
+    worker's idle wake-up)."""
+    row = await conn.one(_NEXT_LAPSE, {"now": now_us()})
     return None if row is None or row[0] is None else int(row[0])
-
-
-# ---- applying a batch: the one engine, generic over the kind of job -------------------------
-
-
-async def apply_batch(
-    conn: Conn, job: ClaimedJob, now: int, batch_size: int, retention_us: int
-) -> bool:
-    """Apply the batch at ``job.next_index`` and count it (the caller holds the job); each
-    item's outcome is written with its change. Whether the job is complete."""
-    kind = domain.kind(job.kind)
-    start = job.next_index
-    end = min(start + batch_size, job.total_count)
-    entries = load_payload(job.payload)[start:end]
-    outcomes = await catalog.apply(conn, kind.action, kind.resource, job.account_id, entries, now)
-    errors = _errors(kind.resource, job, start, [e[0] for e in entries], outcomes)
-    completed = len(entries) - len(errors)
-    return await record_progress(conn, job, end, completed, errors, now, retention_us)
-
-
-def _errors(
-    res: Resource, job: ClaimedJob, start: int, externals: list[str], outcomes: list[Outcome]
-) -> list[dict[str, Any]]:
-    base = entries_pointer(res.plural, job.shape)  # type: ignore[arg-type]
-    return [
-        domain.refused(res, refusal, external, f"{base}/{index}")
-        for index, (external, refusal) in enumerate(zip(externals, outcomes, strict=True), start)
-        if refusal is not None
-    ]
-
-
-async def fail_batch(
-    conn: Conn, job: ClaimedJob, now: int, batch_size: int, retention_us: int
-) -> bool:
-    """Give up on the batch at ``next_index``: its items fail with ``internal_error``, nothing
-    of it applied, and the job moves on instead of holding its account's queue."""
-    kind = domain.kind(job.kind)
-    start = job.next_index
-    end = min(start + batch_size, job.total_count)
-    base = entries_pointer(kind.resource.plural, job.shape)  # type: ignore[arg-type]
-    errors = [
-        domain.internal_error(kind.resource, entry[0], f"{base}/{index}")
-        for index, entry in enumerate(load_payload(job.payload)[start:end], start)
-    ]
-    return await record_progress(conn, job, end, 0, errors, now, retention_us)
-
-
-class JobStore:
-    """The queue, as the services see it: every method one read or one write."""
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
-
-    async def accept(self, new: NewJob, max_open: int, max_bytes: int) -> JobRecord:
-        return await self.db.write(
-            lambda conn: accept(conn, new, max_open, max_bytes), single=True
-        )
-
-    async def get(self, account: AccountId, kind: str, job_id: str) -> JobRecord | None:
-        return await self.db.read(lambda conn: get_job(conn, account, kind, job_id, now_us()))
-
-    async def list_jobs(
-        self, account: AccountId, kind: str, status: str | None, page: PageRequest
-    ) -> Page[JobRecord]:
-        return await self.db.read(
-            lambda conn: list_jobs(conn, account, kind, status, page, now_us())
-        )
-
-    async def claim(
-        self, owner: str, lease_us: int, batch_size: int, retention_us: int, first_batch: bool
-    ) -> tuple[ClaimedJob, bool] | None:
-        """Claim the next job and, with ``first_batch``, apply its first batch in the same
-        transaction (one commit for a job of one batch). The job, and whether it is complete."""
-
-        async def unit(conn: Conn) -> tuple[ClaimedJob, bool] | None:
-            now = now_us()
-            job = await claim_next_job(conn, owner, now, lease_us)
-            if job is None:
-                return None
-            done = first_batch and await apply_batch(conn, job, now, batch_size, retention_us)
-            return job, done
-
-        return await self.db.write(unit)
-
-    async def run_batch(
-        self, job: ClaimedJob, lease_us: int, batch_size: int, retention_us: int, *, fail: bool
-    ) -> bool | None:
-        """Apply (or, with ``fail``, give up on) the next batch of a held job: whether the job
-        is complete, or None when the lease was lost (another worker has the job now)."""
-        step = fail_batch if fail else apply_batch
-
-        async def unit(conn: Conn) -> bool | None:
-            now = now_us()
-            if not await fence(conn, job, now, lease_us):
-                return None
-            return await step(conn, job, now, batch_size, retention_us)
-
-        return await self.db.write(unit)
-
-    async def release(self, job: ClaimedJob) -> None:
-        await self.db.write(lambda conn: release_job(conn, job))
-
-    async def delete_expired(self) -> int:
-        return await self.db.write(lambda conn: delete_expired_jobs(conn, now_us()))
-
-    async def next_lease_expiry(self) -> int | None:
-        return await self.db.read(next_lease_expiry)
-
-    async def queue_stats(self) -> tuple[int, int, int | None]:
-        return await self.db.read(queue_stats)
-
-    async def admin_job(self, job_id: str) -> tuple[str, JobRecord] | None:
-        return await self.db.read(lambda conn: admin_job(conn, job_id))
-
-    async def admin_jobs(
-        self, account: str | None, status: str | None, kind: str | None, limit: int
-    ) -> list[tuple[str, JobRecord]]:
-        return await self.db.read(lambda conn: admin_jobs(conn, account, status, kind, limit))
 
 
 _QUEUE = Statement(
@@ -485,7 +543,8 @@ async def queue_stats(conn: Conn) -> tuple[int, int, int | None]:
 _ADMIN_JOB = Statement(
     "admin_job",
     """SELECT a.name, j.pk, j.id, j.kind, j.status, j.shape, j.total_count, j.completed_count,
-              j.failed_count, j.created_at, j.completed_at, j.expires_at, j.errors, j.linkage
+              j.failed_count, j.created_at, j.completed_at, j.expires_at, j.errors, j.linkage,
+              j.retry_of
          FROM jobs AS j JOIN accounts AS a ON a.id = j.account_id
         WHERE j.id = :id""",
 )

@@ -9,7 +9,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine
 
-from backstock.storage.database import restrict_file, sqlalchemy_url, sqlite_path
+from backstock.settings import sqlite_path
+from backstock.storage.database import restrict_file, sqlalchemy_url
 
 _HERE = Path(__file__).parent / "migrations"
 

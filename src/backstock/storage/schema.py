@@ -157,8 +157,33 @@ jobs = Table(
     Column("lease_owner", String(64), nullable=True),
     Column("lease_expires_at", BigInteger, nullable=True),
     Column("attempts", Integer, nullable=False, server_default=text("0")),
+    # Extensions (docs/extensions.md): the client's Idempotency-Key and a hash of its request,
+    # the job this one retries the failed items of, and a time before which it is not claimed
+    # (only the test faults set one).
+    Column("idempotency_key", String(255), nullable=True),
+    Column("request_hash", String(64), nullable=True),
+    Column("retry_of", String(26), nullable=True),
+    Column("not_before", BigInteger, nullable=True),
     Index(None, "account_id", "pk"),
     Index(None, "account_id", "kind", "pk"),
+    # One job per key and account (a concurrent retry of the same spawn finds the first).
+    Index(
+        "ix_jobs_idempotency",
+        "account_id",
+        "idempotency_key",
+        unique=True,
+        sqlite_where=text("idempotency_key IS NOT NULL"),
+        postgresql_where=text("idempotency_key IS NOT NULL"),
+    ),
+    # One retry job per source job.
+    Index(
+        "ix_jobs_retry_of",
+        "account_id",
+        "retry_of",
+        unique=True,
+        sqlite_where=text("retry_of IS NOT NULL"),
+        postgresql_where=text("retry_of IS NOT NULL"),
+    ),
     # The queue: only unfinished jobs, in acceptance order per account.
     Index(
         "ix_jobs_open",
@@ -179,4 +204,41 @@ job_payloads = Table(
     # apart from the job row, which every claim and batch rewrites, and deleted when the job
     # completes (the job document and ``include`` need only the linkage).
     Column("payload", LargeBinary, nullable=False),
+)
+
+# ---- webhooks (docs/extensions.md) ----------------------------------------------------------
+
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("account_id", ForeignKey("accounts.id"), primary_key=True),
+    Column("url", Text, nullable=False),
+    Column("secret", String(128), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("pk", Serial, primary_key=True, autoincrement=True),
+    Column("account_id", ForeignKey("accounts.id"), nullable=False),
+    Column("job_id", String(26), nullable=False),
+    Column("event", String(32), nullable=False),
+    # The body, written with the job's end (the outbox): the job may expire before delivery.
+    Column("payload", LargeBinary, nullable=False),
+    Column("status", String(16), nullable=False, server_default=text("'pending'")),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("next_attempt_at", BigInteger, nullable=True),
+    Column("last_status", Integer, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("delivered_at", BigInteger, nullable=True),
+    Index(None, "account_id", "pk"),
+    # What workers scan: the pending deliveries, by when they are due.
+    Index(
+        "ix_webhook_deliveries_due",
+        "next_attempt_at",
+        sqlite_where=text("status = 'pending'"),
+        postgresql_where=text("status = 'pending'"),
+    ),
 )

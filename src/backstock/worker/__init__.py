@@ -2,7 +2,8 @@
 
 It runs its own event loop on a thread of its own (``start``), with ``concurrency`` tasks each
 running one job at a time, so the API's event loop never waits for it. On PostgreSQL it also
-LISTENs for new jobs; on SQLite the process's ``JobSignal`` wakes it.
+LISTENs for new jobs; on SQLite the process's ``Signal`` wakes it. A task of its own sends
+webhook deliveries (``worker.delivery``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from backstock import telemetry
 from backstock.domain.errors import BackstockError
 from backstock.domain.jobs import ClaimedJob
 from backstock.services.container import Services
+from backstock.services.jobs import DELIVERIES
+from backstock.worker import delivery
 
 log = logging.getLogger("backstock.worker")
 
@@ -92,6 +95,7 @@ class Worker:
             self._stopping.set()
         watcher = asyncio.create_task(self._watch_stop())
         tasks = [asyncio.create_task(self._loop_forever()) for _ in range(self.concurrency)]
+        tasks.append(asyncio.create_task(self._deliver_forever()))
         if self._listen is not None:
             tasks.append(asyncio.create_task(self._listen(self._wake.set, self._stopping)))
         try:
@@ -185,6 +189,36 @@ class Worker:
             backoff = min(backoff * 2, 2.0)
         return None
 
+    async def _deliver_forever(self) -> None:
+        """Send due webhook deliveries; sleep until the next is due, a job ends in this
+        process, or ``idle_check_seconds`` pass (a job another process ended)."""
+        webhooks = self.services.webhooks
+        signal = self.services.signal
+        ended = signal.attach(DELIVERIES)
+        try:
+            while not self.stopping:
+                sent = await self._retrying(lambda: webhooks.deliver_due(delivery.post))
+                if sent:
+                    continue
+                wait = await self._retrying(webhooks.seconds_to_next)
+                wait = min(
+                    wait if wait is not None else 1e9, self.services.settings.idle_check_seconds
+                )
+                await self._until(ended, wait)
+        finally:
+            signal.detach(ended, DELIVERIES)
+
+    async def _until(self, event: asyncio.Event, seconds: float) -> None:
+        """Wait for ``event`` (then clear it), for stopping, or ``seconds``."""
+        assert self._stopping is not None
+        waits = (asyncio.create_task(event.wait()), asyncio.create_task(self._stopping.wait()))
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+        event.clear()
+
     async def _sleep(self, seconds: float) -> None:
         assert self._stopping is not None
         with contextlib.suppress(TimeoutError):
@@ -202,14 +236,4 @@ class Worker:
         if lapse is not None:
             wait = min(wait, lapse + 0.01)
         assert self._wake is not None
-        assert self._stopping is not None
-        wake, stopping = (
-            asyncio.create_task(self._wake.wait()),
-            asyncio.create_task(self._stopping.wait()),
-        )
-        try:
-            await asyncio.wait([wake, stopping], timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            wake.cancel()
-            stopping.cancel()
-        self._wake.clear()
+        await self._until(self._wake, wait)

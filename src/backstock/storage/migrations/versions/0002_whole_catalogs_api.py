@@ -10,6 +10,9 @@ Create Date: 2026-12-01
 - ``update_count`` on items (variants had it already).
 - accounts: ``open_bytes`` (the queued-bytes quota), ``last_claim`` (fair claiming) and
   ``cursor_key`` (a random key per account for its page cursors).
+- jobs: ``idempotency_key``, ``request_hash``, ``retry_of`` and ``not_before`` (the extensions of
+  docs/extensions.md), each key unique per account where set; ``webhooks`` and their
+  ``webhook_deliveries``.
 - ``jobs.kind``: every job so far was a catalog-variant bulk update job. ``variant_linkage`` is
   now ``linkage``. The payload moves to ``job_payloads`` (unfinished jobs only: a finished job
   needs none), as ``[external_id, changes, {}]`` triples.
@@ -130,8 +133,66 @@ def upgrade() -> None:
         batch.drop_column("payload")
         batch.drop_index("ix_jobs_account_id_status_pk")
         batch.create_index(op.f("ix_jobs_account_id_kind_pk"), ["account_id", "kind", "pk"])
+        batch.add_column(sa.Column("idempotency_key", sa.String(length=255), nullable=True))
+        batch.add_column(sa.Column("request_hash", sa.String(length=64), nullable=True))
+        batch.add_column(sa.Column("retry_of", sa.String(length=26), nullable=True))
+        batch.add_column(sa.Column("not_before", sa.BigInteger(), nullable=True))
+        set_key = sa.text("idempotency_key IS NOT NULL")
+        batch.create_index(
+            "ix_jobs_idempotency", ["account_id", "idempotency_key"], unique=True,
+            sqlite_where=set_key, postgresql_where=set_key,
+        )  # fmt: skip
+        set_retry = sa.text("retry_of IS NOT NULL")
+        batch.create_index(
+            "ix_jobs_retry_of", ["account_id", "retry_of"], unique=True,
+            sqlite_where=set_retry, postgresql_where=set_retry,
+        )  # fmt: skip
     with op.batch_alter_table("jobs") as batch:
         batch.alter_column("kind", server_default=None)
+    _webhooks()
+
+
+def _webhooks() -> None:
+    op.create_table(
+        "webhooks",
+        sa.Column("account_id", _SERIAL, nullable=False),
+        sa.Column("url", sa.Text(), nullable=False),
+        sa.Column("secret", sa.String(length=128), nullable=False),
+        sa.Column("created_at", sa.BigInteger(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["account_id"], ["accounts.id"], name=op.f("fk_webhooks_account_id_accounts")
+        ),
+        sa.PrimaryKeyConstraint("account_id", name=op.f("pk_webhooks")),
+    )
+    op.create_table(
+        "webhook_deliveries",
+        sa.Column("pk", _SERIAL, autoincrement=True, nullable=False),
+        sa.Column("account_id", _SERIAL, nullable=False),
+        sa.Column("job_id", sa.String(length=26), nullable=False),
+        sa.Column("event", sa.String(length=32), nullable=False),
+        sa.Column("payload", sa.LargeBinary(), nullable=False),
+        sa.Column("status", sa.String(length=16), server_default=sa.text("'pending'"),
+                  nullable=False),
+        sa.Column("attempts", sa.Integer(), server_default=sa.text("0"), nullable=False),
+        sa.Column("next_attempt_at", sa.BigInteger(), nullable=True),
+        sa.Column("last_status", sa.Integer(), nullable=True),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("created_at", sa.BigInteger(), nullable=False),
+        sa.Column("delivered_at", sa.BigInteger(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["account_id"], ["accounts.id"],
+            name=op.f("fk_webhook_deliveries_account_id_accounts"),
+        ),
+        sa.PrimaryKeyConstraint("pk", name=op.f("pk_webhook_deliveries")),
+    )  # fmt: skip
+    op.create_index(
+        op.f("ix_webhook_deliveries_account_id_pk"), "webhook_deliveries", ["account_id", "pk"]
+    )
+    pending = sa.text("status = 'pending'")
+    op.create_index(
+        "ix_webhook_deliveries_due", "webhook_deliveries", ["next_attempt_at"],
+        sqlite_where=pending, postgresql_where=pending,
+    )  # fmt: skip
 
 
 def _categories_to_links() -> None:

@@ -1,0 +1,218 @@
+"""The one job engine, generic over the kind of job: a batch of a job's entries applied with
+its kind's applier (``storage.catalog``), each entry's outcome written with its change
+(``storage.jobs.record_progress``); and ``JobStore``, the queue and the engine as the services
+see them (every method one read or one write)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from backstock.domain import jobs as domain
+from backstock.domain.bodies import PayloadItem, Shape, entries_pointer, load_payload
+from backstock.domain.catalog import Outcome, Refusal
+from backstock.domain.clock import now_us
+from backstock.domain.ids import AccountId
+from backstock.domain.jobs import ClaimedJob, JobKind, JobRecord, NewJob
+from backstock.domain.pagination import Page, PageRequest
+from backstock.domain.resources import Resource
+from backstock.storage import catalog
+from backstock.storage import jobs as queue
+from backstock.storage.database import Database
+from backstock.storage.sql import Conn
+
+
+async def apply_batch(
+    conn: Conn,
+    job: ClaimedJob,
+    now: int,
+    batch_size: int,
+    retention_us: int,
+    forced: Mapping[str, str] | None = None,
+) -> bool:
+    """Apply the batch at ``job.next_index`` and count it (the caller holds the job); each
+    item's outcome is written with its change. Whether the job is complete. ``forced``: the
+    external ids a test fault fails, with their error codes (they are not applied)."""
+    kind = domain.kind(job.kind)
+    start = job.next_index
+    end = min(start + batch_size, job.total_count)
+    entries = load_payload(job.payload)[start:end]
+    if forced:
+        outcomes = await _apply_except(conn, kind, job.account_id, entries, forced, now)
+    else:
+        outcomes = await catalog.apply(
+            conn, kind.action, kind.resource, job.account_id, entries, now
+        )
+    errors = item_errors(kind.resource, job.shape, start, entries, outcomes)  # type: ignore[arg-type]
+    completed = len(entries) - len(errors)
+    return await queue.record_progress(conn, job, end, completed, errors, now, retention_us)
+
+
+async def _apply_except(
+    conn: Conn,
+    kind: JobKind,
+    account: AccountId,
+    entries: list[PayloadItem],
+    forced: Mapping[str, str],
+    now: int,
+) -> list[Outcome]:
+    applied = [entry for entry in entries if entry[0] not in forced]
+    found = iter(await catalog.apply(conn, kind.action, kind.resource, account, applied, now))
+    return [
+        Refusal("forced", code=forced[entry[0]]) if entry[0] in forced else next(found)
+        for entry in entries
+    ]
+
+
+def item_errors(
+    res: Resource, shape: Shape, start: int, entries: list[PayloadItem], outcomes: list[Outcome]
+) -> list[dict[str, Any]]:
+    """The ``errors`` entries of the refused items of a batch starting at ``start``."""
+    base = entries_pointer(res.plural, shape)
+    return [
+        domain.refused(res, refusal, entry[0], f"{base}/{index}")
+        for index, (entry, refusal) in enumerate(zip(entries, outcomes, strict=True), start)
+        if refusal is not None
+    ]
+
+
+async def fail_batch(
+    conn: Conn, job: ClaimedJob, now: int, batch_size: int, retention_us: int
+) -> bool:
+    """Give up on the batch at ``next_index``: its items fail with ``internal_error``, nothing
+    of it applied, and the job moves on instead of holding its account's queue."""
+    kind = domain.kind(job.kind)
+    start = job.next_index
+    end = min(start + batch_size, job.total_count)
+    base = entries_pointer(kind.resource.plural, job.shape)  # type: ignore[arg-type]
+    errors = [
+        domain.internal_error(kind.resource, entry[0], f"{base}/{index}")
+        for index, entry in enumerate(load_payload(job.payload)[start:end], start)
+    ]
+    return await queue.record_progress(conn, job, end, 0, errors, now, retention_us)
+
+
+class _Simulated(Exception):
+    """Ends a dry run's transaction: what it found, and everything it wrote rolled back."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__("dry run")
+        self.errors = errors
+
+
+class JobStore:
+    """The queue and the engine, as the services see them."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def accept(self, new: NewJob, max_open: int, max_bytes: int) -> JobRecord:
+        # One statement on PostgreSQL, its own transaction; an idempotent spawn looks for its
+        # key first, in a transaction.
+        single = new.idempotency_key is None
+        return await self.db.write(
+            lambda conn: queue.accept(conn, new, max_open, max_bytes), single=single
+        )
+
+    async def dry_run(self, kind: JobKind, new: NewJob) -> list[dict[str, Any]]:
+        """What the job would report if it ran now: each entry applied to the catalog in a
+        transaction that is then rolled back (nothing is written, no slot is taken)."""
+
+        async def unit(conn: Conn) -> None:
+            entries = load_payload(new.payload)
+            outcomes = await catalog.apply(
+                conn, kind.action, kind.resource, new.account, entries, now_us()
+            )
+            raise _Simulated(item_errors(kind.resource, new.shape, 0, entries, outcomes))  # type: ignore[arg-type]
+
+        try:
+            await self.db.write(unit)
+        except _Simulated as result:
+            return result.errors
+        raise AssertionError("a dry run always rolls back")  # pragma: no cover
+
+    async def get(self, account: AccountId, kind: str, job_id: str) -> JobRecord | None:
+        return await self.db.read(lambda conn: queue.get_job(conn, account, kind, job_id, now_us()))
+
+    async def list_jobs(
+        self, account: AccountId, kind: str, status: str | None, page: PageRequest
+    ) -> Page[JobRecord]:
+        return await self.db.read(
+            lambda conn: queue.list_jobs(conn, account, kind, status, page, now_us())
+        )
+
+    async def cancel(
+        self, account: AccountId, kind: str, job_id: str, retention_us: int
+    ) -> JobRecord | None:
+        return await self.db.write(
+            lambda conn: queue.cancel_job(conn, account, kind, job_id, now_us(), retention_us)
+        )
+
+    async def retry(
+        self, source: JobRecord, new: NewJob, max_open: int, max_bytes: int
+    ) -> JobRecord:
+        return await self.db.write(
+            lambda conn: queue.retry_job(conn, source, new, max_open, max_bytes)
+        )
+
+    async def claim(
+        self, owner: str, lease_us: int, batch_size: int, retention_us: int, first_batch: bool
+    ) -> tuple[ClaimedJob, bool] | None:
+        """Claim the next job and, with ``first_batch``, apply its first batch in the same
+        transaction (one commit for a job of one batch). The job, and whether it is complete."""
+
+        async def unit(conn: Conn) -> tuple[ClaimedJob, bool] | None:
+            now = now_us()
+            job = await queue.claim_next_job(conn, owner, now, lease_us)
+            if job is None:
+                return None
+            done = first_batch and await apply_batch(conn, job, now, batch_size, retention_us)
+            return job, done
+
+        return await self.db.write(unit)
+
+    async def run_batch(
+        self,
+        job: ClaimedJob,
+        lease_us: int,
+        batch_size: int,
+        retention_us: int,
+        *,
+        fail: bool,
+        forced: Mapping[str, str] | None = None,
+    ) -> bool | None:
+        """Apply (or, with ``fail``, give up on) the next batch of a held job: whether the job
+        is complete, or None when it is no longer this worker's (its lease was lost, or it was
+        cancelled)."""
+
+        async def unit(conn: Conn) -> bool | None:
+            now = now_us()
+            if not await queue.fence(conn, job, now, lease_us):
+                return None
+            if fail:
+                return await fail_batch(conn, job, now, batch_size, retention_us)
+            return await apply_batch(conn, job, now, batch_size, retention_us, forced)
+
+        return await self.db.write(unit)
+
+    async def release(self, job: ClaimedJob) -> None:
+        await self.db.write(lambda conn: queue.release_job(conn, job))
+
+    async def delete_expired(self, retention_us: int) -> int:
+        return await self.db.write(
+            lambda conn: queue.delete_expired_jobs(conn, now_us(), retention_us)
+        )
+
+    async def next_lease_expiry(self) -> int | None:
+        return await self.db.read(queue.next_lease_expiry)
+
+    async def queue_stats(self) -> tuple[int, int, int | None]:
+        return await self.db.read(queue.queue_stats)
+
+    async def admin_job(self, job_id: str) -> tuple[str, JobRecord] | None:
+        return await self.db.read(lambda conn: queue.admin_job(conn, job_id))
+
+    async def admin_jobs(
+        self, account: str | None, status: str | None, kind: str | None, limit: int
+    ) -> list[tuple[str, JobRecord]]:
+        return await self.db.read(lambda conn: queue.admin_jobs(conn, account, status, kind, limit))
