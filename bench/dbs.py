@@ -15,14 +15,17 @@ from typing import Any
 
 import psycopg
 
-from backstock.bootstrap import build_services
-from backstock.services import accounts
+from backstock.bootstrap import build_services, run
+from backstock.domain.jobs import KINDS
+from backstock.domain.keys import Principal, from_authorization
+from backstock.services.container import Services
 from backstock.settings import Settings
 from backstock.storage import migrate
 from bench.payload import CATALOG_COLUMNS, bulk_body, catalog_row, external_id, job_updates
 
 ACCOUNT = "bench"
 SCOPES = ("catalogs:read", "catalogs:write")
+UPDATE_JOB = KINDS["catalog-variant-bulk-update-job"]
 
 
 @dataclass
@@ -61,6 +64,7 @@ class Scratch:
             "rate_limits": "off",
             "run_worker": False,
             "max_jobs_in_progress": 1_000_000_000,
+            "max_queued_bytes": 2**50,
         }
         return Settings(**(values | overrides))
 
@@ -87,6 +91,11 @@ def check_postgres(admin: str) -> str | None:
         return str(exc).strip()
 
 
+async def principal(services: Services, key: str) -> Principal:
+    """Who ``key`` is, authenticated as the API authenticates a request."""
+    return await services.accounts.authenticate(from_authorization(f"Klaviyo-API-Key {key}"))
+
+
 @contextlib.contextmanager
 def scratch(kind: str, label: str, workdir: Path, pg_admin: str) -> Iterator[Scratch]:
     """A fresh, migrated database with a key; dropped (file or database) when done."""
@@ -101,10 +110,8 @@ def scratch(kind: str, label: str, workdir: Path, pg_admin: str) -> Iterator[Scr
         migrate.upgrade(db.url)
         services = build_services(db.settings())
         try:
-            db.key = accounts.create_key(services.db, ACCOUNT, SCOPES).key
-            db.account_id = accounts.authenticate(
-                services.db, f"Klaviyo-API-Key {db.key}"
-            ).account_id
+            db.key = run(services, lambda: services.accounts.create_key(ACCOUNT, SCOPES)).key
+            db.account_id = run(services, lambda: principal(services, db.key)).account_id
         finally:
             services.close()
         yield db
@@ -171,9 +178,13 @@ def job_bodies(db: Scratch, count: int, seed: int) -> list[bytes]:
 def queue_jobs(db: Scratch, bodies: list[bytes]) -> list[str]:
     """Accept the jobs through Backstock's service (as the API would); return their ids."""
     services = build_services(db.settings())
+
+    async def spawn_all() -> list[str]:
+        who = await principal(services, db.key)
+        return [(await services.jobs.spawn(who, UPDATE_JOB, body)).id for body in bodies]
+
     try:
-        who = accounts.authenticate(services.db, f"Klaviyo-API-Key {db.key}")
-        return [services.jobs.spawn_update_job(who, body).id for body in bodies]
+        return run(services, spawn_all)
     finally:
         services.close()
 

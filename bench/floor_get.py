@@ -27,7 +27,7 @@ PREFIX = "$custom:::$default:::"
 JOB_TYPE = "catalog-variant-bulk-update-job"
 JOB_SQL = (
     "SELECT id, account_id, status, total_count, completed_count, failed_count, created_at, "
-    "completed_at, expires_at, errors, variant_linkage FROM jobs WHERE id = {p}"
+    "completed_at, expires_at, errors, linkage FROM jobs WHERE id = {p}"
 )
 ATTRIBUTES = (
     "external_id", "title", "description", "sku", "inventory_policy", "inventory_quantity",

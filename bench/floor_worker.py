@@ -2,7 +2,7 @@
 on the same catalog, with ``executemany`` in transactions of 100 and nothing else (no lease,
 no existence check, no progress row).
 
-It reads the payloads of the jobs already queued in Backstock's table before the clock starts,
+It reads the payloads of the jobs already queued in Backstock's tables before the clock starts,
 then per job: decode the payload (orjson), build the parameter rows, BEGIN, one
 ``executemany`` per run of updates that set the same attributes, COMMIT.
 
@@ -44,7 +44,7 @@ def statement(columns: tuple[str, ...], mark: str) -> str:
 def runs(account: int, payload: bytes, now: int) -> list[tuple[tuple[str, ...], list[Any]]]:
     """The job's updates as (columns, parameter rows) for consecutive updates alike."""
     grouped: list[tuple[tuple[str, ...], list[Any]]] = []
-    for external, changes in orjson.loads(payload):
+    for external, changes, _links in orjson.loads(payload):
         columns = tuple(changes)
         values = [
             orjson.dumps(v).decode() if k in _JSON and v is not None else v
@@ -65,7 +65,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--after-pk", type=int, default=0)
     parser.add_argument("--warmup", type=int, default=0)
     args = parser.parse_args(argv)
-    query = f"SELECT account_id, payload FROM jobs WHERE pk > {args.after_pk:d} ORDER BY pk LIMIT {args.jobs:d}"  # noqa: E501
+    query = (
+        "SELECT j.account_id, p.payload FROM jobs AS j JOIN job_payloads AS p ON p.job_pk = j.pk "
+        f"WHERE j.pk > {args.after_pk:d} ORDER BY j.pk LIMIT {args.jobs:d}"
+    )
     apply: Callable[[int, bytes], None]
 
     if args.db.startswith("sqlite"):

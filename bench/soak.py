@@ -25,8 +25,9 @@ import httpx2 as httpx
 import orjson
 from sqlalchemy import create_engine, func, select
 
-from backstock.bootstrap import build_services
-from backstock.services import accounts, catalog
+from backstock.bootstrap import build_services, run
+from backstock.domain.keys import from_authorization
+from backstock.domain.resources import ITEM, VARIANT
 from backstock.settings import Settings
 from backstock.storage import migrate
 from backstock.storage.schema import jobs
@@ -34,6 +35,7 @@ from bench.procs import PYTHON, Server, free_port, pss_bytes
 
 VARIANTS = 20
 UPDATES_PER_JOB = 10
+SCOPES = ("catalogs:read", "catalogs:write")
 
 
 @dataclass
@@ -95,15 +97,21 @@ def _prepare(workdir: Path, count: int) -> tuple[str, list[str]]:
     url = f"sqlite:///{workdir / 'soak.db'}"
     migrate.upgrade(url)
     services = build_services(Settings(database_url=url))
-    keys = []
-    try:
+
+    async def make() -> list[str]:
+        keys = []
         for n in range(count):
-            key = accounts.create_key(services.db, f"soak-{n}", ["catalogs:read", "catalogs:write"])
-            who = accounts.authenticate(services.db, f"Klaviyo-API-Key {key.key}")
-            catalog.create_item(services.db, who, _item())
+            key = await services.accounts.create_key(f"soak-{n}", SCOPES)
+            header = f"Klaviyo-API-Key {key.key}"
+            who = await services.accounts.authenticate(from_authorization(header))
+            await services.catalog.create(who, ITEM, orjson.dumps(_item()))
             for v in range(VARIANTS):
-                catalog.create_variant(services.db, who, _variant(v))
+                await services.catalog.create(who, VARIANT, orjson.dumps(_variant(v)))
             keys.append(key.key)
+        return keys
+
+    try:
+        keys = run(services, make)
     finally:
         services.close()
     return url, keys

@@ -122,8 +122,10 @@ def backstock_env(db: dbs.Scratch, ctx: Context, **extra: str) -> dict[str, str]
             "BACKSTOCK_LOG_LEVEL": "warning",
             "BACKSTOCK_WORKERS": str(ctx.server_workers),
             # The per-account cap of open jobs (500) would refuse the spawn run after 500 jobs
-            # (no worker drains them). The cap's UPDATE still runs on every request.
+            # (no worker drains them), and its quota of queued bytes (256 MB) after some 7,000.
+            # The caps' UPDATE still runs on every request.
             "BACKSTOCK_MAX_JOBS_IN_PROGRESS": "1000000000",
+            "BACKSTOCK_MAX_QUEUED_BYTES": str(2**50),
         }
         | extra
     )

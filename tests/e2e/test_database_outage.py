@@ -10,12 +10,12 @@ import pytest
 from sqlalchemy import create_engine, select
 from starlette.testclient import TestClient
 
-from backstock.bootstrap import build_app
+from backstock.bootstrap import build_app, build_services
 from backstock.settings import Settings
 from backstock.storage.database import sqlalchemy_url
 from backstock.storage.schema import catalog_variants, jobs
 from tests.proxy import CuttableProxy
-from tests.support import Api, bulk_body, seed_catalog
+from tests.support import Api, bulk_body, make_key, seed_catalog
 
 pytestmark = [pytest.mark.postgres]
 
@@ -28,9 +28,6 @@ def proxy() -> Iterator[CuttableProxy]:
 
 
 def test_postgres_outage_gives_503_then_full_recovery(pg_url: str, proxy: CuttableProxy) -> None:
-    from backstock.bootstrap import build_services
-    from backstock.services import accounts
-
     via_proxy = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
     settings = Settings(
         database_url=via_proxy,
@@ -40,7 +37,7 @@ def test_postgres_outage_gives_503_then_full_recovery(pg_url: str, proxy: Cuttab
         pool_timeout_seconds=1,
     )
     setup = build_services(Settings(database_url=pg_url))
-    key = accounts.create_key(setup.db, "acme", ["catalogs:read", "catalogs:write"]).key
+    key = make_key(setup, "acme")
     setup.close()
     with TestClient(build_app(settings), raise_server_exceptions=False) as client:
         api = Api(client, key)

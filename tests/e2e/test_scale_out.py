@@ -1,5 +1,6 @@
-"""Scale-out: two API processes and three worker processes on PostgreSQL and Redis, 300 jobs
-from many concurrent clients over overlapping variants, one worker SIGKILLed halfway."""
+"""Scale-out: two API processes and three worker processes on PostgreSQL and Redis, 300 variant
+update jobs from many concurrent clients over overlapping variants, and between them jobs of
+other kinds for the same accounts (``tests.e2e.mixed``), one worker SIGKILLed halfway."""
 
 from __future__ import annotations
 
@@ -8,16 +9,16 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 import httpx2 as httpx
 import pytest
 from sqlalchemy import create_engine, select
 
 from backstock.storage.database import sqlalchemy_url
-from backstock.storage.schema import catalog_variants, jobs
+from backstock.storage.schema import jobs
 from tests.conftest import REDIS_URL
-from tests.support import Cluster, bulk_body, item_body, kill, variant_body
+from tests.e2e.mixed import ITEM, ITEMS, Job, Mix, check, variant_updates
+from tests.support import Cluster, item_body, kill, variant_body
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis]
 
@@ -27,9 +28,9 @@ JOBS = 300
 CLIENTS = 8
 
 
-def _post_job(http: httpx.Client, updates: list[tuple[str, dict[str, Any]]]) -> str:
+def _post_job(http: httpx.Client, job: Job) -> str:
     while True:
-        response = http.post("/api/catalog-variant-bulk-update-jobs", json=bulk_body(updates))
+        response = http.post(job.path, json=job.body())
         if response.status_code != 429:
             assert response.status_code == 202, response.text
             return str(response.json()["data"]["id"])
@@ -51,17 +52,21 @@ def test_two_api_and_three_worker_processes_keep_every_guarantee(
     clients = {account: cluster.client(key) for account, key in keys.items()}
     try:
         for http in clients.values():
-            assert http.post("/api/catalog-items", json=item_body("I")).status_code == 201
+            for item in ITEMS:
+                assert http.post("/api/catalog-items", json=item_body(item)).status_code == 201
             for n in range(VARIANTS):
                 assert (
-                    http.post("/api/catalog-variants", json=variant_body(f"V{n}", "I")).status_code
+                    http.post("/api/catalog-variants", json=variant_body(f"V{n}", ITEM)).status_code
                     == 201
                 )
-        sent: dict[str, tuple[str, list[tuple[str, dict[str, Any]]]]] = {}
+        sent: dict[str, Job] = {}
+        update_jobs: list[str] = []
         lock = threading.Lock()
 
         def client(seed: int) -> None:
             rng = random.Random(seed)
+            mix = Mix(seed + 100)
+            lifecycle = Mix.lifecycle(ACCOUNTS[seed % len(ACCOUNTS)], seed)
             for n in range(JOBS // CLIENTS + (1 if seed < JOBS % CLIENTS else 0)):
                 account = rng.choice(ACCOUNTS)
                 updates = [
@@ -71,9 +76,18 @@ def test_two_api_and_three_worker_processes_keep_every_guarantee(
                     )
                     for k in range(20)
                 ]
-                job_id = _post_job(clients[account], updates)
+                job_id = _post_job(clients[account], variant_updates(account, updates))
+                more = [mix.job(account, seed * 1000 + n)] if n % 3 == 0 else []
+                if n % 4 == 2 and lifecycle:  # its create, its update, its delete, in order
+                    more.append(lifecycle.pop(0))
                 with lock:
-                    sent[job_id] = (account, updates)
+                    sent[job_id] = variant_updates(account, updates)
+                    update_jobs.append(job_id)
+                for job in more:
+                    other = _post_job(clients[job.account], job)
+                    with lock:
+                        sent[other] = job
+            assert not lifecycle
 
         threads = [threading.Thread(target=client, args=(s,)) for s in range(CLIENTS)]
         for thread in threads:
@@ -86,9 +100,9 @@ def test_two_api_and_three_worker_processes_keep_every_guarantee(
             time.sleep(0.05)
         for thread in threads:
             thread.join()
-        assert len(sent) == JOBS
-        _wait_until(lambda: _completed(pg_url) == JOBS, 120)
-        _check_catalog(pg_url, sent)
+        assert len(update_jobs) == JOBS
+        _wait_until(lambda: _completed(pg_url) == len(sent), 120)
+        _check_catalog(pg_url, sent, update_jobs)
     finally:
         for http in clients.values():
             http.close()
@@ -109,26 +123,18 @@ def _wait_until(condition: Callable[[], bool], timeout: float) -> None:
         time.sleep(0.1)
 
 
-def _check_catalog(
-    pg_url: str, sent: dict[str, tuple[str, list[tuple[str, dict[str, Any]]]]]
-) -> None:
+def _check_catalog(pg_url: str, sent: dict[str, Job], update_jobs: list[str]) -> None:
     engine = create_engine(sqlalchemy_url(pg_url))
     with engine.connect() as conn:
         job_rows = conn.execute(select(jobs).order_by(jobs.c.pk)).all()
-        variant_rows = conn.execute(select(catalog_variants)).all()
-        names = {row.id: row.account_id for row in job_rows}
     engine.dispose()
-    state: dict[tuple[int, str], dict[str, Any]] = {}
-    counts: dict[tuple[int, str], int] = {}
-    for row in job_rows:  # acceptance order
-        assert row.completed_count + row.failed_count == row.total_count == 20
-        assert row.failed_count == 0
-        for external, changes in sent[row.id][1]:
-            key = (names[row.id], external)
-            state.setdefault(key, {}).update(changes)
-            counts[key] = counts.get(key, 0) + 1
-    for row in variant_rows:
-        key = (row.account_id, row.external_id)
-        assert row.update_count == counts.get(key, 0), key
-        if key in state:
-            assert (row.price, row.sku) == (state[key]["price"], state[key]["sku"]), key
+    assert {row.id for row in job_rows} == sent.keys()
+    variant_update_jobs = set(update_jobs)
+    for row in job_rows:
+        if row.id in variant_update_jobs:
+            assert row.completed_count + row.failed_count == row.total_count == 20
+            assert row.failed_count == 0
+    # Per account, in acceptance order: each variant updated as often as the jobs name it,
+    # with the price and sku of the last; so for every resource of the other kinds of job.
+    seeded = {account: [f"V{n}" for n in range(VARIANTS)] for account in ACCOUNTS}
+    print(f"\ncommitted and checked: {check(pg_url, seeded, lambda row: sent[row.id])}")

@@ -16,12 +16,10 @@ integrity_check`` says ``ok``. Nothing is restarted to recover.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import random
 import resource
-import shutil
 import subprocess
 import sys
 import threading
@@ -32,16 +30,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backstock.domain.bulk import load_payload
 
+from backstock.domain.jobs import linked_external_ids
 from backstock.storage.database import BUSY_TIMEOUT_MS
 from backstock.worker import POISON_TRIES
+from tests.conftest import IN_CI
+from tests.support import Cluster, bulk_body, item_body, variant_body
 
 pytestmark = [pytest.mark.e2e]
 
 JOBS = "/api/catalog-variant-bulk-update-jobs"
 VARIANTS = 12
 BUSY = BUSY_TIMEOUT_MS / 1000
+BIG_JOBS = 20
+Updates = list[tuple[str, dict[str, Any]]]
 
 
 # ---- a client that never stops ---------------------------------------------------------------
@@ -61,18 +63,40 @@ class Outcome:
 class Traffic:
     """A thread that spawns a job of 6 updates, reads (a page of variants, or one of its
     jobs), and again, until stopped. Every request is remembered; so is every job answered
-    202."""
+    202, and what every spawn sent."""
 
     cluster: Cluster
     key: str
     seed: int
+    sent: dict[str, Updates] = field(default_factory=dict)
+    """The updates of each job answered 202 (or queued beforehand), by job id."""
     accepted: list[str] = field(default_factory=list)
+    refused: list[Updates] = field(default_factory=list)
+    """The updates of each spawn not answered 202."""
     outcomes: list[Outcome] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
     failure: BaseException | None = None
 
     def __post_init__(self) -> None:
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self.accepted.extend(job for job in self.sent if job not in self.accepted)
+
+    def accept(self, job_id: str, updates: Updates) -> None:
+        self.sent[job_id] = updates
+        self.accepted.append(job_id)
+
+    def updates_of(self, job_id: str, linkage: str) -> Updates:
+        """What the job committed as ``job_id`` holds: its 202's request, or else the one
+        refused request naming the variants its row names, in that order."""
+        externals = linked_external_ids(linkage)
+        if job_id in self.sent:
+            updates = self.sent[job_id]
+            assert [e for e, _ in updates] == externals, job_id
+            return updates
+        matching = [u for u in self.refused if [e for e, _ in u] == externals]
+        assert matching, f"job {job_id} was committed but no client sent it"
+        assert all(u == matching[0] for u in matching), f"job {job_id}: which request?"
+        return matching[0]
 
     def __enter__(self) -> Traffic:
         self._thread.start()
@@ -97,7 +121,7 @@ class Traffic:
                             (f"V{rng.randrange(VARIANTS)}", {"price": float(n * 1000 + k)})
                             for k in range(6)
                         ]
-                        self._send(http, "spawn", "POST", JOBS, json=bulk_body(updates))
+                        self._send(http, "spawn", "POST", JOBS, updates, json=bulk_body(updates))
                     elif n % 4 == 0 and self.accepted:
                         self._send(http, "read", "GET", f"{JOBS}/{rng.choice(self.accepted)}")
                     else:
@@ -105,16 +129,32 @@ class Traffic:
         except BaseException as exc:
             self.failure = exc
 
-    def _send(self, http: Any, kind: str, method: str, path: str, **kw: Any) -> None:
+    def _send(
+        self,
+        http: Any,
+        kind: str,
+        method: str,
+        path: str,
+        updates: Updates | None = None,
+        **kw: Any,
+    ) -> None:
         started = time.monotonic()
-        response = http.request(method, path, **kw)
+        try:
+            response = http.request(method, path, **kw)
+        except BaseException:
+            if updates is not None:
+                self.refused.append(updates)  # its fate is unknown
+            raise
         outcome = Outcome(kind, started, time.monotonic() - started, response.status_code)
         if response.status_code >= 400:
             outcome.retry_after = response.headers.get("Retry-After")
             outcome.error = response.json()["errors"][0]
+            if updates is not None:
+                self.refused.append(updates)
         elif kind == "spawn":
             assert response.status_code == 202, response.text
-            self.accepted.append(response.json()["data"]["id"])
+            assert updates is not None
+            self.accept(response.json()["data"]["id"], updates)
         self.outcomes.append(outcome)
         if response.status_code == 503:
             self.stop.wait(0.05)  # a little patience, as a client honouring Retry-After has
@@ -147,12 +187,12 @@ import json, sqlite3, sys
 conn = sqlite3.connect(sys.argv[1], timeout=10)
 conn.row_factory = sqlite3.Row
 jobs = conn.execute(
-    "SELECT id, status, next_index, total_count, completed_count, failed_count, payload"
+    "SELECT id, status, next_index, total_count, completed_count, failed_count, linkage"
     " FROM jobs ORDER BY pk"
 ).fetchall()
 print(json.dumps({
     "integrity": [r[0] for r in conn.execute("PRAGMA integrity_check")],
-    "jobs": [dict(r) | {"payload": r["payload"].hex()} for r in jobs],
+    "jobs": [dict(r) for r in jobs],
     "variants": [
         list(r) for r in conn.execute("SELECT external_id, update_count, price FROM catalog_variants")
     ],
@@ -185,9 +225,11 @@ def wait_until_all_complete(cluster: Cluster, db: Path, timeout: float = 30) -> 
         time.sleep(0.1)
 
 
-def check_exactly_once(cluster: Cluster, db: Path, accepted: list[str]) -> dict[str, Any]:
+def check_exactly_once(cluster: Cluster, db: Path, traffic: Traffic) -> dict[str, Any]:
     """Lost: accepted and not complete. Applied twice (or skipped): a variant whose
-    ``update_count`` is not the number of committed updates naming it."""
+    ``update_count`` is not the number of committed updates naming it (the job rows name
+    them; the clients know what each set)."""
+    accepted = traffic.accepted
     found = inspect(cluster, db)
     jobs = found["jobs"]
     complete = {job["id"] for job in jobs if job["status"] == "complete"}
@@ -196,9 +238,10 @@ def check_exactly_once(cluster: Cluster, db: Path, accepted: list[str]) -> dict[
     counts: dict[str, int] = {}
     prices: dict[str, float] = {}
     for job in jobs:  # in acceptance order
-        for external, changes in load_payload(bytes.fromhex(job["payload"])):
+        for external in linked_external_ids(job["linkage"]):
             counts[external] = counts.get(external, 0) + 1
-            prices[external] = changes.as_dict()["price"]
+        for external, changes in traffic.updates_of(job["id"], job["linkage"]):
+            prices[external] = changes["price"]
     variants = found["variants"]
     twice = [e for e, n, _ in variants if n != counts.get(e, 0)]
     wrong = [e for e, _, price in variants if e in prices and price != prices[e]]
@@ -242,19 +285,21 @@ def worker_retries(cluster: Cluster) -> int:
 
 def busy_worker(cluster: Cluster, key: str, traffic: Traffic) -> None:
     """Returns when the worker is at most half-way through a big job (100 updates applied one
-    per transaction), so that a fault brought on now finds it in the middle of that job."""
+    per transaction), so that a fault brought on now finds it in the middle of that job. More
+    big jobs wait behind it: the worker takes well under a millisecond a batch, and bringing a
+    fault on takes longer than the rest of one job."""
     with cluster.client(key) as http:
         deadline = time.monotonic() + 30
         while True:
             big = []
-            for n in range(3):
+            for n in range(BIG_JOBS):
                 updates = [
                     (f"V{k % VARIANTS}", {"price": -float(n * 1000 + k)}) for k in range(100)
                 ]
                 response = http.post(JOBS, json=bulk_body(updates))
                 assert response.status_code == 202, response.text
                 big.append(response.json()["data"]["id"])
-            traffic.accepted.extend(big)
+                traffic.accept(big[-1], updates)
             for job_id in big:  # each in turn: watch it until it is under way, or past half-way
                 while True:
                     job = http.get(f"{JOBS}/{job_id}").json()["data"]["attributes"]
@@ -282,14 +327,14 @@ def go_through(
     key: str,
     db: Path,
     *,
-    accepted: tuple[str, ...] = (),
+    accepted: dict[str, Updates] | None = None,
     mid_job: bool = True,
 ) -> dict[str, Any]:
     """Traffic; the worker mid-job; the fault on until clients saw 503s and reads and the
     worker failed more than ``POISON_TRIES`` times; the fault off; everything checked.
     Without ``mid_job`` the fault is on from the start. Returns the figures."""
     seed = sum(map(ord, fault.name))
-    with Traffic(cluster, key, seed, accepted=list(accepted)) as traffic:
+    with Traffic(cluster, key, seed, sent=dict(accepted or {})) as traffic:
         if mid_job:
             traffic.wait_for("jobs accepted", lambda: traffic.since(0, "spawn", 202) >= 5, 10)
             busy_worker(cluster, key, traffic)
@@ -346,7 +391,7 @@ def go_through(
         "slowest request, s": round(max(o.elapsed for o in traffic.outcomes), 2),
         "slowest read, s": round(max(o.elapsed for o in traffic.outcomes if o.kind == "read"), 2),
     }
-    figures |= check_exactly_once(cluster, db, traffic.accepted)
+    figures |= check_exactly_once(cluster, db, traffic)
     print(f"\n{fault.name}: {figures}")
     return figures
 
@@ -355,8 +400,6 @@ def go_through(
 
 LOCKER = """
 import sqlite3, sys
-from tests.support import Cluster, bulk_body, item_body, variant_body
-from tests.conftest import IN_CI
 conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10)
 sys.stdin.readline()
 conn.execute("BEGIN EXCLUSIVE")
@@ -453,24 +496,6 @@ def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
             holder.wait(10)
 
 
-def fill(directory: Path) -> Path:
-    """Fill the file system holding ``directory`` to the last byte, as another program would."""
-    filler = directory / "filler"
-    chunk = b"\0" * (1 << 20)
-    with filler.open("wb", buffering=0) as out:
-        with contextlib.suppress(OSError):
-            os.posix_fallocate(out.fileno(), 0, shutil.disk_usage(directory).free)
-        out.seek(0, os.SEEK_END)
-        while chunk:
-            try:
-                out.write(chunk)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC, exc
-                chunk = chunk[: len(chunk) // 2]
-    assert shutil.disk_usage(directory).free == 0
-    return filler
-
-
 def test_the_disk_full(small_disk: SmallDisk, make_cluster: Callable[..., Cluster]) -> None:
     """The database's file system fills up (another program's file takes the last byte;
     SQLite says SQLITE_FULL): writes get 503 saying so, reads go on, the worker retries
@@ -479,30 +504,57 @@ def test_the_disk_full(small_disk: SmallDisk, make_cluster: Callable[..., Cluste
     cluster = make_cluster(database_url=f"sqlite:///{db}", worker_batch_size="1")
     cluster.launcher = small_disk.enter
     key = start(cluster)
+    with subprocess.Popen(
+        [*cluster.launcher, sys.executable, "-c", FILLER, str(db)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as filler:
+        assert filler.stdin is not None and filler.stdout is not None
+        stdin, stdout = filler.stdin, filler.stdout
+
+        def fill() -> None:
+            stdin.write("go\n")
+            stdin.flush()
+            # not busy, nothing left in the WAL; not a byte left on the disk
+            assert stdout.readline() == "(0, 0, 0) 0\n"
+
+        unlink = (small_disk.outside / "filler").unlink
+        fault = Fault("disk full", fill, unlink, "disk is full", "5")
+        go_through(fault, cluster, key, db)
+        stdin.close()
+        assert filler.wait(10) == 0
+
+
+FILLER = """
+import contextlib, errno, os, shutil, sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10)
+directory = os.path.dirname(sys.argv[1])
+for _ in sys.stdin:
     # An empty WAL, so that the jobs to come append to it, and the disk full stops SQLite at
     # once: after a checkpoint, SQLite reuses its WAL file from the start, and may go on for a
-    # few hundred transactions on a full disk before it needs a byte more.
-    checkpoint = (
-        "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute(sys.argv[2]).fetchone())"
-    )
-    done = subprocess.run(
-        [
-            *cluster.launcher,
-            sys.executable,
-            "-c",
-            checkpoint,
-            str(db),
-            "PRAGMA wal_checkpoint(TRUNCATE)",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    assert done.stdout.startswith("(0, 0, 0)"), done.stdout  # not busy, nothing left in the WAL
-    filler = small_disk.outside / "filler"
-    fault = Fault("disk full", lambda: fill(small_disk.outside), filler.unlink, "disk is full", "5")
-    go_through(fault, cluster, key, db)
+    # few hundred transactions on a full disk before it needs a byte more. (The worker takes
+    # well under a millisecond a transaction: the two steps follow each other at once here.)
+    checkpointed = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    # Then the file system filled to the last byte, as another program would. At once: the
+    # server appends to the WAL meanwhile, and a fallocate of what was free a moment ago fails.
+    chunk = bytes(1 << 20)
+    with open(os.path.join(directory, "filler"), "wb", buffering=0) as out:
+        for _ in range(100):
+            free = shutil.disk_usage(directory).free
+            if not free:
+                break
+            with contextlib.suppress(OSError):
+                os.posix_fallocate(out.fileno(), os.fstat(out.fileno()).st_size, free)
+        out.seek(0, os.SEEK_END)
+        while chunk:
+            try:
+                out.write(chunk)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+                chunk = chunk[: len(chunk) // 2]
+    print(checkpointed, shutil.disk_usage(directory).free, flush=True)
+"""
 
 
 # ---- 3. writes failing with I/O errors -------------------------------------------------------
@@ -579,13 +631,13 @@ def test_a_read_only_database_file(
     cluster = make_cluster(database_url=f"sqlite:///{db}", worker_batch_size="1")
     cluster.launcher = unprivileged
     key = start(cluster, "--no-worker")
-    queued = []
+    queued: dict[str, Updates] = {}
     with cluster.client(key) as http:
         for n in range(5):
             updates = [(f"V{(n + k) % VARIANTS}", {"price": float(n)}) for k in range(8)]
             response = http.post(JOBS, json=bulk_body(updates))
             assert response.status_code == 202, response.text
-            queued.append(response.json()["data"]["id"])
+            queued[response.json()["data"]["id"]] = updates
     cluster.stop_all()
     cluster.processes.clear()
     for path in database_files(db):
@@ -600,8 +652,8 @@ def test_a_read_only_database_file(
 
     def still_queued() -> None:
         with cluster.client(key) as http:
-            job = http.get(f"{JOBS}/{queued[0]}").json()["data"]["attributes"]
+            job = http.get(f"{JOBS}/{next(iter(queued))}").json()["data"]["attributes"]
             assert (job["status"], job["completed_count"], job["failed_count"]) == ("queued", 0, 0)
 
     fault = Fault("read-only", still_queued, writable, "read-only", "5")
-    go_through(fault, cluster, key, db, accepted=tuple(queued), mid_job=False)
+    go_through(fault, cluster, key, db, accepted=queued, mid_job=False)
