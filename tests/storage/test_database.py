@@ -458,3 +458,71 @@ def test_a_write_waiting_longer_than_the_busy_timeout_is_withdrawn_with_a_503(
     assert isinstance(held, int)  # started before the timeout: waited for, committed
     assert isinstance(late, Unavailable) and late.status == 503
     assert "late" not in names(database)  # withdrawn: never ran
+
+
+# ---- SQLite: the writers of several processes on one file ------------------------------------------
+
+
+def _held_writer_lock(db: Database) -> int:
+    """Take the file's writer lock as another process's writer would (a file of its own)."""
+    import fcntl
+    import os
+
+    fd = os.open(f"{sqlite_path(db.settings.database_url)}-writer", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def test_writers_of_two_processes_take_turns_on_the_file_lock(sqlite_url: str) -> None:
+    """Two Databases on one file (two processes' writers): every write of both commits; a
+    write waiting for the other's lock goes through as soon as it is let go."""
+    import os
+
+    first, second = (Database(Settings(database_url=sqlite_url)) for _ in range(2))
+    try:
+
+        async def both() -> None:
+            held = await hold_the_writer(first, seconds=0.3)  # first holds the lock now
+            waiting = asyncio.ensure_future(second.write(insert("second")))
+            await asyncio.sleep(0.1)
+            assert not waiting.done()  # queued on the lock, not failed
+            await held
+            await waiting
+            await asyncio.gather(
+                *(
+                    db.write(insert(f"{n}-{d}"))
+                    for n in range(20)
+                    for d, db in enumerate((first, second))
+                )
+            )
+
+        asyncio.run(both())
+        assert len(names(first)) == 42 and names(first)[:2] == ["first", "second"]
+        lock_file = f"{sqlite_path(sqlite_url)}-writer"
+        assert os.stat(lock_file).st_mode & 0o777 == 0o600
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_writer_lock_held_past_the_busy_timeout_is_a_503_and_writes_nothing(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from backstock.storage import database as module
+
+    monkeypatch.setattr(module, "BUSY_TIMEOUT_MS", 200)
+    fd = _held_writer_lock(database)
+    try:
+
+        async def late() -> Any:
+            return (await asyncio.gather(database.write(insert("late")), return_exceptions=True))[0]
+
+        refused = asyncio.run(late())
+    finally:
+        os.close(fd)  # the other process lets go
+    assert isinstance(refused, Unavailable) and refused.kind == "locked"
+    assert names(database) == []
+    asyncio.run(database.write(insert("after")))  # and the next write goes through
+    assert names(database) == ["after"]

@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from functools import cache
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -28,7 +28,7 @@ from backstock.domain.ids import (
     compound_id,
     parse_compound_id,
 )
-from backstock.domain.resources import Attribute, Relation, Resource, resource
+from backstock.domain.resources import RESOURCES, Attribute, Relation, Resource, resource
 
 MAX_METADATA_BYTES = 100 * 1024
 MAX_ENTRIES = 100
@@ -47,6 +47,8 @@ _NUL = "\x00"
 _PREFIX_LENGTH = len(PREFIX)
 _ENCODER = msgspec.json.Encoder()
 _NO_LINKS: Links = {}
+_NO_RELATIONS: tuple[Links, dict[str, list[str]]] = (_NO_LINKS, {})
+"""What an object without relations names (shared: never changed)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +100,11 @@ def entries_pointer(plural: str, shape: Shape) -> str:
 # ---- the fast path: structs generated from the descriptions -----------------------------------
 
 
+_SCALAR = str | int | float | bool | None
+_FLAT = dict[str, _SCALAR | list[_SCALAR]]
+"""``custom_metadata``: a flat object (msgspec checks it; ``metadata_problem`` says why not)."""
+
+
 def _value_type(attribute: Attribute) -> Any:
     return {
         "text": str,
@@ -105,7 +112,7 @@ def _value_type(attribute: Attribute) -> Any:
         "policy": Literal[0, 1, 2],
         "boolean": bool,
         "strings": list[str],
-        "metadata": dict[str, Any],
+        "metadata": _FLAT,
         "identity": Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_EXTERNAL_ID)],
         "integration": Literal["$custom"],
         "catalog": Literal["$default"],
@@ -139,10 +146,22 @@ def _attributes_struct(res: Resource, action: Action) -> Any:
     return _struct(f"{res.noun}_{action}_attributes", fields)
 
 
-def _relations(res: Resource, action: Action) -> list[Relation]:
+def _relations(res: Resource, action: Action) -> tuple[Relation, ...]:
+    return _RELATIONS[res.type, action]
+
+
+def _relations_of(res: Resource, action: Action) -> tuple[Relation, ...]:
     if action == "create":
-        return [r for r in res.relations if r.create != "absent"]
-    return [r for r in res.relations if r.update and action == "update"]
+        return tuple(r for r in res.relations if r.create != "absent")
+    return tuple(r for r in res.relations if r.update and action == "update")
+
+
+_RELATIONS: Final = {
+    (res.type, action): _relations_of(res, action)
+    for res in RESOURCES.values()
+    for action in ("create", "update", "delete")
+}
+"""The relations an object of each type may name, by action (looked up per object)."""
 
 
 def _relationships_struct(res: Resource, action: Action) -> Any:
@@ -240,10 +259,13 @@ def _links(res: Resource, action: Action, obj: Any) -> tuple[Links, dict[str, li
     """The related ids an object names, by relation, and where each is (in a single-resource
     request); None when one is not a valid id or a required relation is missing (the slow path
     reports it)."""
+    relations = _relations(res, action)
+    if not relations:
+        return _NO_RELATIONS
     relationships = getattr(obj, "relationships", UNSET)
     links: Links = {}
     pointers: dict[str, list[str]] = {}
-    for relation in _relations(res, action):
+    for relation in relations:
         given = UNSET if relationships is UNSET else getattr(relationships, relation.name)
         member = relation.name
         if given is UNSET and relation.legacy_name and relationships is not UNSET:
@@ -314,7 +336,7 @@ def decode_job(res: Resource, action: Action, body: bytes) -> JobRequest:
     valid = True
     for item in items:
         external = item.attributes.external_id if action == "create" else _external(item.id)
-        found = _links(res, action, item) if action != "delete" else (_NO_LINKS, {})
+        found = _links(res, action, item) if action != "delete" else _NO_RELATIONS
         if external is None or found is None:
             valid = False
             break
@@ -322,10 +344,10 @@ def decode_job(res: Resource, action: Action, body: bytes) -> JobRequest:
     payload = b""
     if valid:
         payload = _ENCODER.encode(rows)
-        # Each metadata object's JSON is part of the payload's: a payload within the metadata
-        # limit spares measuring them one by one.
-        sized = len(payload) > MAX_METADATA_BYTES
-        valid = action == "delete" or all(_metadata_ok(i.attributes, sized) for i in items)
+        # The decoder checked each metadata object is flat; only its size is left. Each one's
+        # JSON is part of the payload's: a payload within the limit spares measuring them.
+        if len(payload) > MAX_METADATA_BYTES and action != "delete":
+            valid = all(_metadata_ok(item.attributes, sized=True) for item in items)
     if not valid:
         raise InvalidBody(_slow_problems(body, slow, None))
     _refuse_nul(body, slow)

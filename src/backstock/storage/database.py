@@ -9,7 +9,8 @@ SQLite: reads run on the calling thread's own connection (microseconds; the even
 hop threads for them). Every write of the process goes to one writer thread, which commits
 the units pending at the time in one ``BEGIN IMMEDIATE`` transaction, each unit in a savepoint:
 concurrent writes share one fsync, one unit's failure (a 409, a 429) rolls back that unit
-only, and the event loop never waits on a commit or on another process's lock.
+only, and the event loop never waits on a commit or on another process's lock. The writers of
+several processes on one file take turns on a file lock (``_WriterLock``).
 
 PostgreSQL: psycopg's asyncio connections, a small pool per event loop (the API's, each
 worker's), autocommit for reads and one transaction per write unit.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import sqlite3
@@ -190,11 +192,67 @@ class Database:
         self._local = threading.local()
 
 
+class _WriterLock:
+    """SQLite: which process's writer may write now, across the processes on one file (an
+    exclusive ``flock`` on ``<file>-writer``). Writers queue on it and are woken as soon as it
+    is free, where SQLite's own busy handler would poll with sleeps growing to 100 ms (the p99
+    of several API processes queueing on one file). SQLite's lock still guards against any
+    other program writing the file.
+
+    Each acquisition opens the file anew, so a wait given up (left blocking in its helper
+    thread until the lock comes free, then letting it go) never touches a later one's lock."""
+
+    def __init__(self, path: str) -> None:
+        self._path = f"{path}-writer"
+        self._held: int | None = None
+
+    def acquire(self, timeout: float) -> bool:
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not self._wait(fd, timeout):
+                return False
+        except BaseException:
+            os.close(fd)
+            raise
+        self._held = fd
+        return True
+
+    @staticmethod
+    def _wait(fd: int, timeout: float) -> bool:
+        """Another process holds it: block on it in a helper thread (woken by the kernel when
+        it is free, no polling), for up to ``timeout``."""
+        decided, outcome = threading.Lock(), {"taken": False, "abandoned": False}
+        taken = threading.Event()
+
+        def wait() -> None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            with decided:
+                if outcome["abandoned"]:  # the writer gave up meanwhile: let it go again
+                    os.close(fd)  # closing the file releases its lock
+                    return
+                outcome["taken"] = True
+            taken.set()
+
+        threading.Thread(target=wait, name="backstock-writer-lock", daemon=True).start()
+        taken.wait(timeout)
+        with decided:
+            outcome["abandoned"] = not outcome["taken"]
+            return outcome["taken"]
+
+    def release(self) -> None:
+        fd, self._held = self._held, None
+        if fd is not None:
+            os.close(fd)  # closing the file releases its lock
+
+
 class _Writer:
     """SQLite: the thread every write of the process is committed on, in groups."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._lock = _WriterLock(db._path)
         self._ready = threading.Condition()
         self._pending: list[tuple[Unit[Any], asyncio.Future[Any]]] = []
         self._thread: threading.Thread | None = None
@@ -274,6 +332,10 @@ class _Writer:
                     self._thread = None
 
     def _commit(self, driver: sqlite3.Connection, group: list[Any]) -> list[Any]:
+        wait = (_HURRIED_BUSY_MS if self._locked_out else BUSY_TIMEOUT_MS) / 1000
+        if not self._lock.acquire(wait):  # another process's writer kept it all that time
+            self._locked_out = True
+            return [Unavailable(_LOCKED, retry_after=1, kind="locked")] * len(group)
         conn = Conn("sqlite", driver)
         try:
             self._begin(driver)
@@ -286,6 +348,8 @@ class _Writer:
             if not isinstance(exc, Exception):
                 raise
             return [self._translated(exc)] * len(group)
+        finally:
+            self._lock.release()
         return outcomes
 
     def _unit(self, driver: sqlite3.Connection, conn: Conn, unit: Unit[Any]) -> Any:
