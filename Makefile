@@ -22,14 +22,14 @@ $(DEV): $(RUNTIME) pyproject.toml
 serve: $(RUNTIME)
 	$(BIN)/backstock serve
 
-# Everything: unit, API (both databases, Klaviyo's SDK), storage, contract fuzzing, real
-# processes (e2e), the browser tests.
+# Everything: unit, API (both databases, Klaviyo's SDKs), storage, contract fuzzing, real
+# processes (e2e), the browser tests, the test server and its plugin, and the example client.
 test: $(DEV)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests examples $(PYTEST_ARGS)
 
-# The edit loop: no real processes, no soak (under a minute or two).
+# The edit loop: no real processes, no contract fuzzing (a few minutes).
 test-fast: $(DEV)
-	$(BIN)/python -m pytest -m "not e2e" --ignore=tests/e2e $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not e2e" --ignore=tests/e2e --ignore=tests/contract $(PYTEST_ARGS)
 
 check: $(DEV)
 	$(BIN)/ruff check src tests bench examples
