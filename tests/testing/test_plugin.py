@@ -132,3 +132,13 @@ def test_account_names_are_readable_and_unique() -> None:
     assert first != second
     assert first.startswith("test_x-a-b-c-")
     assert len(account_name("t" * 500)) <= 100
+
+
+def test_the_readmes_example_test_passes(pytester: pytest.Pytester) -> None:
+    """The README's complete example (a sync client and its test) runs as printed."""
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    start = readme.index("# test_sync.py")
+    pytester.makepyfile(test_sync=readme[start : readme.index("```", start)])
+    pytester.runpytest("-p", "no:randomly").assert_outcomes(passed=1)
