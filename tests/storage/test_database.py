@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 import psycopg
 import pytest
+from sqlalchemy import text as sa_text
 
 from backstock.bootstrap import build_services
 from backstock.domain.errors import TooManyJobs, Unavailable
@@ -31,7 +32,7 @@ from backstock.settings import Settings, sqlite_path
 from backstock.storage.database import Database
 from backstock.storage.engine import JobStore
 from backstock.storage.sql import Conn, Statement
-from tests.support import BOTH_SCOPES, bulk_body, free_port
+from tests.support import BOTH_SCOPES, bulk_body, free_port, sql
 
 PLUS_ONE = Statement("plus_one", "SELECT :n + 1")
 NAMES = Statement("names", "SELECT name FROM accounts ORDER BY id")
@@ -526,3 +527,54 @@ def test_a_writer_lock_held_past_the_busy_timeout_is_a_503_and_writes_nothing(
     assert names(database) == []
     asyncio.run(database.write(insert("after")))  # and the next write goes through
     assert names(database) == ["after"]
+
+
+# ---- PostgreSQL: one-statement writes committed in groups -----------------------------------------
+
+GROUPED_INSERT = Statement(
+    "insert_account_in_txn",
+    "INSERT INTO accounts (name, created_at, cursor_key) VALUES (:name, 1, '\\x00'::bytea) "
+    "RETURNING id, txid_current()",
+)
+
+
+@pytest.mark.postgres
+def test_postgres_one_statement_writes_share_commits_and_a_failure_is_its_own(
+    pg_url: str,
+) -> None:
+    db = Database(Settings(database_url=pg_url))
+
+    def grouped(name: str) -> Any:
+        async def unit(conn: Conn) -> tuple[int, int]:
+            row = await conn.one(GROUPED_INSERT, {"name": name})
+            assert row is not None
+            return int(row[0]), int(row[1])
+
+        return unit
+
+    async def writes() -> tuple[list[Any], list[Any]]:
+        try:
+            await db.write(grouped("taken"), single=True)
+            together = await asyncio.gather(
+                *(db.write(grouped(f"n{n}"), single=True) for n in range(30))
+            )
+            names = [f"m{n}" for n in range(30)]
+            names[10] = "taken"  # its statement fails: the others must not
+            with_a_failure = await asyncio.gather(
+                *(db.write(grouped(name), single=True) for name in names), return_exceptions=True
+            )
+            return together, with_a_failure
+        finally:
+            await db.close_loop()
+
+    try:
+        together, outcomes = asyncio.run(writes())
+    finally:
+        db.close()
+    assert len({txid for _, txid in together}) < len(together)  # some committed together
+    failed = outcomes.pop(10)
+    assert isinstance(failed, psycopg.errors.UniqueViolation)
+    assert all(isinstance(o, tuple) for o in outcomes), outcomes
+    with sql(pg_url) as conn:
+        stored = conn.execute(sa_text("SELECT name FROM accounts WHERE name LIKE 'm%'")).all()
+    assert len(stored) == 29

@@ -87,6 +87,7 @@ class Database:
         # PostgreSQL
         self._pg_url = "" if settings.is_sqlite else postgres_url(settings.database_url)
         self._pools: dict[asyncio.AbstractEventLoop, _Pool] = {}
+        self._groups: dict[asyncio.AbstractEventLoop, _Group] = {}
 
     @property
     def is_sqlite(self) -> bool:
@@ -106,10 +107,13 @@ class Database:
             return await unit(Conn("postgresql", driver))
 
     async def write(self, unit: Unit[T], *, single: bool = False) -> T:
-        """``single``: the unit runs one statement, which on PostgreSQL is its own transaction
-        (no ``BEGIN`` and ``COMMIT`` round trips)."""
+        """``single``: the unit runs one statement. On PostgreSQL such writes of one event loop
+        are committed together (``_Group``): one alone is its own transaction (no ``BEGIN`` and
+        ``COMMIT`` round trips), those arriving meanwhile share the next commit."""
         if self._writer is not None:
             return await self._writer.submit(unit)
+        if single:
+            return await self._group().submit(unit)
         async with self._pool().connection() as driver:
             with translate_errors():
                 if single:
@@ -173,9 +177,17 @@ class Database:
             pool = self._pools[loop] = _Pool(self._pg_url, self.settings)
         return pool
 
+    def _group(self) -> _Group:
+        loop = asyncio.get_running_loop()
+        group = self._groups.get(loop)
+        if group is None:
+            group = self._groups[loop] = _Group(self._pool())
+        return group
+
     async def close_loop(self) -> None:
         """Close this event loop's connections (at the end of the loop that used them)."""
         loop = asyncio.get_running_loop()
+        self._groups.pop(loop, None)
         pool = self._pools.pop(loop, None)
         if pool is not None:
             await pool.close()
@@ -451,6 +463,74 @@ class _Pool:
         idle, self._idle = self._idle, []
         for driver in idle:
             await driver.close()
+
+
+class _Group:
+    """PostgreSQL: the one-statement writes of one event loop (job acceptance), committed in
+    groups. While a group commits, the writes that arrive wait and form the next one: a
+    transaction of their statements, in arrival order, committed once. Acceptances of one
+    account serialize on its row, so one commit per acceptance capped them at one per fsync.
+
+    A statement's effects are what they would be alone (each statement is its own unit: a
+    Python error raised after it, like a 429, leaves them as autocommit would). If a statement
+    fails, the group is rolled back and each of its writes runs again alone."""
+
+    def __init__(self, pool: _Pool) -> None:
+        self._pool = pool
+        self._pending: list[tuple[Unit[Any], asyncio.Future[Any]]] = []
+        self._draining: asyncio.Task[None] | None = None
+
+    async def submit(self, unit: Unit[T]) -> T:
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending.append((unit, future))
+        if self._draining is None:
+            self._draining = asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                group, self._pending = self._pending, []
+                if len(group) == 1 or not await self._together(group):
+                    for unit, future in group:
+                        await self._alone(unit, future)
+        finally:
+            self._draining = None
+
+    async def _alone(self, unit: Unit[Any], future: asyncio.Future[Any]) -> None:
+        try:
+            async with self._pool.connection() as driver:
+                with translate_errors():
+                    outcome: Any = await unit(Conn("postgresql", driver))
+        except Exception as exc:  # noqa: BLE001 - the unit's own outcome, handed to its caller
+            outcome = exc
+        _resolve(future, outcome)
+
+    async def _together(self, group: list[tuple[Unit[Any], asyncio.Future[Any]]]) -> bool:
+        """Run the group in one transaction. False, with nothing committed, if a statement
+        failed (each write then runs alone); if the commit itself failed, every write of the
+        group gets that failure (its outcome is unknown, as a lone statement's would be)."""
+        outcomes: list[Any] = []
+        committing = False
+        try:
+            async with self._pool.connection() as driver:
+                with translate_errors():
+                    async with driver.transaction():
+                        for unit, _ in group:
+                            try:
+                                outcomes.append(await unit(Conn("postgresql", driver)))
+                            except psycopg.Error:
+                                raise
+                            except Exception as exc:  # noqa: BLE001 - raised after its statement
+                                outcomes.append(exc)
+                        committing = True
+        except Exception as exc:  # noqa: BLE001 - the group's failure, handed to its callers
+            if not committing:
+                return False
+            outcomes = [exc] * len(group)
+        for (_, future), outcome in zip(group, outcomes, strict=True):
+            _resolve(future, outcome)
+        return True
 
 
 class translate_errors:  # noqa: N801 - used as a context manager like contextlib's

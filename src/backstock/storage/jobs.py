@@ -206,26 +206,30 @@ UPDATE jobs
    SET status = 'processing', lease_owner = :owner, lease_expires_at = :expires,
        attempts = attempts + 1
  WHERE pk = (
-       SELECT j.pk FROM jobs AS j
-        WHERE j.status IN ('queued', 'processing')
+       SELECT j.pk FROM accounts AS a
+         -- the head of each account's queue (its oldest unfinished job, whatever its kind):
+         -- one lookup in ix_jobs_open per account with open jobs, however many are queued
+         JOIN jobs AS j ON j.pk = (SELECT min(e.pk) FROM jobs AS e
+                                    WHERE e.account_id = a.id
+                                      AND e.status IN ('queued', 'processing'))
+        WHERE a.open_jobs > 0
           AND (j.status = 'queued' OR j.lease_expires_at < :now)
           AND (j.not_before IS NULL OR j.not_before <= :now)
-          -- only the head of its account's queue: ordering per account, across kinds
-          AND NOT EXISTS (SELECT 1 FROM jobs AS e
-                           WHERE e.account_id = j.account_id
-                             AND e.status IN ('queued', 'processing') AND e.pk < j.pk)
         -- fair queues: the account whose job was claimed least recently goes first
-        ORDER BY (SELECT a.last_claim FROM accounts AS a WHERE a.id = j.account_id), j.pk
+        ORDER BY a.last_claim, j.pk
         LIMIT 1 {lock})
-   AND status IN ('queued', 'processing')
+   -- still claimable (PostgreSQL rechecks this on a row another worker just changed)
+   AND (status = 'queued' OR (status = 'processing' AND lease_expires_at < :now))
 RETURNING pk, id, account_id, kind, shape, total_count, completed_count, failed_count,
           next_index, errors
 """
 _CLAIM_NEXT = Statement(
     "claim_next_job",
-    _CLAIM.replace("{lock}", ""),  # SQLite: BEGIN IMMEDIATE, one writer at a time
+    # SQLite: BEGIN IMMEDIATE, one writer at a time; the head found in the open jobs' index,
+    # not by walking an account's finished jobs (kept for days) in the index of all its jobs.
+    _CLAIM.replace("{lock}", "").replace("jobs AS e", "jobs AS e INDEXED BY ix_jobs_open"),
     # PostgreSQL: a head another worker is claiming right now is skipped, not waited for.
-    _CLAIM.replace("{lock}", "FOR UPDATE SKIP LOCKED"),
+    _CLAIM.replace("{lock}", "FOR UPDATE OF j SKIP LOCKED"),
 )
 _PAYLOAD = Statement("job_payload", "SELECT payload FROM job_payloads WHERE job_pk = :pk")
 

@@ -15,7 +15,8 @@ Create Date: 2026-12-01
   ``webhook_deliveries``.
 - ``jobs.kind``: every job so far was a catalog-variant bulk update job. ``variant_linkage`` is
   now ``linkage``. The payload moves to ``job_payloads`` (unfinished jobs only: a finished job
-  needs none), as ``[external_id, changes, {}]`` triples.
+  needs none), as ``[external_id, changes, {}]`` triples, lz4-compressed on PostgreSQL where it
+  can be.
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("job_pk", name=op.f("pk_job_payloads")),
     )
     _payloads_apart()
+    _fast_compression()
     with op.batch_alter_table("accounts") as batch:
         batch.add_column(
             sa.Column("open_bytes", sa.BigInteger(), server_default=sa.text("0"), nullable=False)
@@ -226,6 +228,21 @@ def _categories_to_links() -> None:
                 ),
                 {"a": account, "i": item_pk, "c": category},
             )
+
+
+def _fast_compression() -> None:
+    """PostgreSQL 14+ built with lz4: payloads compressed with lz4 rather than pglz, as small
+    and about three times cheaper to read back (each claim reads one). Elsewhere, pglz stays."""
+    conn = op.get_bind()
+    if conn.dialect.name != "postgresql":
+        return
+    try:
+        with conn.begin_nested():
+            conn.execute(
+                sa.text("ALTER TABLE job_payloads ALTER COLUMN payload SET COMPRESSION lz4")
+            )
+    except sa.exc.DBAPIError:
+        pass
 
 
 def _payloads_apart() -> None:
