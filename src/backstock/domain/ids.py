@@ -21,6 +21,12 @@ class InvalidCompoundId(ValueError):
     """The id is not ``$custom:::$default:::EXTERNAL_ID``."""
 
 
+def shown(text: str, limit: int = 80) -> str:
+    """``text`` to quote back in an error: cut to ``limit`` characters (a 30 KB id in a body is
+    not worth echoing whole)."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def parse_compound_id(compound: str) -> ExternalId:
     """Return the external id of ``$custom:::$default:::EXTERNAL_ID``.
 
@@ -29,13 +35,13 @@ def parse_compound_id(compound: str) -> ExternalId:
     parts = compound.split(SEPARATOR, 2)
     if len(parts) != 3:
         raise InvalidCompoundId(
-            f"'{compound}' is not a catalog id of the form $custom:::$default:::EXTERNAL_ID"
+            f"'{shown(compound)}' is not a catalog id of the form $custom:::$default:::EXTERNAL_ID"
         )
     integration, catalog, external = parts
     if integration != INTEGRATION:
-        raise InvalidCompoundId(f"Integration '{integration}' is not supported; use $custom")
+        raise InvalidCompoundId(f"Integration '{shown(integration)}' is not supported; use $custom")
     if catalog != CATALOG:
-        raise InvalidCompoundId(f"Catalog '{catalog}' is not supported; use $default")
+        raise InvalidCompoundId(f"Catalog '{shown(catalog)}' is not supported; use $default")
     check_external_id(external)
     return ExternalId(external)
 

@@ -84,6 +84,8 @@ class FaultHooks(Protocol):
 
 
 DELIVERIES = "webhook-deliveries"
+CLAIM_ITEMS = 500
+"""About how many items a worker's claim applies in one transaction (whole jobs: five of 100)."""
 HEARTBEAT_SECONDS = 15.0
 
 
@@ -286,13 +288,24 @@ class Jobs:
     async def claim(self, owner: str, first_batch: bool = True) -> tuple[ClaimedJob, bool] | None:
         """Claim the next job and apply its first batch in the same transaction. Returns the
         job and whether it is complete."""
+        claimed = await self.claim_many(owner, first_batch, items=1)
+        return claimed[0] if claimed else None
+
+    async def claim_many(
+        self, owner: str, first_batch: bool = True, items: int = CLAIM_ITEMS
+    ) -> list[tuple[ClaimedJob, bool]]:
+        """Claim jobs and apply them in one transaction, up to about ``items`` items (jobs of
+        one batch each; the last may be unfinished): one commit for several small jobs, so a
+        worker keeps pace when commits are slow (a busy SQLite writer). Each job, and whether
+        it is complete."""
         if self.faults is not None:  # each batch as the account's rules say: none in the claim
-            first_batch = False
+            first_batch, items = False, 1
         claimed = await self.store.claim(
-            owner, self._lease_us, self.settings.worker_batch_size, self._retention_us, first_batch
-        )
-        if claimed is not None:
-            self._moved(claimed[0], claimed[1])
+            owner, self._lease_us, self.settings.worker_batch_size, self._retention_us,
+            first_batch, items if first_batch else 1,
+        )  # fmt: skip
+        for job, done in claimed:
+            self._moved(job, done)
         return claimed
 
     async def run_batch(self, job: ClaimedJob, *, fail: bool = False) -> bool | None:

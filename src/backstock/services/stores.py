@@ -75,8 +75,14 @@ class JobStore(Protocol):
         self, account: AccountId, kind: str, status: str | None, page: PageRequest
     ) -> Page[JobRecord]: ...
     async def claim(
-        self, owner: str, lease_us: int, batch_size: int, retention_us: int, first_batch: bool
-    ) -> tuple[ClaimedJob, bool] | None: ...
+        self,
+        owner: str,
+        lease_us: int,
+        batch_size: int,
+        retention_us: int,
+        first_batch: bool,
+        items: int = 1,
+    ) -> list[tuple[ClaimedJob, bool]]: ...
     async def run_batch(
         self,
         job: ClaimedJob,

@@ -156,18 +156,33 @@ class JobStore:
         )
 
     async def claim(
-        self, owner: str, lease_us: int, batch_size: int, retention_us: int, first_batch: bool
-    ) -> tuple[ClaimedJob, bool] | None:
+        self,
+        owner: str,
+        lease_us: int,
+        batch_size: int,
+        retention_us: int,
+        first_batch: bool,
+        items: int = 1,
+    ) -> list[tuple[ClaimedJob, bool]]:
         """Claim the next job and, with ``first_batch``, apply its first batch in the same
-        transaction (one commit for a job of one batch). The job, and whether it is complete."""
+        transaction (one commit for a job of one batch); while the jobs claimed are complete
+        and hold fewer than ``items`` items, claim and apply the next in it too. Each job, and
+        whether it is complete (only the last may not be)."""
 
-        async def unit(conn: Conn) -> tuple[ClaimedJob, bool] | None:
+        async def unit(conn: Conn) -> list[tuple[ClaimedJob, bool]]:
             now = now_us()
-            job = await queue.claim_next_job(conn, owner, now, lease_us)
-            if job is None:
-                return None
-            done = first_batch and await apply_batch(conn, job, now, batch_size, retention_us)
-            return job, done
+            claimed: list[tuple[ClaimedJob, bool]] = []
+            held = 0
+            while held < items:
+                job = await queue.claim_next_job(conn, owner, now, lease_us)
+                if job is None:
+                    break
+                done = first_batch and await apply_batch(conn, job, now, batch_size, retention_us)
+                claimed.append((job, done))
+                held += job.total_count
+                if not done:
+                    break
+            return claimed
 
         return await self.db.write(unit)
 

@@ -13,7 +13,8 @@ Each batch of items is applied in one transaction that first fences on the lease
 ``next_index``), then writes the catalog, then moves ``next_index`` and the counters. A batch
 commits whole or not at all, so a resumed job never applies or counts an item twice. The job
 that completes frees its account's slot and drops its payload (all but its failed items, kept
-for a retry until the job expires, outside the queued-bytes quota) in the same transaction,
+for a retry until the job expires, and counted in the account's bytes quota) in the same
+transaction,
 which also writes the account's webhook delivery, if it has a webhook (the outbox). On
 PostgreSQL each batch also ``NOTIFY``s ``backstock_job_events`` with the job's id, for event
 streams in other processes. ``storage.engine`` applies the batches.
@@ -147,8 +148,9 @@ async def accept(conn: Conn, new: NewJob, max_open: int, max_bytes: int) -> JobR
                 retry_after=1,
             )
         raise QuotaExceeded(
-            f"This account's queued jobs already hold close to {max_bytes // 2**20} MB of "
-            "requests (BACKSTOCK_MAX_QUEUED_BYTES); wait for some to complete.",
+            f"This account's queued jobs and the failed items kept for retries already hold "
+            f"close to {max_bytes // 2**20} MB (BACKSTOCK_MAX_QUEUED_BYTES); wait for jobs to "
+            "complete, retry failed items, or let finished jobs expire.",
             retry_after=5,
         )
     return new.record(pk)
@@ -302,7 +304,7 @@ _FREE_SLOT = Statement(
     "free_slot",
     """UPDATE accounts
           SET open_jobs = open_jobs - 1,
-              open_bytes = open_bytes - COALESCE(
+              open_bytes = open_bytes + :kept - COALESCE(
                   (SELECT LENGTH(payload) FROM job_payloads WHERE job_pk = :job), 0)
         WHERE id = :account""",
 )
@@ -332,7 +334,7 @@ gone AS (
 slot AS (
     UPDATE accounts
        SET open_jobs = open_jobs - 1,
-           open_bytes = open_bytes - COALESCE(
+           open_bytes = open_bytes + :kept - COALESCE(
                (SELECT LENGTH(payload) FROM job_payloads WHERE job_pk = :job), 0)
      WHERE id = :account),
 hook AS (
@@ -367,7 +369,7 @@ async def record_progress(
         "owner": None if done else job.owner,
         "lease_expires": None if done else job.lease_expires_at,
         "account": job.account_id,
-        "retained": retained, "job_id": job.id, "now": now,
+        "retained": retained, "kept": len(retained or b""), "job_id": job.id, "now": now,
     }  # fmt: skip
     if done:
         counts = (job.total_count, job.completed_count + completed, job.failed_count + len(errors))
@@ -411,6 +413,17 @@ async def release_job(conn: Conn, job: ClaimedJob) -> None:
     await conn.run(_RELEASE, {"job": job.pk, "owner": job.owner})
 
 
+# An expired job's kept failed items leave its account's quota with it.
+_RELEASE_EXPIRED_BYTES = Statement(
+    "release_expired_bytes",
+    """UPDATE accounts
+          SET open_bytes = open_bytes - COALESCE(
+              (SELECT SUM(LENGTH(p.payload)) FROM job_payloads AS p
+                 JOIN jobs AS j ON j.pk = p.job_pk
+                WHERE j.account_id = accounts.id AND j.expires_at < :now), 0)
+        WHERE id IN (SELECT j.account_id FROM jobs AS j JOIN job_payloads AS p
+                        ON p.job_pk = j.pk WHERE j.expires_at < :now)""",
+)
 _DELETE_EXPIRED_PAYLOADS = Statement(
     "delete_expired_payloads",
     "DELETE FROM job_payloads WHERE job_pk IN (SELECT pk FROM jobs WHERE expires_at < :now)",
@@ -430,6 +443,7 @@ _DELETE_OLD_DELIVERIES = Statement(
 async def delete_expired_jobs(conn: Conn, now: int, retention_us: int, limit: int = 1000) -> int:
     """Delete expired jobs (and webhook deliveries settled as long ago)."""
     params = {"now": now, "limit": limit, "before": now - retention_us}
+    await conn.run(_RELEASE_EXPIRED_BYTES, params)
     await conn.run(_DELETE_EXPIRED_PAYLOADS, params)
     await conn.run(_DELETE_OLD_DELIVERIES, params)
     return await conn.run(_DELETE_EXPIRED, params)
@@ -461,7 +475,7 @@ async def cancel_job(
     if row is not None and found is not None:
         counts = (found.total_count, found.completed_count, found.failed_count)
         ended = {
-            "job": row[0], "account": account, "job_id": found.id, "now": now,
+            "job": row[0], "account": account, "kept": 0, "job_id": found.id, "now": now,
             "event": "job.cancelled",
             "hook": finished_event(kind, found.id, "cancelled", counts, now),
         }  # fmt: skip
@@ -482,6 +496,12 @@ _RETRY_OF = Statement(
          FROM jobs WHERE account_id = :account AND retry_of = :id""",
 )
 _KEPT = Statement("kept_items", "SELECT payload FROM job_payloads WHERE job_pk = :job")
+_RELEASE_KEPT = Statement(
+    "release_kept",
+    """UPDATE accounts SET open_bytes = open_bytes - COALESCE(
+              (SELECT LENGTH(payload) FROM job_payloads WHERE job_pk = :job), 0)
+        WHERE id = :account""",
+)
 
 
 async def retry_job(
@@ -504,9 +524,9 @@ async def retry_job(
     res = domain.kind(source.kind).resource
     linkage = msgspec.json.encode([{"type": res.type, "id": compound_id(e)} for e in externals])
     retry = replace(new, payload=payload, total=len(externals), linkage=linkage.decode())
-    record = await accept(conn, retry, max_open, max_bytes)
+    await conn.run(_RELEASE_KEPT, {"job": source.pk, "account": new.account})
     await conn.run(_DROP_PAYLOAD, {"job": source.pk})
-    return record
+    return await accept(conn, retry, max_open, max_bytes)
 
 
 _NEXT_LAPSE = Statement(

@@ -33,9 +33,9 @@ POISON_TRIES = 5
 T = TypeVar("T")
 
 
-def _measured(job: ClaimedJob, started: float, done: bool) -> None:
+def _measured(job: ClaimedJob, seconds: float, done: bool) -> None:
     """A batch's metrics (the claim's first batch too)."""
-    telemetry.BATCH_SECONDS.labels(job.kind).observe(time.perf_counter() - started)
+    telemetry.BATCH_SECONDS.labels(job.kind).observe(seconds)
     telemetry.ITEMS.labels(job.kind, "applied").inc(job.applied_now)
     telemetry.ITEMS.labels(job.kind, "failed").inc(job.failed_now)
     if done:
@@ -121,15 +121,17 @@ class Worker:
         while not self.stopping:
             started = time.perf_counter()
             claimed = await self._retrying(
-                lambda: self.jobs.claim(owner),
-                # the first batch keeps failing: claim alone, and let _run_job deal with it
-                on_poison=lambda: self.jobs.claim(owner, first_batch=False),
+                lambda: self.jobs.claim_many(owner),
+                # a first batch keeps failing: claim one alone, and let _run_job deal with it
+                on_poison=lambda: self.jobs.claim_many(owner, first_batch=False),
             )
-            if claimed is None:
+            if not claimed:
                 await self._retrying(self._idle)
                 continue
-            job, done = claimed
-            _measured(job, started, done)
+            share = (time.perf_counter() - started) / len(claimed)  # one transaction for all
+            for job, done in claimed:
+                _measured(job, share, done)
+            job, done = claimed[-1]
             if not done:  # claimed, first batch applied, more to do
                 await self._run_job(job)
 
@@ -143,7 +145,7 @@ class Worker:
                 on_poison=lambda: self.jobs.run_batch(job, fail=True),
             )
             if done is not None:
-                _measured(job, started, done)
+                _measured(job, time.perf_counter() - started, done)
             if done:
                 return
             if done is None and not self.stopping:

@@ -242,7 +242,7 @@ def test_a_complete_job_cannot_be_cancelled(worker_api: Api) -> None:
 # ---- retry ---------------------------------------------------------------------------------------
 
 
-def test_a_retry_is_exactly_the_failed_items_once(worker_api: Api) -> None:
+def test_a_retry_is_exactly_the_failed_items_once(worker_api: Api, worker_client: Any) -> None:
     externals = seed_catalog(worker_api, "P", 1)
     job = spawn(
         worker_api,
@@ -264,6 +264,12 @@ def test_a_retry_is_exactly_the_failed_items_once(worker_api: Api) -> None:
     assert _prices(worker_api, "GONE-1", "GONE-2", externals[0]) == [1.0, 3.0, 2.0]
     # a job without failures has nothing to retry
     assert_error(worker_api.post(f"{JOBS}/{retried['id']}/retry"), 409, "job_finished")
+    # the kept items moved to the retry, which applied them all: nothing is held any more
+    services = worker_client.app.services
+    name = account_name(services, worker_api.key)
+    with sql(services.settings.database_url) as conn:
+        held = conn.execute(select(accounts.c.open_bytes).where(accounts.c.name == name)).one()
+    assert held == (0,)
 
 
 def test_only_a_complete_job_can_be_retried(api: Api) -> None:
