@@ -69,6 +69,8 @@ class _Shape:
         self.res = res
         table = self.table = TABLES[res.type]
         self.attributes = tuple(a for a in res.stored if a.kind != "identity")
+        self.stored = {a.name: (f"v_{a.name}", a) for a in self.attributes}
+        """Each attribute column by name: its parameter's name, and its description."""
         self.parent: Relation | None = res.parent
         self.parent_column = f"{self.parent.name}_pk" if self.parent else ""
         columns: list[Any] = [table.c.pk, table.c.external_id]
@@ -158,6 +160,13 @@ class _Shape:
     def columns(self, attributes: dict[str, Any], defaults: bool) -> dict[str, Any]:
         """The parameters of the attribute columns; with ``defaults``, every column (a create),
         else only those ``attributes`` names (an update)."""
+        if not defaults:  # an update: only what it sets (the worker's hot loop)
+            stored = self.stored
+            return {
+                stored[name][0]: _column_value(stored[name][1], value)
+                for name, value in attributes.items()
+                if name in stored
+            }
         values: dict[str, Any] = {}
         for attribute in self.attributes:
             name = attribute.name
@@ -450,7 +459,7 @@ async def update_many(
         outcomes.append(refusal)
         if refusal is not None:
             continue
-        columns = tuple(name for name in attributes if name in res.by_name)
+        columns = tuple(name for name in attributes if name in found.stored)
         if columns != run_columns and run:
             await flush()
         run_columns = columns

@@ -230,8 +230,12 @@ _CLAIM_NEXT = Statement(
     # SQLite: BEGIN IMMEDIATE, one writer at a time; the head found in the open jobs' index,
     # not by walking an account's finished jobs (kept for days) in the index of all its jobs.
     _CLAIM.replace("{lock}", "").replace("jobs AS e", "jobs AS e INDEXED BY ix_jobs_open"),
-    # PostgreSQL: a head another worker is claiming right now is skipped, not waited for.
-    _CLAIM.replace("{lock}", "FOR UPDATE OF j SKIP LOCKED"),
+    # PostgreSQL, in one round trip: the claim (a head another worker is claiming right now is
+    # skipped, not waited for), the account's turn taken, and the payload.
+    f"""WITH claimed AS ({_CLAIM.replace("{lock}", "FOR UPDATE OF j SKIP LOCKED")}),
+served AS (
+    UPDATE accounts SET last_claim = :now WHERE id = (SELECT account_id FROM claimed))
+SELECT claimed.*, p.payload FROM claimed LEFT JOIN job_payloads AS p ON p.job_pk = claimed.pk""",  # noqa: S608 - constant pieces
 )
 _PAYLOAD = Statement("job_payload", "SELECT payload FROM job_payloads WHERE job_pk = :pk")
 
@@ -244,14 +248,18 @@ async def claim_next_job(conn: Conn, owner: str, now: int, lease_us: int) -> Cla
     row = await conn.one(_CLAIM_NEXT, params)
     if row is None:
         return None
-    await conn.run(_SERVED, {"now": now, "account": row[2]})
-    pk, job_id, account, kind, shape, total, done, failed, next_index, errors = row
+    pk, job_id, account, kind, shape, total, done, failed, next_index, errors = row[:10]
     job = ClaimedJob(
         pk, JobId(job_id), AccountId(account), kind, shape, total, done, failed, next_index,
         orjson.loads(errors), owner, lease_expires_at=now + lease_us,
     )  # fmt: skip
-    payload = await conn.one(_PAYLOAD, {"pk": pk})
-    job.payload = b"" if payload is None else bytes(payload[0])
+    if conn.postgres:
+        payload = row[10]
+    else:
+        await conn.run(_SERVED, {"now": now, "account": account})
+        found = await conn.one(_PAYLOAD, {"pk": pk})
+        payload = None if found is None else found[0]
+    job.payload = b"" if payload is None else bytes(payload)
     return job
 
 
