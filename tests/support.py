@@ -332,12 +332,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def served(app: Any) -> Iterator[str]:
-    """``app`` under uvicorn in a thread on a free loopback port; yields its base URL."""
+def served(app: Any, **options: Any) -> Iterator[str]:
+    """``app`` under uvicorn in a thread on a free loopback port (``options``: uvicorn's own);
+    yields its base URL."""
     import uvicorn
 
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **options
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -4,10 +4,7 @@ and jobs the documents' examples name, and the check every error answer must pas
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +23,10 @@ from tests.support import (
     category_body,
     cid,
     enc,
-    free_port,
     item_body,
     item_path,
     job_body,
+    served,
     variant_body,
 )
 
@@ -121,30 +118,12 @@ def target_settings(database_url: str) -> Settings:
     )
 
 
-@contextmanager
-def serve(app: Any) -> Iterator[str]:
+def serve(app: Any) -> Any:
     """``app`` under uvicorn in a thread on a free loopback port, as ``tests.support.served``,
     but taking request lines of up to 1 MB: a filter of ``MAX_FILTER_LENGTH`` four-byte
     characters, percent-encoded, is 120 KB, past h11's 16 KB default. What is fuzzed is
     Backstock, not the test server's line limit."""
-    import uvicorn
-
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=free_port(), log_level="warning", lifespan="on",
-        http="h11", h11_max_incomplete_event_size=1 << 20,
-    )  # fmt: skip
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{config.port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    return served(app, http="h11", h11_max_incomplete_event_size=1 << 20)
 
 
 class HttpClient(requests.Session):

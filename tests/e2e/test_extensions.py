@@ -102,6 +102,18 @@ def _complete(http: httpx.Client, job_id: str) -> dict[str, Any]:
 
 
 @pytest.fixture
+def ready(make_cluster: Callable[..., Cluster], db_url: str) -> Callable[..., tuple[Cluster, str]]:
+    """A cluster of the test's database, migrated, and a key of its account ``acme``."""
+
+    def make(**settings: str) -> tuple[Cluster, str]:
+        cluster = make_cluster(database_url=db_url, **settings)
+        cluster.cli("migrate")
+        return cluster, cluster.new_key("acme")
+
+    return make
+
+
+@pytest.fixture
 def rows_of(db_url: str) -> Iterator[Callable[..., Any]]:
     engine = create_engine(sqlalchemy_url(db_url))
 
@@ -114,14 +126,11 @@ def rows_of(db_url: str) -> Iterator[Callable[..., Any]]:
 
 
 def test_fifty_concurrent_spawns_with_one_key_across_two_api_processes_make_one_job(
-    make_cluster: Callable[..., Cluster],
+    ready: Callable[..., tuple[Cluster, str]],
     connect: Callable[..., httpx.Client],
-    db_url: str,
     rows_of: Callable[..., Any],
 ) -> None:
-    cluster = make_cluster(database_url=db_url)
-    cluster.cli("migrate")
-    key = cluster.new_key()
+    cluster, key = ready()
     urls = [_serve(cluster, "--no-worker"), _serve(cluster, "--no-worker")]
     clients = [connect(url, key) for url in urls]
     _seed(clients[0], 5)
@@ -139,14 +148,11 @@ def test_fifty_concurrent_spawns_with_one_key_across_two_api_processes_make_one_
 
 
 def test_sigkill_of_a_worker_right_after_a_cancel_applies_nothing_more(
-    make_cluster: Callable[..., Cluster],
+    ready: Callable[..., tuple[Cluster, str]],
     connect: Callable[..., httpx.Client],
-    db_url: str,
     rows_of: Callable[..., Any],
 ) -> None:
-    cluster = make_cluster(database_url=db_url, worker_batch_size="1", lease_seconds="1")
-    cluster.cli("migrate")
-    key = cluster.new_key()
+    cluster, key = ready(worker_batch_size="1", lease_seconds="1")
     http = connect(_serve(cluster, "--no-worker"), key)
     externals = _seed(http, 100)
     worker = cluster.start("worker", log="worker-1.log")
@@ -181,14 +187,11 @@ def test_sigkill_of_a_worker_right_after_a_cancel_applies_nothing_more(
 
 
 def test_a_dry_run_changes_no_row(
-    make_cluster: Callable[..., Cluster],
+    ready: Callable[..., tuple[Cluster, str]],
     connect: Callable[..., httpx.Client],
-    db_url: str,
     rows_of: Callable[..., Any],
 ) -> None:
-    cluster = make_cluster(database_url=db_url)
-    cluster.cli("migrate")
-    key = cluster.new_key()
+    cluster, key = ready()
     http = connect(_serve(cluster), key)
     externals = _seed(http, 3)
     _complete(
@@ -221,14 +224,11 @@ def test_a_dry_run_changes_no_row(
 
 
 def test_a_retry_job_holds_exactly_the_failed_items(
-    make_cluster: Callable[..., Cluster],
+    ready: Callable[..., tuple[Cluster, str]],
     connect: Callable[..., httpx.Client],
-    db_url: str,
     rows_of: Callable[..., Any],
 ) -> None:
-    cluster = make_cluster(database_url=db_url)
-    cluster.cli("migrate")
-    key = cluster.new_key()
+    cluster, key = ready()
     http = connect(_serve(cluster, "--no-worker"), key)
     externals = _seed(http, 4)
     updates = [
@@ -294,11 +294,9 @@ def test_events_reach_a_client_of_another_api_process(
 
 
 def test_a_cancel_ends_a_stream_in_the_same_process(
-    make_cluster: Callable[..., Cluster], connect: Callable[..., httpx.Client], db_url: str
+    ready: Callable[..., tuple[Cluster, str]], connect: Callable[..., httpx.Client]
 ) -> None:
-    cluster = make_cluster(database_url=db_url)
-    cluster.cli("migrate")
-    key = cluster.new_key()
+    cluster, key = ready()
     http = connect(_serve(cluster, "--no-worker"), key)
     job_id = http.post(JOBS, json=bulk_body([("GONE", {"price": 1.0})])).json()["data"]["id"]
     received: list[str] = []
@@ -322,15 +320,12 @@ def test_a_cancel_ends_a_stream_in_the_same_process(
 
 
 def test_a_webhook_receiver_that_is_down_for_a_while_still_gets_its_delivery(
-    make_cluster: Callable[..., Cluster],
+    ready: Callable[..., tuple[Cluster, str]],
     connect: Callable[..., httpx.Client],
-    db_url: str,
     rows_of: Callable[..., Any],
 ) -> None:
-    cluster = make_cluster(database_url=db_url, webhook_backoff_seconds="0.2")
+    cluster, key = ready(webhook_backoff_seconds="0.2")
     cluster.env["COLUMNS"] = "250"  # the CLI's tables, unwrapped
-    cluster.cli("migrate")
-    key = cluster.new_key("acme")
     receiver = Receiver(free_port())  # down: nothing listens on its port yet
     secret = cluster.cli("webhooks", "set", "acme", receiver.url)
     assert secret.startswith("whsec_")

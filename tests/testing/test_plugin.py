@@ -140,5 +140,5 @@ def test_the_readmes_example_test_passes(pytester: pytest.Pytester) -> None:
 
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     start = readme.index("# test_sync.py")
-    pytester.makepyfile(test_sync=readme[start : readme.index("```", start)])
+    pytester.makepyfile(test_readme_example=readme[start : readme.index("```", start)])
     pytester.runpytest("-p", "no:randomly").assert_outcomes(passed=1)

@@ -14,9 +14,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from backstock.bootstrap import run
-from backstock.cli.common import app, err, fail, out, services
+from backstock.cli.common import app, attempt, err, out, services
 from backstock.domain.clock import to_iso
-from backstock.domain.errors import BackstockError
 from backstock.domain.jobs import KINDS, STATUSES, JobRecord
 
 accounts_app = typer.Typer(help="Accounts.", no_args_is_help=True)
@@ -47,11 +46,7 @@ Kind = Annotated[
 @accounts_app.command("create")
 def accounts_create(name: str) -> None:
     """Create an account."""
-    made = services()
-    try:
-        account_id = run(made, lambda: made.accounts.create_account(name))
-    except BackstockError as exc:
-        raise fail(exc) from exc
+    account_id = attempt(lambda made: made.accounts.create_account(name))
     typer.echo(f"{account_id}")
 
 
@@ -72,11 +67,7 @@ def keys_create(
     account: Annotated[str, typer.Option(help="Account name (created if missing).")], scope: Scope
 ) -> None:
     """Create an API key and print it (alone, on stdout). It is shown only this once."""
-    made = services()
-    try:
-        key = run(made, lambda: made.accounts.create_key(account, scope))
-    except BackstockError as exc:
-        raise fail(exc) from exc
+    key = attempt(lambda made: made.accounts.create_key(account, scope))
     err.print(
         f"Key id {key.key_id} for account '{escape(account)}' with {', '.join(sorted(key.scopes))}"
     )
@@ -86,11 +77,7 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(account: Annotated[str, typer.Option(help="Account name.")]) -> None:
     """List an account's keys (never the keys themselves)."""
-    made = services()
-    try:
-        records = run(made, lambda: made.accounts.list_keys(account))
-    except BackstockError as exc:
-        raise fail(exc) from exc
+    records = attempt(lambda made: made.accounts.list_keys(account))
     table = Table("key id", "scopes", "created", "revoked")
     for record in records:
         table.add_row(
@@ -105,11 +92,7 @@ def keys_revoke(
     key_id: Annotated[str, typer.Argument(help="The key id (keys list shows it), or the key.")],
 ) -> None:
     """Revoke a key; it stops working at once in every process. Never prints a secret."""
-    made = services()
-    try:
-        revoked = run(made, lambda: made.accounts.revoke_key(key_id))
-    except BackstockError as exc:
-        raise fail(exc) from exc
+    revoked = attempt(lambda made: made.accounts.revoke_key(key_id))
     err.print(f"Revoked {revoked}")
 
 
@@ -173,11 +156,7 @@ def jobs_list(
 @jobs_app.command("show")
 def jobs_show(job_id: str) -> None:
     """A job's progress and per-item errors."""
-    made = services()
-    try:
-        account, job = run(made, lambda: made.jobs.find(job_id))
-    except BackstockError as exc:
-        raise fail(exc) from exc
+    account, job = attempt(lambda made: made.jobs.find(job_id))
     out.print(_jobs_table([(account, job)], bars=True))
     errors = orjson.loads(job.errors)
     if errors:
@@ -234,11 +213,7 @@ def webhooks_set(
 ) -> None:
     """Send the account's job ends (complete, cancelled) to URL, signed; prints the secret
     (alone, on stdout)."""
-    made = services()
-    try:
-        hook = run(made, lambda: made.webhooks.set(account, url, secret))
-    except BackstockError as exc:
-        raise fail(exc) from exc
+    hook = attempt(lambda made: made.webhooks.set(account, url, secret))
     err.print(f"Webhook of '{escape(account)}': {escape(hook.url)}")
     typer.echo(hook.secret)
 
@@ -246,22 +221,14 @@ def webhooks_set(
 @webhooks_app.command("show")
 def webhooks_show(account: Name) -> None:
     """The account's webhook URL (never its secret)."""
-    made = services()
-    try:
-        hook = run(made, lambda: made.webhooks.get(account))
-    except BackstockError as exc:
-        raise fail(exc) from exc
+    hook = attempt(lambda made: made.webhooks.get(account))
     out.print(f"{escape(hook.url)} (since {to_iso(hook.created_at)})")
 
 
 @webhooks_app.command("remove")
 def webhooks_remove(account: Name) -> None:
     """Stop sending the account's job ends (pending deliveries are given up)."""
-    made = services()
-    try:
-        run(made, lambda: made.webhooks.remove(account))
-    except BackstockError as exc:
-        raise fail(exc) from exc
+    attempt(lambda made: made.webhooks.remove(account))
     err.print(f"Removed the webhook of '{escape(account)}'")
 
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from importlib.metadata import version
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from backstock.bootstrap import NotMigrated, build_services, prepare_database
+from backstock.bootstrap import NotMigrated, build_services, prepare_database, run
 from backstock.domain.errors import BackstockError
 from backstock.services.container import Services
 from backstock.settings import Settings
+
+T = TypeVar("T")
 
 app = typer.Typer(
     help="Backstock: a self-hostable catalog service that speaks Klaviyo's Catalogs API.",
@@ -64,6 +67,15 @@ def services() -> Services:
     settings = settings_from()
     ready(settings)
     return build_services(settings)
+
+
+def attempt(work: Callable[[Services], Awaitable[T]]) -> T:
+    """Run one service call for a command; a refusal is one red line and exit status 1."""
+    made = services()
+    try:
+        return run(made, lambda: work(made))
+    except BackstockError as exc:
+        raise fail(exc) from exc
 
 
 def redact(url: str) -> str:

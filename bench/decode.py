@@ -1,0 +1,78 @@
+"""How long decoding a bulk body holds the thread that does it, by size and by shape: the
+measurement behind ``domain.bodies.COSTLY_BYTES`` / ``COSTLY_CONTAINERS`` (bodies above either
+are decoded off the event loop) and ``WALK_VALUES`` (refused bodies above it are not rebuilt as
+Python objects to name every problem).
+
+    .venv/bin/python -m bench.decode
+
+Prints, for each body, its size, its containers, the median time of ``decode_job`` (a valid
+body: the typed decode and the payload; a refused one: the decode, then the problems), and
+whether ``costly()`` sends it off the loop. The ratio column is the time over the 100-variant
+job of the seeds' size (~40 KB), the body Backstock sees most.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from collections.abc import Callable
+
+import orjson
+
+from backstock.domain import bodies
+from backstock.domain.errors import InvalidBody
+from backstock.domain.resources import VARIANT
+from bench.payload import bulk_body, external_id, job_updates
+
+
+def _timed(work: Callable[[], object], budget: float = 0.5) -> float:
+    """The median seconds of ``work`` over repeated runs within about ``budget`` seconds."""
+    samples: list[float] = []
+    deadline = time.perf_counter() + budget
+    while time.perf_counter() < deadline or len(samples) < 5:
+        started = time.perf_counter()
+        try:
+            work()
+        except InvalidBody:
+            pass
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+def _bodies() -> list[tuple[str, bytes]]:
+    rng = random.Random(1)
+    ids = [external_id(rng) for _ in range(1000)]
+    found = [("100 variants (the usual job)", bulk_body(job_updates(rng, ids)))]
+    for kilobytes in (256, 1024, 4000):  # metadata grows the same 100 variants
+        updates = job_updates(rng, ids)
+        filler = "x" * (kilobytes * 1024 // 100 // 4)
+        for _, changes in updates:
+            changes["custom_metadata"] = {f"k{n}": filler for n in range(4)}
+        found.append((f"100 variants, {kilobytes} KB", bulk_body(updates)))
+    for count in (1_000, 4_096, 50_000, 1_000_000):  # refused: lists where a document goes
+        found.append((f"hostile: {count:,} empty lists", orjson.dumps([[]] * count)))
+    return found
+
+
+def main() -> None:
+    rows = []
+    for name, body in _bodies():
+        seconds = _timed(lambda body=body: bodies.decode_job(VARIANT, "update", body))
+        containers = body.count(b"[") + body.count(b"{")
+        rows.append((name, len(body), containers, seconds, bodies.costly(body)))
+    usual = rows[0][3]
+    print(f"{'body':36} {'bytes':>10} {'containers':>11} {'decode':>10} {'ratio':>7}  off the loop")
+    for name, size, containers, seconds, costly in rows:
+        print(
+            f"{name:36} {size:>10,} {containers:>11,} {seconds * 1000:>8.3f} ms "
+            f"{seconds / usual:>6.1f}x  {'yes' if costly else 'no'}"
+        )
+    print(
+        f"thresholds: COSTLY_BYTES={bodies.COSTLY_BYTES:,}, "
+        f"COSTLY_CONTAINERS={bodies.COSTLY_CONTAINERS:,}, WALK_VALUES={bodies.WALK_VALUES:,}"
+    )
+
+
+if __name__ == "__main__":
+    main()
