@@ -193,6 +193,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def run_engine(ctx: suite.Context, kind: str, names: list[str]) -> None:
     if "spawn" in names:
         suite.bench_spawn(ctx, kind)
+    if "loading" in names:
+        suite.bench_loading(ctx, kind)
     main_needed = {"get", "worker", "e2e"} & set(names)
     if main_needed:
         smallest = min(ctx.mode.sizes)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import random
 import signal
 import statistics
 import subprocess
@@ -19,7 +20,7 @@ import orjson
 from rich.console import Console
 
 from bench import dbs
-from bench.payload import JOBS_PATH, REVISION
+from bench.payload import JOBS_PATH, PREFIX, REVISION, bulk_body, variant_changes
 from bench.procs import PYTHON, RssSampler, Server, cpu_seconds, free_port, postgres_pids
 from bench.procs import request as http_request
 from bench.wrk import LoadResult, write_script
@@ -49,7 +50,7 @@ MODES = {
     "default": Mode("default", 8, 2, 3, (10_000, 100_000), 200, 50, True),
     "full": Mode("full", 10, 2, 4, (10_000, 100_000, 1_000_000), 300, 50, True),
 }
-BENCHMARKS = ("ceiling", "spawn", "get", "worker", "e2e")
+BENCHMARKS = ("ceiling", "spawn", "get", "worker", "e2e", "loading")
 """``memory`` is measured during ``spawn``; ``--only memory`` runs ``spawn``."""
 
 
@@ -559,3 +560,156 @@ def bench_e2e(ctx: Context, db: dbs.Scratch) -> None:
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+# ---- loading a catalog from nothing --------------------------------------------------------------
+
+LOAD_VARIANTS = 10_000
+CREATE_PATH = "/api/catalog-variant-bulk-create-jobs"
+
+
+def _create_body(externals: list[str], item: str) -> bytes:
+    rng = random.Random(len(externals))
+    entries = []
+    for external in externals:
+        attributes = variant_changes(rng, external) | {
+            "external_id": external, "description": "d", "inventory_policy": 1,
+        }  # fmt: skip
+        entries.append({
+            "type": "catalog-variant", "attributes": attributes,
+            "relationships": {"item": {"data": {"type": "catalog-item", "id": PREFIX + item}}},
+        })  # fmt: skip
+    body = {"data": {"type": "catalog-variant-bulk-create-job",
+                     "attributes": {"variants": {"data": entries}}}}  # fmt: skip
+    return orjson.dumps(body)
+
+
+def _limiter_seconds(jobs: int, limits: str) -> float:
+    """The least time a limiter of ``limits`` (``75/second;700/minute``) lets ``jobs`` requests
+    through: whole windows, each admitting at most its amount."""
+    bound = 0.0
+    for part in limits.split(";"):
+        amount, _, per = part.partition("/")
+        window = {"second": 1.0, "minute": 60.0, "hour": 3600.0}[per.strip()]
+        bound = max(bound, ((jobs - 1) // int(amount)) * window)
+    return bound
+
+
+def bench_loading(ctx: Context, kind: str) -> None:
+    """10,000 variants from nothing through bulk create jobs of 100, at the default limits,
+    against what the limiter alone allows; and a create job's cost against an update job's."""
+    from backstock.domain.jobs import KINDS
+    from backstock.http.routes import operations
+    from backstock.services.limits import Limiter
+    from backstock.settings import Settings
+
+    console.rule(f"loading ({kind}): {LOAD_VARIANTS:,} variants from nothing, default limits")
+    with dbs.scratch(kind, "load", ctx.workdir, ctx.pg_admin) as db:
+        port = free_port()
+        env = backstock_env(db, ctx) | {"BACKSTOCK_RATE_LIMITS": "on"}
+        for name in ("BACKSTOCK_MAX_JOBS_IN_PROGRESS", "BACKSTOCK_MAX_QUEUED_BYTES"):
+            env.pop(name)  # the defaults: this is a user's load
+        server = Server(f"backstock-load-{kind}", [PYTHON, "-m", "backstock", "serve", "--port",
+                        str(port)], env, ctx.workdir / f"load-{kind}.log", port)  # fmt: skip
+        headers = api_headers(db.key, post=True)
+        item = {
+            "data": {
+                "type": "catalog-item",
+                "attributes": {
+                    "external_id": "ITEM",
+                    "title": "t",
+                    "description": "d",
+                    "url": "https://s/i",
+                },
+            }
+        }
+        externals = [f"L{n:06d}" for n in range(LOAD_VARIANTS)]
+        bodies = [
+            _create_body(externals[n : n + 100], "ITEM") for n in range(0, len(externals), 100)
+        ]
+        waited = 0.0
+        with serving(server):
+            check(server, "POST", "/api/catalog-items", 201, headers, orjson.dumps(item))
+            client = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            started = time.monotonic()
+            job_ids: list[str] = []
+            for body in bodies:  # as a client would: each job once, after any Retry-After
+                while True:
+                    client.request("POST", CREATE_PATH, body=body, headers=headers)
+                    response = client.getresponse()
+                    answer = response.read()
+                    if response.status == 202:
+                        job_ids.append(orjson.loads(answer)["data"]["id"])
+                        break
+                    if response.status != 429:
+                        raise RuntimeError(f"loading: {response.status} {answer[:300]!r}")
+                    pause = float(response.getheader("Retry-After") or 1)
+                    waited += pause
+                    time.sleep(pause)
+            client.close()
+            accepted = time.monotonic() - started
+            conn = db.connect()
+            done_sql = (
+                "SELECT count(*) FROM jobs WHERE kind = 'catalog-variant-bulk-create-job' "
+                "AND status = 'complete'"
+            )
+            try:
+                while int(conn.execute(done_sql).fetchone()[0]) < len(job_ids):
+                    if time.monotonic() - started > 600:
+                        raise RuntimeError("loading: the jobs did not complete")
+                    time.sleep(0.02)
+                total = time.monotonic() - started
+                created = int(conn.execute("SELECT count(*) FROM catalog_variants").fetchone()[0])
+            finally:
+                conn.close()
+        if created != LOAD_VARIANTS:
+            raise RuntimeError(f"loading: {created} variants, not {LOAD_VARIANTS}")
+        [op] = [op for op in operations() if op.id == "bulk_create_catalog_variants"]
+        limits = Limiter(Settings(database_url=db.url)).limits(op.id, op.scope, op.limits)
+        floor = _limiter_seconds(len(bodies), limits)
+        console.print(
+            f"  {len(bodies)} jobs accepted in {accepted:.1f} s, all applied in {total:.1f} s; "
+            f"the limiter ({limits}) alone allows {floor:.1f} s"
+        )
+        ctx.raw[f"loading-{kind}"] = {
+            "accepted_s": accepted, "total_s": total, "limits": limits,
+            "limiter_floor_s": floor, "throttled_wait_s": waited,
+        }  # fmt: skip
+        ctx.add(Row("loading 10k variants", kind, "seconds to all applied", total,
+                    max(floor, 0.001), False, f"limits {limits}"))  # fmt: skip
+        # A create job of 100 against an update job of 100, applied by the same worker code.
+        per_job = _job_costs(db, KINDS)
+        ctx.raw[f"loading-{kind}"] |= per_job
+        ctx.add(Row("create vs update job of 100", kind, "worker ms/job (create; floor: update)",
+                    per_job["create_ms"], per_job["update_ms"], False))  # fmt: skip
+
+
+def _job_costs(db: dbs.Scratch, kinds: Any, jobs: int = 40) -> dict[str, float]:
+    """Milliseconds per job of ``jobs`` variant create jobs, then as many update jobs of the
+    same variants, each drained by the worker's own claim (one job per transaction)."""
+    from backstock.bootstrap import build_services, run
+
+    services = build_services(db.settings())
+    rng = random.Random(9)
+    externals = [f"C{n:06d}" for n in range(jobs * 100)]
+    creates = [_create_body(externals[n : n + 100], "ITEM") for n in range(0, len(externals), 100)]
+    updates = [
+        bulk_body([(e, variant_changes(rng, e)) for e in externals[n : n + 100]])
+        for n in range(0, len(externals), 100)
+    ]
+
+    async def measure(kind: str, bodies: list[bytes]) -> float:
+        who = await dbs.principal(services, db.key)
+        for body in bodies:
+            await services.jobs.spawn(who, kinds[kind], body)
+        started = time.perf_counter()
+        while await services.jobs.claim_many("bench", items=1):
+            pass
+        return (time.perf_counter() - started) / len(bodies) * 1000
+
+    try:
+        create_ms = run(services, lambda: measure("catalog-variant-bulk-create-job", creates))
+        update_ms = run(services, lambda: measure("catalog-variant-bulk-update-job", updates))
+    finally:
+        services.close()
+    return {"create_ms": create_ms, "update_ms": update_ms}

@@ -73,3 +73,42 @@ def test_the_document_marks_backstocks_own_operations() -> None:
         assert "x-backstock-extension" not in described  # Klaviyo's, with extensions inside
         names = {p.get("name") for p in described["parameters"]}
         assert {"Idempotency-Key", "dry_run"} <= names
+
+
+def operations_page() -> str:
+    """``docs/operations.md``: every operation, with the limits that apply by default."""
+    from backstock.services.limits import Limiter
+    from backstock.settings import Settings
+
+    limiter = Limiter(Settings(operation_limits="", write_limits=None, read_limits=None))
+    lines = [
+        "# Every operation",
+        "",
+        "Generated from the route table (`src/backstock/http/routes.py`) by "
+        "`tests/unit/test_routes.py`, which checks this page against it. Klaviyo's 54 operations "
+        "keep their `operationId`s, scopes and success statuses; the rate limits are those that "
+        "apply by default (Klaviyo's `x-klaviyo-ratelimit`, the seeds' for the variant bulk "
+        "update job and its GET; `BACKSTOCK_OPERATION_LIMITS` and friends change them). "
+        "Backstock's extensions ([extensions.md](extensions.md)) are marked. Every path is also "
+        "served with a trailing slash.",
+        "",
+        "| operationId | method and path | scope | success | rate limits (burst; steady) | |",
+        "|---|---|---|---|---|---|",
+    ]
+    for op in operations():
+        limits = limiter.limits(op.id, op.scope, op.limits).replace(";", "; ")
+        mark = "extension" if op.extension else ""
+        lines.append(
+            f"| `{op.id}` | `{op.method} {op.path}` | `{op.scope}` | {op.status} | {limits} "
+            f"| {mark} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def test_the_operations_page_lists_every_operation() -> None:
+    """Regenerate with ``python -c "from tests.unit.test_routes import operations_page as p;
+    print(p(), end='')" > docs/operations.md``."""
+    from pathlib import Path
+
+    page = Path(__file__).parents[2] / "docs" / "operations.md"
+    assert page.read_text() == operations_page()
