@@ -130,6 +130,7 @@
       $("sign-in-error").textContent = "That does not look like an API key (pk_…).";
       return;
     }
+    $("sign-in-error").textContent = "";  // the last attempt's refusal is not this one's
     sessionStorage.setItem(KEY_STORAGE, key);
     try {
       await api(`/api/catalog-items?${query({ "page[size]": "1", "fields[catalog-item]": "external_id" })}`);
