@@ -90,7 +90,6 @@ def machine(wrk: str, pg_admin: str | None) -> dict[str, Any]:
         "msgspec": version("msgspec"),
         "psycopg": version("psycopg"),
         "sqlalchemy": version("sqlalchemy"),
-        "fastapi": version("fastapi"),
         "sqlite": sqlite3.sqlite_version,
         "wrk": wrk_version(wrk),
     }
