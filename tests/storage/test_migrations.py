@@ -1,6 +1,7 @@
 """The migrations produce exactly the tables the code declares, on both databases, and 0002
 carries a 0001 database's data across: item categories become links, open jobs keep their
-payload (in the new format) and run, finished jobs stay readable."""
+payload (in the new format) and run, finished jobs stay readable. 0003 moves the fair queue's
+turns out of the account rows, and back on downgrade."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from backstock.settings import Settings
 from backstock.storage import migrate
 from backstock.storage.database import sqlalchemy_url
 from backstock.storage.schema import (
+    account_turns,
     accounts,
     catalog_categories,
     catalog_items,
@@ -223,3 +225,34 @@ def test_0002_carries_the_data_of_a_0001_database(empty_url: str) -> None:
     assert open_jobs == 0
     # only the failed item is left, kept for a retry
     assert [[entry[0] for entry in orjson.loads(p)] for p in left] == [["GONE"]]
+
+
+# ---- 0003 moves the turns out of the account rows ----------------------------------------------
+
+
+def test_0003_moves_each_accounts_turn_to_account_turns_and_back(empty_url: str) -> None:
+    config = migrate.alembic_config(empty_url)
+    command.upgrade(config, "0002")
+    with sql(empty_url) as conn:
+        for name, last_claim in (("served", 1234), ("never", 0)):
+            conn.execute(
+                text(
+                    "INSERT INTO accounts (name, created_at, last_claim, cursor_key) "
+                    "VALUES (:name, 1, :last_claim, :key)"
+                ),
+                {"name": name, "last_claim": last_claim, "key": b"k" * 16},
+            )
+        ids = dict(conn.execute(text("SELECT name, id FROM accounts")).all())
+    migrate.upgrade(empty_url)
+    migrate.check(empty_url)
+    with sql(empty_url) as conn:
+        turns = conn.execute(select(account_turns.c.account_id, account_turns.c.last_claim)).all()
+        columns = {c["name"] for c in inspect(conn).get_columns("accounts")}
+    assert [tuple(t) for t in turns] == [(ids["served"], 1234)]  # never served: no row
+    assert "last_claim" not in columns
+
+    command.downgrade(config, "0002")
+    with sql(empty_url) as conn:
+        back = dict(conn.execute(text("SELECT name, last_claim FROM accounts")).all())
+        assert "account_turns" not in inspect(conn).get_table_names()
+    assert back == {"served": 1234, "never": 0}

@@ -403,6 +403,56 @@ def test_jobs_of_every_kind_keep_acceptance_order_under_concurrent_workers(
 # ---- every kind of job -------------------------------------------------------------------------
 
 
+# PostgreSQL only: on SQLite, with one writer, a spawn waits for any write transaction.
+@pytest.mark.parametrize(
+    "engine", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+def test_applying_batches_leaves_the_account_row_free_for_its_spawns(
+    services: Services, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every acceptance updates its account's row (its open jobs and bytes). While a worker's
+    transaction claims a job and applies batches, that row must stay unlocked, or on
+    PostgreSQL the account's spawns wait for every batch (they did: 26-148 spawns/s while the
+    worker ran). Checked from inside the real claim and batch transactions, after each apply:
+    another connection updates the row as an acceptance does, with a lock timeout."""
+    import psycopg
+
+    from backstock.storage import engine as engine_module
+    from backstock.storage.database import postgres_url
+
+    who = principal(services)
+    externals = seed(services, who, 3)
+    spawn(services, who, [(externals[n % 3], {"price": float(n)}) for n in range(25)])
+    applied = engine_module.catalog.apply
+    checked: list[str] = []
+
+    def as_an_acceptance_would() -> None:
+        with psycopg.connect(postgres_url(database_url), autocommit=True) as other:
+            other.execute("SET lock_timeout = '2s'")
+            other.execute(
+                "UPDATE accounts SET open_jobs = open_jobs WHERE id = %s", (who.account_id,)
+            )
+        checked.append("free")
+
+    async def apply_then_check(*args: Any, **kwargs: Any) -> Any:
+        outcomes = await applied(*args, **kwargs)
+        await asyncio.to_thread(as_an_acceptance_would)  # raises LockNotAvailable if held
+        return outcomes
+
+    monkeypatch.setattr(engine_module.catalog, "apply", apply_then_check)
+    job = claim(services, "w")  # the claim and the first batch
+    assert job is not None
+    drain_job(services, job)  # two more batches, the last completing the job
+    assert checked == ["free"] * 3
+    with rows(services) as conn:
+        account = conn.execute(
+            select(accounts_table.c.open_jobs, accounts_table.c.open_bytes).where(
+                accounts_table.c.id == who.account_id
+            )
+        ).one()
+    assert tuple(account) == (0, 0)  # the slot freed at the end, in the same transaction
+
+
 def test_one_job_of_each_kind_applies_with_per_item_outcomes(services: Services) -> None:
     """Nine jobs, one of each kind, each with an item that applies and items that cannot: a
     create of what exists is a ``conflict``, a variant naming an item that does not exist and

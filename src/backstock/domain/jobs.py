@@ -142,6 +142,9 @@ class ClaimedJob:
     applied_now: int = 0
     failed_now: int = 0
     """The items the last batch applied and failed (for metrics)."""
+    bytes_kept: int = 0
+    """Once complete: the bytes of its failed items, kept for a retry (its account's quota
+    frees the rest of its payload)."""
 
 
 def item_error(code: str, title: str, detail: str, pointer: str) -> dict[str, Any]:

@@ -177,11 +177,17 @@ class JobStore:
                 job = await queue.claim_next_job(conn, owner, now, lease_us)
                 if job is None:
                     break
-                done = first_batch and await apply_batch(conn, job, now, batch_size, retention_us)
+                # The clock read again: the job may have been accepted (its created_at read)
+                # after ``now``, and committed just before the claim saw it.
+                applied_at = max(now, now_us())
+                done = first_batch and await apply_batch(
+                    conn, job, applied_at, batch_size, retention_us
+                )
                 claimed.append((job, done))
                 held += job.total_count
                 if not done:
                     break
+            await queue.free_slots(conn, [job for job, done in claimed if done])
             return claimed
 
         return await self.db.write(unit)
@@ -205,8 +211,12 @@ class JobStore:
             if not await queue.fence(conn, job, now, lease_us):
                 return None
             if fail:
-                return await fail_batch(conn, job, now, batch_size, retention_us)
-            return await apply_batch(conn, job, now, batch_size, retention_us, forced)
+                done = await fail_batch(conn, job, now, batch_size, retention_us)
+            else:
+                done = await apply_batch(conn, job, now, batch_size, retention_us, forced)
+            if done:
+                await queue.free_slots(conn, (job,))
+            return done
 
         return await self.db.write(unit)
 

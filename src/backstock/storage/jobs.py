@@ -23,6 +23,7 @@ streams in other processes. ``storage.engine`` applies the batches.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -214,17 +215,22 @@ UPDATE jobs
          JOIN jobs AS j ON j.pk = (SELECT min(e.pk) FROM jobs AS e
                                     WHERE e.account_id = a.id
                                       AND e.status IN ('queued', 'processing'))
+         LEFT JOIN account_turns AS t ON t.account_id = a.id
         WHERE a.open_jobs > 0
           AND (j.status = 'queued' OR j.lease_expires_at < :now)
           AND (j.not_before IS NULL OR j.not_before <= :now)
         -- fair queues: the account whose job was claimed least recently goes first
-        ORDER BY a.last_claim, j.pk
+        ORDER BY COALESCE(t.last_claim, 0), j.pk
         LIMIT 1 {lock})
    -- still claimable (PostgreSQL rechecks this on a row another worker just changed)
    AND (status = 'queued' OR (status = 'processing' AND lease_expires_at < :now))
 RETURNING pk, id, account_id, kind, shape, total_count, completed_count, failed_count,
           next_index, errors
 """
+# The account's turn: its row in account_turns (never the account's own row, which every
+# acceptance of the account updates).
+_SERVED_SQL = """INSERT INTO account_turns (account_id, last_claim) {rows}
+ON CONFLICT (account_id) DO UPDATE SET last_claim = excluded.last_claim"""
 _CLAIM_NEXT = Statement(
     "claim_next_job",
     # SQLite: BEGIN IMMEDIATE, one writer at a time; the head found in the open jobs' index,
@@ -233,14 +239,11 @@ _CLAIM_NEXT = Statement(
     # PostgreSQL, in one round trip: the claim (a head another worker is claiming right now is
     # skipped, not waited for), the account's turn taken, and the payload.
     f"""WITH claimed AS ({_CLAIM.replace("{lock}", "FOR UPDATE OF j SKIP LOCKED")}),
-served AS (
-    UPDATE accounts SET last_claim = :now WHERE id = (SELECT account_id FROM claimed))
+served AS ({_SERVED_SQL.format(rows="SELECT account_id, :now FROM claimed")})
 SELECT claimed.*, p.payload FROM claimed LEFT JOIN job_payloads AS p ON p.job_pk = claimed.pk""",  # noqa: S608 - constant pieces
 )
 _PAYLOAD = Statement("job_payload", "SELECT payload FROM job_payloads WHERE job_pk = :pk")
-
-
-_SERVED = Statement("served", "UPDATE accounts SET last_claim = :now WHERE id = :account")
+_SERVED = Statement("served", _SERVED_SQL.format(rows="VALUES (:account, :now)"))
 
 
 async def claim_next_job(conn: Conn, owner: str, now: int, lease_us: int) -> ClaimedJob | None:
@@ -320,10 +323,9 @@ _KEEP_PAYLOAD = Statement(
     "keep_failed_items", "UPDATE job_payloads SET payload = :retained WHERE job_pk = :job"
 )
 _DROP_PAYLOAD = Statement("drop_payload", "DELETE FROM job_payloads WHERE job_pk = :job")
-# PostgreSQL: the last batch's progress, the freed slot, the payload (dropped, or cut down to
-# the failed items), the webhook delivery and the event in one round trip (a data-modifying
-# WITH runs whether or not the statement reads it; every part sees the rows as they were
-# before the statement).
+# PostgreSQL: the last batch's progress, the payload (dropped, or cut down to the failed
+# items), the webhook delivery and the event in one round trip (a data-modifying WITH runs
+# whether or not the statement reads it). The account's slot is freed by settle_accounts.
 _COMPLETE_POSTGRES = Statement(
     "complete_job",
     """
@@ -339,12 +341,6 @@ kept AS (
      WHERE job_pk = :job AND CAST(:retained AS BYTEA) IS NOT NULL),
 gone AS (
     DELETE FROM job_payloads WHERE job_pk = :job AND CAST(:retained AS BYTEA) IS NULL),
-slot AS (
-    UPDATE accounts
-       SET open_jobs = open_jobs - 1,
-           open_bytes = open_bytes + :kept - COALESCE(
-               (SELECT LENGTH(payload) FROM job_payloads WHERE job_pk = :job), 0)
-     WHERE id = :account),
 hook AS (
     INSERT INTO webhook_deliveries (account_id, job_id, event, payload, next_attempt_at,
                                     created_at)
@@ -363,8 +359,9 @@ async def record_progress(
     now: int,
     retention_us: int,
 ) -> bool:
-    """Move the job past a batch; completes it when it was the last: frees its slot, and cuts
-    its payload down to the items that failed (kept for a retry until the job expires)."""
+    """Move the job past a batch; completes it when it was the last, cutting its payload down
+    to the items that failed (kept for a retry until the job expires). The caller frees its
+    account's slot at the end of the transaction (``settle_accounts``)."""
     done = end >= job.total_count
     every_error = [*job.errors, *errors]
     retained = _failed_items(job.payload, every_error) if done else None
@@ -390,14 +387,34 @@ async def record_progress(
     else:
         await conn.run(_PROGRESS, params)
         if done:
-            await conn.run(_FREE_SLOT, params)
             await conn.run(_KEEP_PAYLOAD if retained else _DROP_PAYLOAD, params)
             await conn.run(_ENQUEUE_DELIVERY, params)
+    job.bytes_kept = len(retained or b"")
     job.next_index = end
     job.completed_count += completed
     job.failed_count += len(errors)
     job.applied_now, job.failed_now = completed, len(errors)
     return done
+
+
+_FREE_SLOTS = Statement(
+    "free_slots",
+    """UPDATE accounts SET open_jobs = open_jobs - :ended, open_bytes = open_bytes - :freed
+        WHERE id = :account""",
+)
+
+
+async def free_slots(conn: Conn, ended: Sequence[ClaimedJob]) -> None:
+    """The worker's last statements in a transaction: the accounts of the jobs that ``ended``
+    in it get their slots back, with their payloads' bytes but those kept for a retry. Last,
+    because the account row is what every acceptance of the account updates: taken here, its
+    lock is held for the commit only, not while the batches apply (on PostgreSQL, the
+    account's spawns would wait for them). Accounts in id order, as any two transactions of
+    the worker lock them."""
+    for account in sorted({job.account_id for job in ended}):
+        done = [job for job in ended if job.account_id == account]
+        freed = sum(len(job.payload) - job.bytes_kept for job in done)
+        await conn.run(_FREE_SLOTS, {"account": account, "ended": len(done), "freed": freed})
 
 
 def _failed_items(payload: bytes, errors: list[dict[str, Any]]) -> bytes | None:

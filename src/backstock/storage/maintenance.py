@@ -17,6 +17,7 @@ webhook, set by an operator like a key)."""
 
 # Children before their parents (foreign keys are enforced on SQLite too).
 _EMPTY = (
+    Statement("empty_account_turns", "DELETE FROM account_turns"),
     Statement("empty_job_payloads", "DELETE FROM job_payloads"),
     Statement("empty_jobs", "DELETE FROM jobs"),
     Statement("empty_webhook_deliveries", "DELETE FROM webhook_deliveries"),
@@ -29,9 +30,7 @@ EMPTIED = tuple(statement.name.removeprefix("empty_") for statement in _EMPTY)
 
 # No job is open any more: every account's slots and queued bytes are free, and the fair
 # queue's memory of whom it served last starts over.
-_FREE_SLOTS = Statement(
-    "free_every_slot", "UPDATE accounts SET open_jobs = 0, open_bytes = 0, last_claim = 0"
-)
+_FREE_SLOTS = Statement("free_every_slot", "UPDATE accounts SET open_jobs = 0, open_bytes = 0")
 
 
 async def reset(conn: Conn) -> int:

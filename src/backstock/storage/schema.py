@@ -53,11 +53,19 @@ accounts = Table(
     # every API process.
     Column("open_jobs", Integer, nullable=False, server_default=text("0")),
     Column("open_bytes", BigInteger, nullable=False, server_default=text("0")),
-    # When a worker last claimed a job of this account: claims go to the account served least
-    # recently (fair queues: one account's backlog does not hold up the others).
-    Column("last_claim", BigInteger, nullable=False, server_default=text("0")),
     # The key its page cursors are enciphered with (domain.pagination).
     Column("cursor_key", LargeBinary, nullable=False),
+)
+
+# When a worker last claimed a job of an account (no row: never): claims go to the account
+# served least recently (fair queues: one account's backlog does not hold up the others). A
+# table of the workers' own: every acceptance updates the account's row, and a claim updating
+# it too would hold that row locked while the claimed batches apply.
+account_turns = Table(
+    "account_turns",
+    metadata,
+    Column("account_id", ForeignKey("accounts.id"), primary_key=True),
+    Column("last_claim", BigInteger, nullable=False),
 )
 
 api_keys = Table(
