@@ -834,14 +834,40 @@ def test_the_claim_reads_the_queue_through_its_indexes(database_url: str) -> Non
         params = {**constants, "owner": "w", "now": 10**15, "expires": 10**15 + 30}
         driver = conn.connection.driver_connection
         explain = "EXPLAIN " if postgres else "EXPLAIN QUERY PLAN "
-        plan = [str(row[-1]) for row in driver.execute(explain + statement, params).fetchall()]
+
+        def planned() -> list[str]:
+            return [str(row[-1]) for row in driver.execute(explain + statement, params)]
+
+        plan = planned()
+        if postgres:
+            # A burst of jobs the statistics have not seen yet (one account loading its
+            # catalog into a queue that was empty when last analyzed).
+            conn.execute(text("DELETE FROM jobs"))
+            conn.execute(text("UPDATE accounts SET open_jobs = 1"))  # as last analyzed
+            conn.execute(text("ANALYZE"))
+            conn.execute(text("UPDATE accounts SET open_jobs = 0"))
+            conn.execute(
+                text(
+                    "INSERT INTO jobs (id, account_id, kind, status, shape, total_count, "
+                    "linkage, errors, created_at) SELECT 'burst-' || n, "
+                    "(SELECT min(id) FROM accounts), 'catalog-variant-bulk-update-job', "
+                    "'queued', 'data', 1, '[]', '[]', n FROM jobs_numbers"
+                )
+            )
+            conn.execute(
+                text(
+                    "UPDATE accounts SET open_jobs = 20000 WHERE id = (SELECT min(account_id) FROM jobs)"
+                )
+            )
+            burst = "\n".join(planned())
     text_plan = "\n".join(plan)
     if postgres:
         # jobs are only looked up: each account's head in a partial index of the open jobs,
         # the chosen one by its key; never a scan of the table, nor a join of job with job
-        assert "Seq Scan on jobs" not in text_plan, text_plan
-        assert "Anti Join" not in text_plan, text_plan
-        assert "ix_jobs_open" in text_plan or "ix_jobs_queue" in text_plan, text_plan
+        for shown in (text_plan, burst):
+            assert "Seq Scan on jobs" not in shown, shown
+            assert "Anti Join" not in shown, shown
+            assert "ix_jobs_open" in shown, shown
     else:
         # The only scan is of the accounts (those with open jobs); jobs are searched: each
         # head in the open jobs' index, the chosen one by its key.

@@ -208,37 +208,55 @@ _CLAIM = """
 UPDATE jobs
    SET status = 'processing', lease_owner = :owner, lease_expires_at = :expires,
        attempts = attempts + 1
- WHERE pk = (
-       SELECT j.pk FROM accounts AS a
-         -- the head of each account's queue (its oldest unfinished job, whatever its kind):
-         -- one lookup in ix_jobs_open per account with open jobs, however many are queued
-         JOIN jobs AS j ON j.pk = (SELECT min(e.pk) FROM jobs AS e
-                                    WHERE e.account_id = a.id
-                                      AND e.status IN ('queued', 'processing'))
-         LEFT JOIN account_turns AS t ON t.account_id = a.id
-        WHERE a.open_jobs > 0
-          AND (j.status = 'queued' OR j.lease_expires_at < :now)
-          AND (j.not_before IS NULL OR j.not_before <= :now)
-        -- fair queues: the account whose job was claimed least recently goes first
-        ORDER BY COALESCE(t.last_claim, 0), j.pk
-        LIMIT 1 {lock})
+ WHERE pk = ({pick})
    -- still claimable (PostgreSQL rechecks this on a row another worker just changed)
    AND (status = 'queued' OR (status = 'processing' AND lease_expires_at < :now))
 RETURNING pk, id, account_id, kind, shape, total_count, completed_count, failed_count,
           next_index, errors
 """
+# A head is claimable when queued, or when its lease lapsed (recovery is this query).
+_CLAIMABLE = """(j.status = 'queued' OR j.lease_expires_at < :now)
+          AND (j.not_before IS NULL OR j.not_before <= :now)"""
+# SQLite (BEGIN IMMEDIATE: one writer at a time): the head of each account's queue (its
+# oldest unfinished job, whatever its kind), one lookup in the open jobs' index per account
+# with open jobs, however many are queued (INDEXED BY: not by walking an account's finished
+# jobs, kept for days, in the index of all its jobs); fair queues: the account whose job was
+# claimed least recently goes first.
+_PICK_SQLITE = f"""
+       SELECT j.pk FROM accounts AS a
+         JOIN jobs AS j ON j.pk = (SELECT min(e.pk) FROM jobs AS e INDEXED BY ix_jobs_open
+                                    WHERE e.account_id = a.id
+                                      AND e.status IN ('queued', 'processing'))
+         LEFT JOIN account_turns AS t ON t.account_id = a.id
+        WHERE a.open_jobs > 0 AND {_CLAIMABLE}
+        ORDER BY COALESCE(t.last_claim, 0), j.pk
+        LIMIT 1"""  # noqa: S608 - constant pieces
+# PostgreSQL: the same, with the heads found first and the jobs then read by primary key. Joined
+# the way SQLite's is, the planner may hash every queued job to find the heads (it did, with a
+# backlog of 10,000 jobs its statistics had not seen yet: 4 ms a claim, growing with the
+# backlog); the head another worker is claiming this instant is skipped, not waited for.
+_PICK_POSTGRES = f"""
+       SELECT j.pk FROM jobs AS j
+        WHERE j.pk = ANY(ARRAY(SELECT pk FROM heads)) AND {_CLAIMABLE}
+        ORDER BY (SELECT h.turn FROM heads AS h WHERE h.pk = j.pk), j.pk
+        LIMIT 1 FOR UPDATE OF j SKIP LOCKED"""  # noqa: S608 - constant pieces
+_HEADS_POSTGRES = """
+heads AS MATERIALIZED (
+    SELECT (SELECT min(e.pk) FROM jobs AS e
+             WHERE e.account_id = a.id AND e.status IN ('queued', 'processing')) AS pk,
+           COALESCE(t.last_claim, 0) AS turn
+      FROM accounts AS a LEFT JOIN account_turns AS t ON t.account_id = a.id
+     WHERE a.open_jobs > 0)"""
 # The account's turn: its row in account_turns (never the account's own row, which every
 # acceptance of the account updates).
 _SERVED_SQL = """INSERT INTO account_turns (account_id, last_claim) {rows}
 ON CONFLICT (account_id) DO UPDATE SET last_claim = excluded.last_claim"""
 _CLAIM_NEXT = Statement(
     "claim_next_job",
-    # SQLite: BEGIN IMMEDIATE, one writer at a time; the head found in the open jobs' index,
-    # not by walking an account's finished jobs (kept for days) in the index of all its jobs.
-    _CLAIM.replace("{lock}", "").replace("jobs AS e", "jobs AS e INDEXED BY ix_jobs_open"),
-    # PostgreSQL, in one round trip: the claim (a head another worker is claiming right now is
-    # skipped, not waited for), the account's turn taken, and the payload.
-    f"""WITH claimed AS ({_CLAIM.replace("{lock}", "FOR UPDATE OF j SKIP LOCKED")}),
+    _CLAIM.format(pick=_PICK_SQLITE),
+    # PostgreSQL, in one round trip: the claim, the account's turn taken, and the payload.
+    f"""WITH {_HEADS_POSTGRES},
+claimed AS ({_CLAIM.format(pick=_PICK_POSTGRES)}),
 served AS ({_SERVED_SQL.format(rows="SELECT account_id, :now FROM claimed")})
 SELECT claimed.*, p.payload FROM claimed LEFT JOIN job_payloads AS p ON p.job_pk = claimed.pk""",  # noqa: S608 - constant pieces
 )
