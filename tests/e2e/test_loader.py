@@ -267,7 +267,7 @@ def test_upsert_delete_and_throttling_by_another_client(
     assert sorted(left) == [f"A{n}" for n in range(3, 8)]
 
     # Another client takes the whole 3/second of item creates while the loader starts: the
-    # loader meets 429s, waits as Retry-After says, and sends each chunk exactly once.
+    # loader waits for the limit and sends each chunk exactly once.
     stop = threading.Event()
 
     def hog() -> None:
@@ -294,5 +294,8 @@ def test_upsert_delete_and_throttling_by_another_client(
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr
     assert "5 rows, 5 jobs, 5 applied, 0 failed" in stdout
-    assert "rate limit (429)" in stderr
+    # It waited for the limit: after a 429 (Retry-After), or, when it won a slot as the other
+    # client's window turned, because RateLimit-Remaining said 0 (the 429 path alone:
+    # tests/unit/test_load.py); either way each chunk was sent once (below).
+    assert "rate limit" in stderr
     assert jobs_by_kind(cluster)["item-bulk-create"] == 2 + 5

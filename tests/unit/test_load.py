@@ -1,5 +1,6 @@
-"""``backstock load`` without a server: reading, the header convention, conversions, chunking,
-validation with line numbers, the failed-rows file and the state file."""
+"""``backstock load`` without Backstock: reading, the header convention, conversions, chunking,
+validation with line numbers, the failed-rows file, the state file, and its client's answer to
+a 429 (from a stub server that refuses once)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typer.testing import CliRunner
 from backstock.cli import app
 from backstock.cli.load import (
     ERROR_COLUMNS,
+    Client,
     InputError,
     State,
     failed_path,
@@ -362,3 +364,55 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
         app, ["load", str(path), "--type", "variant", "--format", "csv", "--mode", "merge"]
     )
     assert result.exit_code == 2 and "--mode" in result.stderr
+
+
+def test_a_429_is_waited_out_as_retry_after_says_and_the_post_sent_once_more() -> None:
+    """The e2e test meets the server's limiter only when it wins no slot: here a server
+    refuses the first POST with 429 and ``Retry-After: 1``, then accepts."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    posts: list[float] = []
+
+    class Refuses(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            posts.append(time.monotonic())
+            refused = len(posts) == 1
+            body = orjson.dumps(
+                {"errors": [{"status": 429, "code": "throttled", "title": "Too many"}]}
+                if refused
+                else {"data": {"type": "catalog-item-bulk-create-job", "id": "J1"}}
+            )
+            self.send_response(429 if refused else 202)
+            if refused:
+                self.send_header("Retry-After", "1")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    class Waits:
+        reasons: list[str] = []
+
+        def waiting(self, left: float, reason: str) -> None:
+            if reason:
+                self.reasons.append(reason)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refuses)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    ui = Waits()
+    client = Client(f"http://127.0.0.1:{server.server_port}", "pk_test", ui, lambda: False)  # type: ignore[arg-type]
+    try:
+        answer = client.request("POST", "/api/catalog-item-bulk-create-jobs", b"{}", op="create")
+    finally:
+        client.close()
+        server.shutdown()
+        server.server_close()
+    assert answer.status == 202
+    assert len(posts) == 2
+    assert posts[1] - posts[0] >= 0.95  # Retry-After: 1
+    assert set(ui.reasons) == {"rate limit (429)"}
