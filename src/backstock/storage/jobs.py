@@ -343,7 +343,7 @@ _KEEP_PAYLOAD = Statement(
 _DROP_PAYLOAD = Statement("drop_payload", "DELETE FROM job_payloads WHERE job_pk = :job")
 # PostgreSQL: the last batch's progress, the payload (dropped, or cut down to the failed
 # items), the webhook delivery and the event in one round trip (a data-modifying WITH runs
-# whether or not the statement reads it). The account's slot is freed by settle_accounts.
+# whether or not the statement reads it). The account's slot is freed by free_slots.
 _COMPLETE_POSTGRES = Statement(
     "complete_job",
     """
@@ -379,7 +379,7 @@ async def record_progress(
 ) -> bool:
     """Move the job past a batch; completes it when it was the last, cutting its payload down
     to the items that failed (kept for a retry until the job expires). The caller frees its
-    account's slot at the end of the transaction (``settle_accounts``)."""
+    account's slot at the end of the transaction (``free_slots``)."""
     done = end >= job.total_count
     every_error = [*job.errors, *errors]
     retained = _failed_items(job.payload, every_error) if done else None
@@ -392,7 +392,7 @@ async def record_progress(
         "owner": None if done else job.owner,
         "lease_expires": None if done else job.lease_expires_at,
         "account": job.account_id,
-        "retained": retained, "kept": len(retained or b""), "job_id": job.id, "now": now,
+        "retained": retained, "job_id": job.id, "now": now,
     }  # fmt: skip
     if done:
         counts = (job.total_count, job.completed_count + completed, job.failed_count + len(errors))
