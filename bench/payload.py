@@ -71,3 +71,15 @@ CATALOG_COLUMNS = (
     "title", "description", "sku", "inventory_policy", "inventory_quantity", "price", "url",
     "image_full_url", "image_thumbnail_url", "images", "custom_metadata", "published",
 )  # fmt: skip
+
+
+def api_headers(key: str, post: bool, revision: str = REVISION) -> dict[str, str]:
+    """The headers of a request to the API (and to the mocks standing in for it)."""
+    headers = {
+        "Authorization": f"Klaviyo-API-Key {key}",
+        "revision": revision,
+        "Accept": "application/vnd.api+json",
+    }
+    if post:
+        headers["Content-Type"] = "application/vnd.api+json"
+    return headers

@@ -20,7 +20,7 @@ import orjson
 from rich.console import Console
 
 from bench import dbs
-from bench.payload import JOBS_PATH, PREFIX, REVISION, bulk_body, variant_changes
+from bench.payload import JOBS_PATH, PREFIX, api_headers, bulk_body, variant_changes
 from bench.procs import PYTHON, RssSampler, Server, cpu_seconds, free_port, postgres_pids
 from bench.procs import request as http_request
 from bench.wrk import LoadResult, write_script
@@ -157,17 +157,6 @@ def floor_server(
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BACKSTOCK_", "BENCH_"))}
     env |= {"BENCH_FLOOR_DB": db_url, "BENCH_FLOOR_CONNECTIONS": str(max(ctx.connections, 1))}
     return Server(name, command, env, ctx.workdir / f"{name}.log", port)
-
-
-def api_headers(key: str, post: bool) -> dict[str, str]:
-    headers = {
-        "Authorization": f"Klaviyo-API-Key {key}",
-        "revision": REVISION,
-        "Accept": "application/vnd.api+json",
-    }
-    if post:
-        headers["Content-Type"] = "application/vnd.api+json"
-    return headers
 
 
 def load(

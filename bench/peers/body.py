@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from bench.payload import PREFIX, external_id, variant_changes
+from bench.payload import PREFIX, api_headers, external_id, variant_changes
 
 REVISION = "2026-07-15"
 """The revision of Klaviyo's spec that Prism serves (Backstock accepts it too)."""
@@ -95,12 +95,6 @@ def create_body(ids: list[str], seed: int = 16) -> bytes:
 
 
 def headers(key: str, post: bool) -> dict[str, str]:
-    """The same headers for every server (Prism checks ``Authorization`` and ``revision``)."""
-    sent = {
-        "Authorization": f"Klaviyo-API-Key {key}",
-        "revision": REVISION,
-        "Accept": "application/vnd.api+json",
-    }
-    if post:
-        sent["Content-Type"] = "application/vnd.api+json"
-    return sent
+    """The same headers for every server (Prism checks ``Authorization`` and ``revision``, the
+    revision of the document it serves)."""
+    return api_headers(key, post, revision=REVISION)
