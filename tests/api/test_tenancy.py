@@ -113,7 +113,7 @@ def test_revoked_key_stops_working_in_every_process_at_once(
     service_call(services, lambda: services.accounts.revoke_key(key.key_id))
     services.close()
     for api in (first, second):
-        # through FastAPI's routes, and through the fast lane (poll and spawn)
+        # through the key's own lookup (a list, a spawn) and through a poll's (with the job)
         for response in (
             api.get("/api/catalog-variants"),
             api.get("/api/catalog-variant-bulk-update-jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV"),

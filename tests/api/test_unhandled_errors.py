@@ -24,7 +24,7 @@ def _boom(*_args: object, **_kwargs: object) -> None:
     ("target", "name", "path"),
     [
         (Catalog, "list_resources", "/api/catalog-variants"),
-        (Jobs, "get", "/api/catalog-variant-bulk-update-jobs/01ABC"),
+        (Jobs, "poll", "/api/catalog-variant-bulk-update-jobs/01ABC"),
     ],
 )
 def test_unhandled_error_is_a_jsonapi_500(

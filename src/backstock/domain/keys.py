@@ -1,11 +1,12 @@
 """API keys as Klaviyo's clients send them: ``Authorization: Klaviyo-API-Key pk_<id>_<secret>``.
 
 Only a SHA-256 of the secret is stored; the key id finds the row and the hashes are compared in
-constant time (``services.accounts``)."""
+constant time (``principal``)."""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 from dataclasses import dataclass
 from typing import Final
@@ -63,6 +64,16 @@ def from_authorization(header: str | None) -> ApiKey:
     if len(key_id) != KEY_ID_LENGTH or not secret:
         raise NotAuthenticated(INVALID)
     return ApiKey(key_id, secret)
+
+
+def principal(record: KeyRecord | None, key: ApiKey) -> Principal:
+    """The principal of ``key``, given the stored key its id names: if it exists, its secret
+    matches (compared in constant time) and it is not revoked; 401 otherwise."""
+    if record is None or not hmac.compare_digest(record.secret_hash, key.secret_hash):
+        raise NotAuthenticated(INVALID)
+    if record.revoked_at is not None:
+        raise NotAuthenticated("The API key has been revoked.")
+    return Principal(record.account_id, record.id, record.scopes, record.cursor_key)
 
 
 def key_id_of(text: str) -> str:

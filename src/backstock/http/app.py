@@ -3,9 +3,11 @@
 A request is routed on the route table (``http.routes``), then, in this order and before any
 of its work: the revision and ``Accept`` headers, the query parameters, the key (from the
 headers alone: no byte of the body is read for a request without a valid key), the scope and
-the rate limit. Then the operation's handler reads the body, if it takes one, calls one service
-function and renders its result. Any ``BackstockError`` becomes a JSON:API error document; any
-other exception is logged once and becomes a 500 without a stack trace.
+the rate limit (an operation with a ``fetch`` checks the key and reads what it addresses in
+one statement: a job's poll is one round trip). Then the operation's handler reads the body,
+if it takes one, calls one service function and renders its result. Any ``BackstockError``
+becomes a JSON:API error document; any other exception is logged once and becomes a 500
+without a stack trace.
 """
 
 from __future__ import annotations
@@ -192,9 +194,13 @@ class App:
         limiter = services.limiter
         address = request.client
         limiter.check_failures(address)
+        fetched = None
         try:
             key = keys.from_authorization(headers.get("authorization"))
-            who = await services.accounts.authenticate(key)
+            if op.fetch is None:
+                who = await services.accounts.authenticate(key)
+            else:
+                who, fetched = await op.fetch(services, key, params)
         except NotAuthenticated:
             limiter.count_failure(address)
             raise
@@ -211,7 +217,7 @@ class App:
             seen.limit = state
         base = services.settings.base_url or request.base_url
         render = Renderer(base, fields, revision < NULLABLE_SINCE, who.cursor_key)
-        return await op.handler(Call(request, services, who, params, query, render))
+        return await op.handler(Call(request, services, who, params, query, render, fetched))
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:

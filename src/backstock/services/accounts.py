@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from backstock.domain import keys
-from backstock.domain.errors import BadRequest, NotAuthenticated, NotFound
+from backstock.domain.errors import BadRequest, NotFound
 from backstock.domain.ids import AccountId
 from backstock.domain.keys import AccountRecord, ApiKey, KeyRecord, Principal
 from backstock.services.stores import AccountStore
@@ -27,14 +26,8 @@ class Accounts:
         self.store = store
 
     async def authenticate(self, key: ApiKey) -> Principal:
-        """The principal of ``key`` if it exists, its secret matches (compared in constant
-        time) and it is not revoked; 401 otherwise."""
-        record = await self.store.find_key(key.key_id)
-        if record is None or not hmac.compare_digest(record.secret_hash, key.secret_hash):
-            raise NotAuthenticated(keys.INVALID)
-        if record.revoked_at is not None:
-            raise NotAuthenticated("The API key has been revoked.")
-        return Principal(record.account_id, record.id, record.scopes, record.cursor_key)
+        """The principal of ``key`` (``domain.keys.principal``): 401 unless it is valid."""
+        return keys.principal(await self.store.find_key(key.key_id), key)
 
     async def create_account(self, name: str) -> AccountId:
         return await self.store.create_account(name)

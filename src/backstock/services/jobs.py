@@ -13,7 +13,7 @@ from typing import Protocol
 
 import msgspec
 
-from backstock.domain import bodies
+from backstock.domain import bodies, keys
 from backstock.domain.catalog import Record
 from backstock.domain.clock import now_us
 from backstock.domain.errors import NotFound, Throttled
@@ -27,7 +27,7 @@ from backstock.domain.jobs import (
     linked_external_ids,
     request_hash,
 )
-from backstock.domain.keys import Principal
+from backstock.domain.keys import ApiKey, Principal
 from backstock.domain.pagination import Page, PageRequest
 from backstock.services.offload import decoded
 from backstock.services.stores import CatalogStore, JobStore, Listen
@@ -159,9 +159,10 @@ class Jobs:
     async def cancel(self, who: Principal, kind: JobKind, job_id: str) -> JobRecord:
         """Cancel a queued or processing job: nothing more of it is applied (409 once it is
         complete)."""
-        found = await self.store.cancel(who.account_id, kind.type, job_id, self._retention_us)
-        if found is None:
-            raise NotFound(f"No {kind.type} with id '{job_id[:40]}'")
+        found = self.require(
+            kind, job_id,
+            await self.store.cancel(who.account_id, kind.type, job_id, self._retention_us),
+        )  # fmt: skip
         self.signal.notify(found.id)
         self.signal.notify(DELIVERIES)
         return found
@@ -246,7 +247,20 @@ class Jobs:
                 await asyncio.wait_for(task, 2.0)
 
     async def get(self, who: Principal, kind: JobKind, job_id: str) -> JobRecord:
-        found = await self.store.get(who.account_id, kind.type, job_id)
+        return self.require(kind, job_id, await self.store.get(who.account_id, kind.type, job_id))
+
+    async def poll(
+        self, key: ApiKey, kind: JobKind, job_id: str
+    ) -> tuple[Principal, JobRecord | None]:
+        """The principal of ``key`` (401 unless it is valid: ``domain.keys.principal``) and its
+        account's job ``job_id``, if there is one, in one statement: a poll is one round trip.
+        The job comes back only through a valid key; ``require`` makes the 404."""
+        record, job = await self.store.poll(key, kind.type, job_id)
+        return keys.principal(record, key), job
+
+    @staticmethod
+    def require(kind: JobKind, job_id: str, found: JobRecord | None) -> JobRecord:
+        """``found``, or 404 when there is no such job."""
         if found is None:
             raise NotFound(f"No {kind.type} with id '{job_id[:40]}'")
         return found

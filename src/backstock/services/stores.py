@@ -14,7 +14,7 @@ from backstock.domain.catalog import Outcome, Record
 from backstock.domain.filters import Condition
 from backstock.domain.ids import AccountId
 from backstock.domain.jobs import ClaimedJob, JobKind, JobRecord, NewJob
-from backstock.domain.keys import AccountRecord, KeyRecord
+from backstock.domain.keys import AccountRecord, ApiKey, KeyRecord
 from backstock.domain.pagination import Page, PageRequest
 from backstock.domain.resources import Resource
 from backstock.domain.webhooks import Delivery, Due, Webhook
@@ -71,6 +71,9 @@ class JobStore(Protocol):
         self, source: JobRecord, new: NewJob, max_open: int, max_bytes: int
     ) -> JobRecord: ...
     async def get(self, account: AccountId, kind: str, job_id: str) -> JobRecord | None: ...
+    async def poll(
+        self, key: ApiKey, kind: str, job_id: str
+    ) -> tuple[KeyRecord | None, JobRecord | None]: ...
     async def list_jobs(
         self, account: AccountId, kind: str, status: str | None, page: PageRequest
     ) -> Page[JobRecord]: ...

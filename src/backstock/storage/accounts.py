@@ -6,11 +6,14 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy import Join, bindparam, select
+
 from backstock.domain.clock import now_us
 from backstock.domain.errors import Conflict, NotFound
 from backstock.domain.ids import AccountId
 from backstock.domain.keys import AccountRecord, KeyRecord
 from backstock.storage.database import Database
+from backstock.storage.schema import accounts, api_keys
 from backstock.storage.sql import Conn, Statement
 
 _INSERT_ACCOUNT = Statement(
@@ -27,12 +30,24 @@ _INSERT_KEY = Statement(
     "INSERT INTO api_keys (id, account_id, secret_hash, scopes, created_at) "
     "VALUES (:key, :account, :secret_hash, :scopes, :now)",
 )
-_KEYS = (
-    "SELECT k.id, k.account_id, a.name, k.secret_hash, k.scopes, k.created_at, k.revoked_at,"
-    " a.cursor_key FROM api_keys AS k JOIN accounts AS a ON a.id = k.account_id"
+KEY_COLUMNS = (
+    api_keys.c.id, api_keys.c.account_id, accounts.c.name, api_keys.c.secret_hash,
+    api_keys.c.scopes, api_keys.c.created_at, api_keys.c.revoked_at, accounts.c.cursor_key,
+)  # fmt: skip
+"""A key's row as ``key_record`` reads it (other statements select them first, then more)."""
+KEY_WIDTH = len(KEY_COLUMNS)
+KEYS: Join = api_keys.join(accounts, accounts.c.id == api_keys.c.account_id)
+
+_FIND_KEY = Statement(
+    "find_key", select(*KEY_COLUMNS).select_from(KEYS).where(api_keys.c.id == bindparam("key"))
 )
-_FIND_KEY = Statement("find_key", _KEYS + " WHERE k.id = :key")
-_LIST_KEYS = Statement("list_keys", _KEYS + " WHERE k.account_id = :account ORDER BY k.created_at")
+_LIST_KEYS = Statement(
+    "list_keys",
+    select(*KEY_COLUMNS)
+    .select_from(KEYS)
+    .where(api_keys.c.account_id == bindparam("account"))
+    .order_by(api_keys.c.created_at),
+)
 _REVOKE_KEY = Statement(
     "revoke_key",
     "UPDATE api_keys SET revoked_at = :now WHERE id = :key AND revoked_at IS NULL",
@@ -63,8 +78,9 @@ async def insert_key(
     await conn.run(_INSERT_KEY, params | {"now": now})
 
 
-def _key(row: Sequence[Any]) -> KeyRecord:
-    key_id, account, name, secret_hash, scopes, created, revoked, cursor_key = row
+def key_record(row: Sequence[Any]) -> KeyRecord:
+    """The key of a row that starts with ``KEY_COLUMNS``."""
+    key_id, account, name, secret_hash, scopes, created, revoked, cursor_key = row[:KEY_WIDTH]
     return KeyRecord(
         key_id, AccountId(account), name, secret_hash, frozenset(scopes.split()), created,
         revoked, bytes(cursor_key),
@@ -74,11 +90,11 @@ def _key(row: Sequence[Any]) -> KeyRecord:
 async def find_key(conn: Conn, key_id: str) -> KeyRecord | None:
     """Run on every request."""
     row = await conn.one(_FIND_KEY, {"key": key_id})
-    return None if row is None else _key(row)
+    return None if row is None else key_record(row)
 
 
 async def list_keys(conn: Conn, account: AccountId) -> list[KeyRecord]:
-    return [_key(row) for row in await conn.all(_LIST_KEYS, {"account": account})]
+    return [key_record(row) for row in await conn.all(_LIST_KEYS, {"account": account})]
 
 
 async def revoke_key(conn: Conn, key_id: str, now: int) -> bool:

@@ -14,6 +14,7 @@ from backstock.domain.catalog import Outcome, Refusal
 from backstock.domain.clock import now_us
 from backstock.domain.ids import AccountId
 from backstock.domain.jobs import ClaimedJob, JobKind, JobRecord, NewJob
+from backstock.domain.keys import ApiKey, KeyRecord
 from backstock.domain.pagination import Page, PageRequest
 from backstock.domain.resources import Resource
 from backstock.storage import catalog
@@ -133,6 +134,11 @@ class JobStore:
 
     async def get(self, account: AccountId, kind: str, job_id: str) -> JobRecord | None:
         return await self.db.read(lambda conn: queue.get_job(conn, account, kind, job_id, now_us()))
+
+    async def poll(
+        self, key: ApiKey, kind: str, job_id: str
+    ) -> tuple[KeyRecord | None, JobRecord | None]:
+        return await self.db.read(lambda conn: queue.poll(conn, key, kind, job_id, now_us()))
 
     async def list_jobs(
         self, account: AccountId, kind: str, status: str | None, page: PageRequest

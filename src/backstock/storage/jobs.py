@@ -29,7 +29,7 @@ from typing import Any
 
 import msgspec
 import orjson
-from sqlalchemy import Select, bindparam, select
+from sqlalchemy import ColumnElement, Select, and_, bindparam, or_, select
 
 from backstock.domain import jobs as domain
 from backstock.domain.bodies import load_payload
@@ -37,9 +37,11 @@ from backstock.domain.clock import now_us
 from backstock.domain.errors import IdempotencyMismatch, JobFinished, QuotaExceeded, TooManyJobs
 from backstock.domain.ids import AccountId, JobId, compound_id
 from backstock.domain.jobs import ClaimedJob, JobRecord, NewJob, finished_event
+from backstock.domain.keys import ApiKey, KeyRecord
 from backstock.domain.pagination import Page, PageRequest
 from backstock.storage import pages
-from backstock.storage.schema import accounts, jobs
+from backstock.storage.accounts import KEY_COLUMNS, KEY_WIDTH, KEYS, key_record
+from backstock.storage.schema import accounts, api_keys, jobs
 from backstock.storage.sql import Conn, Statement, composed
 
 NOTIFY_CHANNEL = "backstock_jobs"  # also spelled out in _ACCEPT's PostgreSQL form
@@ -157,13 +159,36 @@ async def accept(conn: Conn, new: NewJob, max_open: int, max_bytes: int) -> JobR
     return new.record(pk)
 
 
-_GET_JOB = Statement(
-    "get_job",
-    """SELECT pk, id, kind, status, shape, total_count, completed_count, failed_count,
-              created_at, completed_at, expires_at, errors, linkage, retry_of
-         FROM jobs
-        WHERE account_id = :account AND id = :id AND kind = :kind
-          AND (expires_at IS NULL OR expires_at > :now)""",
+def _live_job(account: ColumnElement[Any]) -> ColumnElement[bool]:
+    """The job ``:id`` of ``account``, of the kind ``:kind``, not expired (expired ones await
+    the reaper)."""
+    return and_(
+        jobs.c.account_id == account,
+        jobs.c.id == bindparam("id"),
+        jobs.c.kind == bindparam("kind"),
+        or_(jobs.c.expires_at.is_(None), jobs.c.expires_at > bindparam("now")),
+    )
+
+
+_JOB = tuple(jobs.c[name] for name in _JOB_COLUMNS)
+_GET_JOB = Statement("get_job", select(*_JOB).where(_live_job(bindparam("account"))))
+# The poll: the key and the job it asks for, in one statement (one round trip). The job comes
+# back only through a key whose secret matches and that is not revoked (a lookup by its unique
+# id); the key's row comes back either way, for the caller to refuse (``keys.principal``).
+_POLL = Statement(
+    "poll",
+    select(*KEY_COLUMNS, *_JOB)
+    .select_from(
+        KEYS.outerjoin(
+            jobs,
+            and_(
+                api_keys.c.secret_hash == bindparam("secret_hash"),
+                api_keys.c.revoked_at.is_(None),
+                _live_job(api_keys.c.account_id),
+            ),
+        )
+    )
+    .where(api_keys.c.id == bindparam("key")),
 )
 
 
@@ -180,13 +205,26 @@ async def get_job(
     return None if row is None else _job(row)
 
 
+async def poll(
+    conn: Conn, key: ApiKey, kind: str, job_id: str, now: int
+) -> tuple[KeyRecord | None, JobRecord | None]:
+    """The key ``key`` names, and, if ``key`` is that key and it is not revoked, its account's
+    job ``job_id`` of this kind (as ``get_job`` finds it)."""
+    params = {"key": key.key_id, "secret_hash": key.secret_hash, "id": job_id, "kind": kind}
+    row = await conn.one(_POLL, params | {"now": now})
+    if row is None:
+        return None, None
+    job = row[KEY_WIDTH:]
+    return key_record(row), None if job[0] is None else _job(job)
+
+
 async def list_jobs(
     conn: Conn, account: AccountId, kind: str, status: str | None, page: PageRequest, now: int
 ) -> Page[JobRecord]:
     """Keyset-paginated on ``pk`` (newest first when ``page.descending``)."""
 
     def build() -> Select[Any]:
-        query = select(*(jobs.c[name] for name in _JOB_COLUMNS)).where(
+        query = select(*_JOB).where(
             jobs.c.account_id == bindparam("account"),
             jobs.c.kind == bindparam("kind"),
             jobs.c.expires_at.is_(None) | (jobs.c.expires_at > bindparam("now")),
@@ -628,9 +666,7 @@ async def admin_jobs(
     """The newest jobs of every account (or one), optionally of a status and a kind."""
 
     def build() -> Select[Any]:
-        query = select(accounts.c.name, *(jobs.c[name] for name in _JOB_COLUMNS)).join(
-            accounts, accounts.c.id == jobs.c.account_id
-        )
+        query = select(accounts.c.name, *_JOB).join(accounts, accounts.c.id == jobs.c.account_id)
         if account is not None:
             query = query.where(accounts.c.name == bindparam("account"))
         if status is not None:

@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import quote
 
 import pytest
 from starlette.testclient import TestClient
 
+from backstock.domain import jobs
+from backstock.domain.errors import NotAuthenticated
+from backstock.domain.jobs import JobRecord
+from backstock.domain.keys import ApiKey, KeyRecord
+from backstock.services.container import Services
+from backstock.storage.sql import Conn, Statement
 from tests.conftest import KeyFactory
 from tests.support import (
     JOB_TYPE,
     JOBS,
     Api,
     bulk_body,
+    call,
     cid,
     errors_of,
     get_job,
+    key_id,
     listed_ids,
     parameter,
     seed_catalog,
@@ -180,3 +189,49 @@ def test_progress_only_moves_forward(
     assert [done for _, done, _ in seen] == sorted(done for _, done, _ in seen)
     assert [failed for _, _, failed in seen] == sorted(failed for _, _, failed in seen)
     assert seen[-1] == ("complete", 29, 1)
+
+
+def test_a_poll_is_one_statement_of_the_key_and_the_job(
+    idle_api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id = spawn(idle_api, [("V1", {"price": 1.0})])
+    ran: list[str] = []
+    run_statement = Conn.all
+
+    async def counted(self: Conn, statement: Statement, params: Any = None) -> list[Any]:
+        ran.append(statement.name)
+        return await run_statement(self, statement, params)
+
+    monkeypatch.setattr(Conn, "all", counted)
+    assert get_job(idle_api, job_id).json()["data"]["id"] == job_id
+    assert get_job(idle_api, "01ARZ3NDEKTSV4RRFFQ69G5FAV").status_code == 404
+    assert ran == ["poll", "poll"]
+
+
+def test_a_poll_reads_the_job_only_through_a_valid_key(idle_api: Api, services: Services) -> None:
+    job_id = spawn(idle_api, [("V1", {"price": 1.0})])
+    key = key_id(idle_api.key)
+    secret = idle_api.key.split("_", 2)[2]  # pk_<id>_<secret>, and a secret may hold "_"
+    kind = jobs.KINDS[JOB_TYPE]
+
+    def poll(secret: str) -> tuple[KeyRecord | None, JobRecord | None]:
+        return call(
+            services, lambda: services.jobs.store.poll(ApiKey(key, secret), JOB_TYPE, job_id)
+        )
+
+    record, found = poll(secret)
+    assert record is not None and record.id == key and found is not None and found.id == job_id
+    who, job = call(services, lambda: services.jobs.poll(ApiKey(key, secret), kind, job_id))
+    assert job == found and who.account_id == record.account_id
+    record, job = poll(secret + "x")  # the key's row (for the 401), not its account's job
+    assert record is not None and record.id == key and job is None
+    with pytest.raises(NotAuthenticated):
+        call(services, lambda: services.jobs.poll(ApiKey(key, secret + "x"), kind, job_id))
+    call(services, lambda: services.accounts.revoke_key(key))
+    record, job = poll(secret)
+    assert record is not None and record.revoked_at is not None and job is None
+    unknown = ApiKey("0" * 12, secret)
+    assert call(services, lambda: services.jobs.store.poll(unknown, JOB_TYPE, job_id)) == (
+        None,
+        None,
+    )
