@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from functools import cache
@@ -166,8 +166,7 @@ class App:
     ) -> None:
         route = seen.route
         operation = route.id if route is not None else "unrouted"
-        telemetry.REQUESTS.labels(operation, str(status)).inc()
-        telemetry.LATENCY.labels(operation).observe(time.perf_counter() - started)
+        telemetry.observe_request(operation, status, time.perf_counter() - started)
         account = seen.who.account_id if seen.who is not None else "-"
         if seen.who is not None:
             self._accounts.count(account)
@@ -247,7 +246,9 @@ def _request_id(given: str | None) -> str:
     """The client's ``X-Request-Id`` when it is a sane one, else a new one."""
     if given and len(given) <= 128 and given.isascii() and given.isprintable():
         return given
-    return uuid.uuid4().hex
+    # 128 random bits, as a UUID4's hex, without its system call (a log's id, not a secret;
+    # ``random`` is seeded anew in each forked process).
+    return f"{random.getrandbits(128):032x}"
 
 
 def _count_refusal(exc: BackstockError) -> None:

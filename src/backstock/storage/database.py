@@ -607,6 +607,9 @@ class _Group:
         return True
 
 
+_OPERATIONAL = (sqlite3.OperationalError, psycopg.OperationalError)
+
+
 class translate_errors:  # noqa: N801 - used as a context manager like contextlib's
     """Failures that retrying later can cure become ``Unavailable`` (503) above the storage
     layer, each with a detail that says what is wrong."""
@@ -615,7 +618,7 @@ class translate_errors:  # noqa: N801 - used as a context manager like contextli
         return None
 
     def __exit__(self, kind: Any, exc: BaseException | None, _tb: Any) -> Literal[False]:
-        if isinstance(exc, sqlite3.OperationalError | psycopg.OperationalError):
+        if exc is not None and isinstance(exc, _OPERATIONAL):
             unavailable = unavailable_for(exc)
             if unavailable is not None:
                 raise unavailable from exc
