@@ -74,8 +74,7 @@ def kind(type_: str) -> JobKind:
     return KINDS[type_]
 
 
-@dataclass(frozen=True, slots=True)
-class JobRecord:
+class JobRecord(msgspec.Struct, frozen=True):
     """A job as the API shows it."""
 
     pk: int

@@ -11,6 +11,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Final
 
+import msgspec
+
 from backstock.domain.errors import NotAuthenticated, PermissionDenied
 from backstock.domain.ids import AccountId
 
@@ -22,8 +24,7 @@ KEY_ID_LENGTH: Final = 12
 INVALID: Final = "The API key is not valid."
 
 
-@dataclass(frozen=True, slots=True)
-class ApiKey:
+class ApiKey(msgspec.Struct, frozen=True):
     """A key as presented: its id (which finds it) and its secret (which proves it)."""
 
     key_id: str
@@ -34,8 +35,7 @@ class ApiKey:
         return hash_secret(self.secret)
 
 
-@dataclass(frozen=True, slots=True)
-class Principal:
+class Principal(msgspec.Struct, frozen=True):
     """Who is calling: the account a key belongs to and what it may do."""
 
     account_id: AccountId
@@ -90,8 +90,7 @@ def new_key() -> tuple[ApiKey, str]:
     return key, f"{PREFIX}{key.key_id}_{key.secret}"
 
 
-@dataclass(frozen=True, slots=True)
-class KeyRecord:
+class KeyRecord(msgspec.Struct, frozen=True):
     """A stored key: never its secret, only the secret's hash."""
 
     id: str
