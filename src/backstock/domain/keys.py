@@ -24,15 +24,19 @@ KEY_ID_LENGTH: Final = 12
 INVALID: Final = "The API key is not valid."
 
 
-class ApiKey(msgspec.Struct, frozen=True):
-    """A key as presented: its id (which finds it) and its secret (which proves it)."""
+class ApiKey:
+    """A key as presented: its id (which finds it) and its secret (which proves it), with the
+    secret's SHA-256 made once (a poll both sends it to the database and compares it)."""
 
-    key_id: str
-    secret: str
+    __slots__ = ("key_id", "secret", "secret_hash")
 
-    @property
-    def secret_hash(self) -> str:
-        return hash_secret(self.secret)
+    def __init__(self, key_id: str, secret: str) -> None:
+        self.key_id = key_id
+        self.secret = secret
+        self.secret_hash = hash_secret(secret)
+
+    def __repr__(self) -> str:  # never the secret
+        return f"ApiKey({self.key_id!r})"
 
 
 class Principal(msgspec.Struct, frozen=True):

@@ -167,6 +167,8 @@ def parse_fields(
 ) -> dict[str, frozenset[str]]:
     """``fields[TYPE]=a,b`` for the types this operation renders; unknown names are a 400."""
     fields: dict[str, frozenset[str]] = {}
+    if not query:
+        return fields
     for kind, names in allowed.items():
         parameter = f"fields[{kind}]"
         text = query.get(parameter)
