@@ -33,11 +33,25 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 _PID = [os.getpid()]
 os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
-if values.ValueClass is not values.MutexValue:
-    # Multiprocess mode: every increment checks whether the process forked. Its default check
-    # is os.getpid(), a system call (~3 µs here: a tenth of a job poll's CPU with the three
-    # increments a request makes); the pid kept up to date at each fork answers the same.
-    values.ValueClass = values.MultiProcessValue(lambda: _PID[0])  # type: ignore[no-untyped-call]
+
+
+def count_in_files(on: bool = True) -> None:
+    """From now on, count in the files of ``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client
+    decides only when it is imported; ``serve`` names the directory later, before its server
+    processes fork; every metric here has labels, so none holds a value before its first use).
+
+    Each increment then checks whether the process forked. Its default check is os.getpid(), a
+    system call (~3 µs here: a tenth of a job poll's CPU with the three increments a request
+    makes); the pid kept up to date at each fork answers the same."""
+    values.ValueClass = (
+        values.MultiProcessValue(lambda: _PID[0])  # type: ignore[no-untyped-call]
+        if on
+        else values.MutexValue
+    )
+
+
+if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+    count_in_files()
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 

@@ -1,6 +1,6 @@
-"""Metrics under ``serve --workers N`` (prometheus-client's multiprocess mode): each forked
-process writes its own file, found by the pid ``telemetry`` keeps up to date at each fork
-rather than asking the kernel on every increment, and ``/metrics`` adds them up."""
+"""Metrics in prometheus-client's multiprocess mode (``serve``: tests/e2e/test_metrics.py):
+each forked process writes its own file, named by the pid ``telemetry`` keeps up to date at
+each fork (rather than asking the kernel on every increment), and the scrape adds them up."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ child = os.fork()
 if child == 0:
     telemetry.observe_request("get_thing", 200, 0.001)
     telemetry.observe_request("get_thing", 200, 0.001)
-    os._exit(0)
-os.waitpid(child, 0)
+    os._exit(0 if telemetry._PID[0] == os.getpid() else 3)
+_, status = os.waitpid(child, 0)
+assert os.waitstatus_to_exitcode(status) == 0, "the child's kept pid is its parent's"
 telemetry.observe_request("get_thing", 200, 0.001)
 print(os.getpid(), child)
 print(telemetry.exposition([])[0].decode())

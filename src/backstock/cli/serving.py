@@ -87,14 +87,17 @@ def _metrics_directory() -> Iterator[None]:
     """The directory every server process writes its metrics to, so that ``/metrics`` answers
     for all of them (``PROMETHEUS_MULTIPROC_DIR``: a fresh one unless given)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        telemetry.count_in_files()
         yield
         return
     with tempfile.TemporaryDirectory(prefix="backstock-metrics-") as directory:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        telemetry.count_in_files()
         try:
             yield
         finally:
             del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+            telemetry.count_in_files(on=False)
 
 
 def run_granian(

@@ -4,16 +4,18 @@ A request is routed on the route table (``http.routes``), then, in this order an
 of its work: the revision and ``Accept`` headers, the query parameters, the key (from the
 headers alone: no byte of the body is read for a request without a valid key), the scope and
 the rate limit (an operation with a ``fetch`` checks the key and reads what it addresses in
-one statement: a job's poll is one round trip). Then the operation's handler reads the body,
-if it takes one, calls one service function and renders its result. Any ``BackstockError``
-becomes a JSON:API error document; any other exception is logged once and becomes a 500
-without a stack trace.
+one statement: a job's poll is one round trip, so a poll refused for its scope or its rate
+limit has read its job, a lookup by unique id, and shows nothing of it). Then the operation's
+handler reads the body, if it takes one, calls one service function and renders its result.
+Any ``BackstockError`` becomes a JSON:API error document; any other exception is logged once
+and becomes a 500 without a stack trace.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -246,9 +248,14 @@ def _request_id(given: str | None) -> str:
     """The client's ``X-Request-Id`` when it is a sane one, else a new one."""
     if given and len(given) <= 128 and given.isascii() and given.isprintable():
         return given
-    # 128 random bits, as a UUID4's hex, without its system call (a log's id, not a secret;
-    # ``random`` is seeded anew in each forked process).
-    return f"{random.getrandbits(128):032x}"
+    # 128 random bits, as a UUID4's hex, without its system call (a log's id, not a secret),
+    # from a generator of its own: an embedded test server (backstock.testing) must not draw
+    # from, nor repeat with, its host's seeded ``random``.
+    return f"{_IDS.getrandbits(128):032x}"
+
+
+_IDS = random.Random()
+os.register_at_fork(after_in_child=_IDS.seed)  # forked server processes: ids of their own
 
 
 def _count_refusal(exc: BackstockError) -> None:
