@@ -161,7 +161,12 @@ def test_two_processes_sharing_redis_admit_what_one_would(
     prefix = f"test-{uuid.uuid4().hex}"
     key = key_for()
     # A generous timeout: on a loaded machine a slow Redis answer would fail open (by design).
-    shared = {"redis_url": redis_url, "redis_key_prefix": prefix, "redis_timeout_seconds": 5.0}
+    # A minute-long window: Redis expires a window's key in real time (the fake clock cannot
+    # stop it), so with a one-second window a slow machine's 200 spawns outlived it (100 in).
+    shared = {
+        "redis_url": redis_url, "redis_key_prefix": prefix, "redis_timeout_seconds": 5.0,
+        "write_limits": "1000/second;75/minute",
+    }  # fmt: skip
     one = limited(app_factory, key, **shared)
     two = limited(app_factory, key, **shared)
     statuses = [spawn(one if n % 2 else two, "V").status_code for n in range(200)]
