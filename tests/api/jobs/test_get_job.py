@@ -205,7 +205,10 @@ def test_a_poll_is_one_statement_of_the_key_and_the_job(
     monkeypatch.setattr(Conn, "all", counted)
     assert get_job(idle_api, job_id).json()["data"]["id"] == job_id
     assert get_job(idle_api, "01ARZ3NDEKTSV4RRFFQ69G5FAV").status_code == 404
-    assert ran == ["poll", "poll"]
+    # Only the reads a poll could make: other apps' workers of this test session run their
+    # own statements (claims, deliveries) meanwhile, on threads of their own.
+    reads = [name for name in ran if name in ("poll", "find_key", "get_job")]
+    assert reads == ["poll", "poll"]
 
 
 def test_a_poll_reads_the_job_only_through_a_valid_key(idle_api: Api, services: Services) -> None:
