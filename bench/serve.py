@@ -24,6 +24,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         run_granian(
             args.target, "127.0.0.1", args.port, args.workers,
             Settings.model_fields["header_timeout_seconds"].default,
+            Settings.model_fields["stop_timeout_seconds"].default,
         )  # fmt: skip
     else:
         import uvicorn

@@ -317,7 +317,13 @@ def module_live_server(live_server: LiveServer) -> LiveServer:
 @pytest.fixture
 def cluster_env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BACKSTOCK_")}
-    env |= {"BACKSTOCK_RATE_LIMITS": "off", "BACKSTOCK_LOG_LEVEL": "warning"}
+    # One server process unless a test asks for more: with rate limits off, serve's ``auto``
+    # would start one per CPU (tests/e2e/test_serve_processes.py tests that).
+    env |= {
+        "BACKSTOCK_RATE_LIMITS": "off",
+        "BACKSTOCK_LOG_LEVEL": "warning",
+        "BACKSTOCK_WORKERS": "1",
+    }
     return env
 
 

@@ -360,6 +360,18 @@ def served(app: Any, **options: Any) -> Iterator[str]:
 BACKSTOCK = [sys.executable, "-m", "backstock"]
 
 
+def process_group(leader: subprocess.Popen[bytes]) -> list[int]:
+    """The processes of ``leader``'s process group: ``serve`` and the server's workers."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = (entry / "stat").read_text()
+                if int(stat.rpartition(")")[2].split()[2]) == leader.pid:
+                    pids.append(int(entry.name))
+    return pids
+
+
 @dataclass
 class Cluster:
     """API and worker processes sharing one database."""
@@ -428,6 +440,7 @@ class Cluster:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(15)
             signal_group(process, signal.SIGKILL)  # whatever the group still holds
+            process.wait(10)
 
 
 def signal_group(process: subprocess.Popen[bytes], signum: int) -> None:

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+AUTO_MAX_PROCESSES = 4
+"""``serve``'s most processes when it picks: on SQLite they share one writer, so more would only
+queue on its lock."""
+AUTO_POSTGRES_CONNECTIONS = 90
+"""The connections ``auto`` may plan for on PostgreSQL: its default ``max_connections`` (100),
+less what it reserves and room for a worker and the CLI. A process holds up to
+``2 * pool_size + pool_max_overflow`` (docs/deploy.md)."""
 
 
 class Settings(BaseSettings):
@@ -17,8 +25,8 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    workers: int = Field(default=1, ge=1, le=64)
-    """API processes started by ``backstock serve``."""
+    workers: Literal["auto"] | Annotated[int, Field(ge=1, le=64)] = "auto"
+    """API processes started by ``backstock serve``; ``auto``: see ``server_processes``."""
 
     run_worker: bool = True
     """Whether ``serve`` runs a job worker inside each API process."""
@@ -46,6 +54,9 @@ class Settings(BaseSettings):
     """Longest a request body may take to arrive in full; a slower sender gets 408."""
     header_timeout_seconds: float = Field(default=10.0, ge=0.001, le=60)
     """Longest ``serve`` waits for a request's headers before it drops the connection."""
+    stop_timeout_seconds: int = Field(default=15, ge=1, le=3600)
+    """Longest a ``serve`` process may take to stop after SIGTERM (finishing its requests and
+    its worker's batch) before it is killed; its job's lease brings the batch back."""
 
     pool_size: int = Field(default=10, ge=1)
     pool_max_overflow: int = Field(default=10, ge=0)
@@ -155,6 +166,25 @@ class Settings(BaseSettings):
     def sqlite_file(self) -> str:
         """The SQLite database's path (``:memory:`` for none)."""
         return sqlite_path(self.database_url)
+
+    def server_processes(self, cpus: int) -> tuple[int, str]:
+        """How many API processes ``serve`` starts on a machine with ``cpus`` usable CPUs, and
+        why. ``auto`` is one per CPU (at most ``AUTO_MAX_PROCESSES``, and on PostgreSQL as many
+        as the default ``max_connections`` holds with this pool size), but only one while rate
+        limits are counted in a process's own memory: N such processes would each admit the
+        whole limit, N times what Klaviyo admits."""
+        if self.workers != "auto":
+            return self.workers, "as configured"
+        if self.rate_limits == "on" and not self.redis_url:
+            return 1, (
+                "auto: one, as rate limits are counted in a process's memory "
+                "(BACKSTOCK_REDIS_URL shares them, and then one per CPU runs)"
+            )
+        most = AUTO_MAX_PROCESSES
+        if not self.is_sqlite:
+            per_process = 2 * self.pool_size + self.pool_max_overflow
+            most = min(most, AUTO_POSTGRES_CONNECTIONS // per_process)
+        return max(1, min(cpus, most)), f"auto: one per CPU ({cpus}), at most {most}"
 
     @property
     def lease(self) -> timedelta:

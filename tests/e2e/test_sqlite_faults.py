@@ -15,7 +15,6 @@ integrity_check`` says ``ok``. Nothing is restarted to recover.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -35,7 +34,7 @@ from backstock.domain.jobs import linked_external_ids
 from backstock.storage.database import BUSY_TIMEOUT_MS
 from backstock.worker import POISON_TRIES
 from tests.conftest import IN_CI
-from tests.support import Cluster, bulk_body, item_body, variant_body
+from tests.support import Cluster, bulk_body, item_body, process_group, variant_body
 
 pytestmark = [pytest.mark.e2e]
 
@@ -558,18 +557,6 @@ for _ in sys.stdin:
 
 
 # ---- 3. writes failing with I/O errors -------------------------------------------------------
-
-
-def process_group(leader: subprocess.Popen[bytes]) -> list[int]:
-    """The processes of ``leader``'s process group: ``serve`` and the server's workers."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                stat = (entry / "stat").read_text()
-                if int(stat.rpartition(")")[2].split()[2]) == leader.pid:
-                    pids.append(int(entry.name))
-    return pids
 
 
 def test_writes_failing_with_io_errors(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -94,12 +95,39 @@ def test_serve_tells_how_to_get_a_key_with_the_path_that_works(
     assert cli.self_command() == "backstock"
 
 
+@pytest.mark.parametrize(
+    ("settings", "cpus", "expected"),
+    [
+        ({}, 8, 1),  # rate limits in each process's memory: N processes would admit N times
+        ({"rate_limits": "off"}, 2, 2),
+        ({"rate_limits": "off"}, 1, 1),
+        ({"redis_url": "redis://127.0.0.1:6379/0"}, 2, 2),  # shared limits
+        ({"rate_limits": "off"}, 16, 4),  # SQLite: more would queue on its one writer
+        # PostgreSQL: 90 connections at 2 x 10 + 10 a process
+        ({"rate_limits": "off", "database_url": "postgresql://h/d"}, 16, 3),
+        ({"rate_limits": "off", "database_url": "postgresql://h/d", "pool_size": "40"}, 16, 1),
+        ({"workers": "6"}, 2, 6),  # told: as told, limits or not
+    ],
+)
+def test_serve_picks_its_process_count_from_the_machine_and_the_limits(
+    settings: dict[str, str], cpus: int, expected: int
+) -> None:
+    assert Settings(**settings).server_processes(cpus)[0] == expected  # type: ignore[arg-type]
+
+
+def test_usable_cpus_is_within_the_affinity() -> None:
+    from backstock.cli.serving import usable_cpus
+
+    assert 1 <= usable_cpus() <= len(os.sched_getaffinity(0))
+
+
 def test_help_shows_each_options_default_and_variable(run) -> None:  # type: ignore[no-untyped-def]
     result = run("serve", "--help")
     assert result.exit_code == 0
     flat = " ".join(result.stdout.split())
     assert "[env BACKSTOCK_PORT; default 8000]" in flat
     assert "[env BACKSTOCK_HOST; default 127.0.0.1]" in flat
+    assert "[env BACKSTOCK_WORKERS; default auto]" in flat
     assert run("--version").stdout.startswith("backstock ")
 
 
