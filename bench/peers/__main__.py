@@ -197,16 +197,25 @@ def started_servers(
         for kind in kinds
         for n in (1, args.processes)
     ]
-    planned += [peers.wiremock(workdir, java, args.cache), peers.prism(workdir, args.cache)]
+    mocks = [peers.wiremock(workdir, java, args.cache), peers.prism(workdir, args.cache)]
     running: list[peers.Peer] = []
+
+    def start(server: peers.Peer) -> None:
+        server.start()
+        running.append(server)
+        if server.family == "backstock":
+            peers.seed(server)
+        server.pause()
+        report.console.print(f"  started {server.label} (pid {server.pid}, port {server.port})")
+
     try:
         for server in planned:
-            server.start()
-            running.append(server)
-            if server.family == "backstock":
-                peers.seed(server)
-            server.pause()
-            report.console.print(f"  started {server.label} (pid {server.pid}, port {server.port})")
+            start(server)
+        if "sqlite" in kinds:  # the floors read a copy of the first SQLite Backstock's file
+            for n in (1, args.processes):
+                start(peers.floor(workdir, planned[kinds.index("sqlite") * 2], n))
+        for server in mocks:
+            start(server)
         yield running
     finally:
         for server in running:

@@ -66,9 +66,10 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Backstock / mock for each Backstock row and operation (req/s: above 1 is faster than
     the mock; latency, CPU and memory: above 1 costs more than the mock)."""
     found = {(r["family"], r["operation"]): r for r in rows if r["family"] in MOCKS}
+    by_server = {(r["server"], r["operation"]): r for r in rows}
     out = []
     for row in rows:
-        if row["family"] != "backstock" or "rps" not in row:
+        if row["family"] not in ("backstock", "floor") or "rps" not in row:
             continue
         entry: dict[str, Any] = {"server": row["server"], "label": row["label"],
                                  "operation": row["operation"]}  # fmt: skip
@@ -77,6 +78,10 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for metric in ("rps", "p50_ms", "p99_ms", "cpu_ms", "rss_peak_mb"):
                 ours, theirs = row.get(metric), (peer or {}).get(metric)
                 entry[f"{metric}_vs_{mock}"] = ours / theirs if ours and theirs else None
+        # Backstock against the floor of the same database and process count.
+        floor = by_server.get((row["server"].replace("backstock-", "floor-"), row["operation"]))
+        ours, theirs = row.get("rps"), (floor or {}).get("rps")
+        entry["rps_vs_floor"] = ours / theirs if ours and theirs and floor is not row else None
         out.append(entry)
     return out
 
@@ -134,15 +139,18 @@ def print_results(results: dict[str, Any]) -> None:
             f"{r['wrk_cpu']:.0%}",
         )  # fmt: skip
     out.print(table)
-    table = Table(title="Backstock / mock (req/s: above 1.00x is faster than the mock; p99, "
-                        "CPU per request incl. DB, RSS: above 1.00x costs more)")  # fmt: skip
-    for column in ("Backstock", "op", "req/s / WireMock", "req/s / Prism", "p99 / WireMock",
-                   "p99 / Prism", "CPU / WireMock", "CPU / Prism", "RSS / WireMock",
-                   "RSS / Prism"):  # fmt: skip
-        table.add_column(column, justify="left" if column in ("Backstock", "op") else "right")
+    table = Table(title="Backstock and the floors / mock (req/s: above 1.00x is faster than the "
+                        "mock; p99, CPU per request incl. DB, RSS: above 1.00x costs more); "
+                        "req/s / floor: Backstock against the floor of its database and process "
+                        "count")  # fmt: skip
+    for column in ("server", "op", "req/s / floor", "req/s / WireMock", "req/s / Prism",
+                   "p99 / WireMock", "p99 / Prism", "CPU / WireMock", "CPU / Prism",
+                   "RSS / WireMock", "RSS / Prism"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("server", "op") else "right")
     for e in ratios(results["summary"]):
         table.add_row(
-            e["label"], e["operation"], _x(e["rps_vs_wiremock"]), _x(e["rps_vs_prism"]),
+            e["label"], e["operation"], _x(e.get("rps_vs_floor")), _x(e["rps_vs_wiremock"]),
+            _x(e["rps_vs_prism"]),
             _x(e["p99_ms_vs_wiremock"]), _x(e["p99_ms_vs_prism"]), _x(e["cpu_ms_vs_wiremock"]),
             _x(e["cpu_ms_vs_prism"]), _x(e["rss_peak_mb_vs_wiremock"]),
             _x(e["rss_peak_mb_vs_prism"]),

@@ -1,7 +1,8 @@
-"""The servers of ``make bench-peers``: Backstock (SQLite and PostgreSQL, one and N processes)
-and the stateless mocks people run to fake Klaviyo: WireMock with hand-written stubs
-(``wiremock/mappings/``) and Prism serving Klaviyo's OpenAPI document. The mocks are installed
-once with npm into a cache directory; WireMock runs on the machine's Java.
+"""The servers of ``make bench-peers``: Backstock (SQLite and PostgreSQL, one and N processes),
+the floors of ``make bench`` on SQLite (one and N processes), and the stateless mocks people run
+to fake Klaviyo: WireMock with hand-written stubs (``wiremock/mappings/``) and Prism serving
+Klaviyo's OpenAPI document. The mocks are installed once with npm into a cache directory;
+WireMock runs on the machine's Java.
 
 Every server runs in its own process group, so it can be paused (``SIGSTOP``) while the others
 are measured: Backstock's job worker, draining the jobs of its spawn rounds, and the JVM's
@@ -229,6 +230,28 @@ def backstock(workdir: Path, kind: str, processes: int, pg_admin: str, created: 
     return Peer(name, command, env, workdir / f"{name}.log", port,
                 label=f"Backstock {engine}, {processes} proc", family="backstock", key=key,
                 db_name=db_name, db_url=db_url)  # fmt: skip
+
+
+def floor(workdir: Path, seeded: Peer, processes: int) -> Peer:
+    """The floors of ``make bench`` as one server (``bench/floor_peer.py``) with ``processes``
+    processes under granian, as ``serve`` runs, over a copy of ``seeded``'s SQLite file (so
+    its GET reads the same job from the same tables). ``seeded`` is paused, idle."""
+    import sqlite3
+
+    assert seeded.db_url is not None
+    assert seeded.db_url.startswith("sqlite:///")
+    name = f"floor-sqlite-{processes}p"
+    path = workdir / f"{name}.db"
+    source = sqlite3.connect(seeded.db_url.removeprefix("sqlite:///"))
+    with contextlib.closing(source), contextlib.closing(sqlite3.connect(path)) as copy:
+        source.backup(copy)
+    port = free_port()
+    command = [PYTHON, "-m", "bench.serve", "granian", "bench.floor_peer:create", "--port",
+               str(port), "--workers", str(processes)]  # fmt: skip
+    label = f"Floor SQLite, {processes} proc"
+    return Peer(name, command, clean_env(BENCH_FLOOR_DB=f"sqlite:///{path}"),
+                workdir / f"{name}.log", port, health_path="/", label=label, family="floor",
+                key=seeded.key, job_id=seeded.job_id)  # fmt: skip
 
 
 def seed(server: Peer, timeout: float = 60.0) -> None:
