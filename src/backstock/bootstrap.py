@@ -23,7 +23,7 @@ from backstock.storage.catalog import CatalogStore
 from backstock.storage.database import Database
 from backstock.storage.engine import JobStore
 from backstock.storage.jobs import EVENTS_CHANNEL, NOTIFY_CHANNEL
-from backstock.storage.notify import listen
+from backstock.storage.notify import FileBus, listen
 from backstock.storage.webhooks import WebhookStore
 from backstock.worker import Worker
 
@@ -34,7 +34,8 @@ T = TypeVar("T")
 def build_services(settings: Settings) -> Services:
     db = Database(settings)
     catalog = CatalogStore(db)
-    signal = Signal()
+    bus = FileBus(settings.sqlite_file) if _shared_file(settings) else None
+    signal = Signal(bus.send if bus is not None else None)
     listen_events = None
     if not settings.is_sqlite:
         listen_events = functools.partial(listen, settings.database_url, EVENTS_CHANNEL)
@@ -56,14 +57,35 @@ def build_services(settings: Settings) -> Services:
         limiter=Limiter(settings),
         signal=signal,
         ping=db.ping,
+        hear_others=(lambda: bus.listen(signal.wake_here)) if bus is not None else _nothing,
         close_loop=close_loop,
-        close=db.close,
+        close=_closing(bus, db.close),
     )
 
 
+def _shared_file(settings: Settings) -> bool:
+    """A SQLite file other processes may open (not an in-memory database)."""
+    return settings.is_sqlite and settings.sqlite_file != ":memory:"
+
+
+def _nothing() -> None:
+    return None
+
+
+def _closing(bus: FileBus | None, close: Callable[[], None]) -> Callable[[], None]:
+    def both() -> None:
+        if bus is not None:
+            bus.close()
+        close()
+
+    return both
+
+
 def build_worker(services: Services, concurrency: int) -> Worker:
-    """A worker; on PostgreSQL it LISTENs for jobs accepted by any process."""
+    """A worker; it hears of jobs accepted by any process (PostgreSQL: LISTEN; SQLite: the
+    file's ``FileBus``)."""
     settings = services.settings
+    services.hear_others()
     on_job = None
     if not settings.is_sqlite:
         listen_jobs = functools.partial(listen, settings.database_url, NOTIFY_CHANNEL)
@@ -121,6 +143,7 @@ def build_app(settings: Settings) -> App:
     worker = build_worker(services, settings.worker_concurrency) if settings.run_worker else None
 
     def startup() -> None:
+        services.hear_others()  # its event streams hear of batches other processes commit
         if worker is not None:
             worker.start()
 

@@ -29,7 +29,9 @@ class Settings(BaseSettings):
     """API processes started by ``backstock serve``; ``auto``: see ``server_processes``."""
 
     run_worker: bool = True
-    """Whether ``serve`` runs a job worker inside each API process."""
+    """Whether ``serve`` runs a job worker: a process of its own (``backstock worker``, started
+    again if it dies), or a thread of the app where the app is built in process (the test
+    server, an in-memory SQLite database)."""
 
     worker_concurrency: int = Field(default=1, ge=1, le=64)
     worker_batch_size: int = Field(default=100, ge=1, le=100)

@@ -4,6 +4,7 @@ and what ``--workers`` says when it is given (with a warning if the limits then 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -14,7 +15,7 @@ import pytest
 
 from backstock.cli.serving import usable_cpus
 from backstock.settings import AUTO_MAX_PROCESSES
-from tests.support import Cluster, process_group
+from tests.support import Cluster, bulk_body, item_body, process_group, variant_body
 
 pytestmark = pytest.mark.e2e
 
@@ -73,3 +74,58 @@ def test_serve_stops_within_its_stop_timeout_when_a_process_cannot_stop(
 
 def _zombie(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+
+
+def _worker_processes(cluster: Cluster) -> list[int]:
+    found = []
+    for pid in process_group(cluster.processes[-1]):
+        with contextlib.suppress(OSError):  # ended meanwhile
+            if b"backstock\0worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+    return found
+
+
+def _apply_one_job(cluster: Cluster, key: str, price: float, within: float) -> None:
+    with cluster.client(key) as http:
+        started = time.monotonic()
+        response = http.post(
+            "/api/catalog-variant-bulk-update-jobs", json=bulk_body([("V", {"price": price})])
+        )
+        assert response.status_code == 202
+        path = f"/api/catalog-variant-bulk-update-jobs/{response.json()['data']['id']}"
+        while http.get(path).json()["data"]["attributes"]["status"] != "complete":
+            assert time.monotonic() - started < within, "not applied in time"
+            time.sleep(0.01)
+        assert (
+            http.get("/api/catalog-variants/$custom:::$default:::V").json()["data"]["attributes"][
+                "price"
+            ]
+            == price
+        )
+
+
+def test_serve_applies_jobs_in_a_worker_process_of_its_own_woken_across_processes(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """The worker is a process of serve's, not a thread of the API's: it is woken by the API
+    process that accepted a job (SQLite: ``FileBus``), long before its idle check (60 s here)
+    would find it; killed, serve starts another."""
+    cluster = make_cluster(idle_check_seconds="60")
+    cluster.cli("migrate")
+    key = cluster.new_key()
+    cluster.serve()
+    (worker,) = _worker_processes(cluster)
+    assert _server_processes(cluster) == 2  # one API process and the worker
+    assert "worker a process of its own" in _banner(cluster)
+    with cluster.client(key) as http:
+        assert http.post("/api/catalog-items", json=item_body("I")).status_code == 201
+        assert http.post("/api/catalog-variants", json=variant_body("V", "I")).status_code == 201
+    for price in (1.0, 2.0, 3.0):
+        _apply_one_job(cluster, key, price, within=5)
+    os.kill(worker, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while [pid for pid in _worker_processes(cluster) if pid != worker] == []:
+        assert time.monotonic() < deadline, _banner(cluster)
+        time.sleep(0.1)
+    _apply_one_job(cluster, key, 4.0, within=20)  # the new one (started, then woken)
+    assert "The worker process exited (-9); starting it again" in _banner(cluster)

@@ -8,8 +8,10 @@ import math
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -26,7 +28,7 @@ Workers = Annotated[
     int | None, typer.Option("--workers", help=setting_help("workers", "API processes."))
 ]
 NoWorker = Annotated[
-    bool, typer.Option("--no-worker", help="Do not run a job worker inside the API processes.")
+    bool, typer.Option("--no-worker", help="Run no job worker (`backstock worker` runs them).")
 ]
 Migrate = Annotated[
     bool,
@@ -42,7 +44,7 @@ def serve(
     no_worker: NoWorker = False,
     migrate: Migrate = False,
 ) -> None:
-    """Serve the API (with an in-process job worker unless --no-worker)."""
+    """Serve the API (with a job worker process unless --no-worker)."""
     settings = settings_from(
         host=host, port=port, workers=workers, run_worker=False if no_worker else None
     )
@@ -58,17 +60,24 @@ def serve(
         )
         raise typer.Exit(2)
     ready(settings, migrate=migrate)
+    # A worker process of its own, so that applying jobs never takes the API processes' time
+    # (an in-process worker thread competes with the event loop for the interpreter); only
+    # an in-memory SQLite database, which no other process can open, keeps it in-process.
+    own_process = settings.run_worker and settings.sqlite_file != ":memory:"
     # The server's processes build their own app from the environment: hand the flags on.
     os.environ.update({
         "BACKSTOCK_HOST": settings.host,
         "BACKSTOCK_PORT": str(settings.port),
-        "BACKSTOCK_RUN_WORKER": "true" if settings.run_worker else "false",
+        "BACKSTOCK_RUN_WORKER": "true" if settings.run_worker and not own_process else "false",
     })  # fmt: skip
     processes, why = settings.server_processes(usable_cpus())
+    worker_is = (
+        "a process of its own" if own_process else "in-process" if settings.run_worker else "off"
+    )
     err.print(
         f"Backstock on [bold]http://{settings.host}:{settings.port}[/bold] "
-        f"({processes} process(es), {why}; database {redact(settings.database_url)}, "
-        f"worker {'in-process' if settings.run_worker else 'off'})"
+        f"({processes} process(es), {why}; database {redact(settings.database_url)}; "
+        f"worker {worker_is})"
     )
     if processes > 1 and settings.rate_limits == "on" and not settings.redis_url:
         err.print(
@@ -80,7 +89,7 @@ def serve(
         f"Get an API key: [bold]{self_command()} keys create --account demo "
         "--scope catalogs:read --scope catalogs:write[/bold]"
     )
-    with _metrics_directory():
+    with _metrics_directory(), _worker_process(own_process, settings.stop_timeout_seconds):
         run_granian(
             "backstock.bootstrap:app_from_environment",
             settings.host,
@@ -107,6 +116,46 @@ def _metrics_directory() -> Iterator[None]:
         finally:
             del os.environ["PROMETHEUS_MULTIPROC_DIR"]
             telemetry.count_in_files(on=False)
+
+
+@contextlib.contextmanager
+def _worker_process(wanted: bool, stop_timeout_seconds: int) -> Iterator[None]:
+    """``backstock worker`` as a child of ``serve`` while the server runs: started again if
+    it dies, sent SIGTERM at the end (it finishes its batch and hands its job back), killed
+    if it has not stopped within the stop timeout."""
+    if not wanted:
+        yield
+        return
+    stopping = threading.Event()
+    current: list[subprocess.Popen[bytes]] = []
+
+    def supervise() -> None:
+        while not stopping.is_set():
+            current[:] = [subprocess.Popen([sys.executable, "-m", "backstock", "worker"])]
+            while current[0].poll() is None and not stopping.wait(0.5):
+                pass
+            if current[0].returncode == 0:  # told to stop (SIGTERM to the process group)
+                return
+            if not stopping.is_set():
+                err.print(f"[red]The worker process exited ({current[0].returncode}); "
+                          "starting it again[/red]")  # fmt: skip
+                stopping.wait(1.0)
+
+    supervisor = threading.Thread(target=supervise, name="backstock-worker-supervisor")
+    supervisor.start()
+    try:
+        yield
+    finally:
+        stopping.set()
+        supervisor.join()
+        for process in current:
+            if process.poll() is None:
+                process.terminate()
+            try:
+                process.wait(stop_timeout_seconds)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def run_granian(

@@ -24,6 +24,9 @@ class Services:
     signal: Signal
     ping: Callable[[], Awaitable[None]]
     """Raise ``Unavailable`` unless the database answers (``/readyz``)."""
+    hear_others: Callable[[], None]
+    """From now on, the wake-ups other processes on the same SQLite file send reach this one
+    (an API or a worker about to start calls it; a no-op on PostgreSQL, which LISTENs)."""
     close_loop: Callable[[], Awaitable[None]]
     """Close the connections of the running event loop (at its end)."""
     close: Callable[[], None]

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import AsyncGenerator, Mapping, Set
+from collections.abc import AsyncGenerator, Callable, Mapping, Set
 from dataclasses import replace
 from typing import Protocol
 
@@ -35,14 +35,17 @@ from backstock.settings import Settings
 
 
 class Signal:
-    """In-process wake-ups on topics: ``""`` when this process accepts a job (the SQLite path;
-    on PostgreSQL the ``NOTIFY`` sent with the job wakes every worker everywhere), a job's id
-    when a batch of it commits here, ``DELIVERIES`` when a job ends here. Each waiter waits on
-    an ``asyncio.Event`` of its own event loop; ``notify`` may be called from any thread."""
+    """Wake-ups on topics: ``""`` when a job is accepted, a job's id when a batch of it
+    commits, ``DELIVERIES`` when a job ends. ``notify`` wakes the waiters of this process and,
+    through the relay (SQLite's ``FileBus``), those of the other processes on the same file;
+    on PostgreSQL the statements' ``NOTIFY`` does that. Each waiter waits on an
+    ``asyncio.Event`` of its own event loop; ``notify`` may be called from any thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, relay: Callable[[str], None] | None = None) -> None:
         self._lock = threading.Lock()
         self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
+        self._relay = relay
+        """Tells the other processes (SQLite; on PostgreSQL the statements ``NOTIFY``)."""
 
     def attach(self, topic: str = "") -> asyncio.Event:
         event = asyncio.Event()
@@ -59,6 +62,13 @@ class Signal:
                 self._waiters.pop(topic, None)
 
     def notify(self, topic: str = "") -> None:
+        """Wake the waiters of ``topic`` here and, through the relay, in other processes."""
+        self.wake_here(topic)
+        if self._relay is not None:
+            self._relay(topic)
+
+    def wake_here(self, topic: str = "") -> None:
+        """Wake this process's waiters of ``topic`` (another process's notification)."""
         with self._lock:
             waiters = self._waiters.get(topic)
             if not waiters:

@@ -2,7 +2,8 @@
 
 It runs its own event loop on a thread of its own (``start``), with ``concurrency`` tasks each
 running one job at a time, so the API's event loop never waits for it. On PostgreSQL it also
-LISTENs for new jobs; on SQLite the process's ``Signal`` wakes it. A task of its own sends
+LISTENs for new jobs; on SQLite the ``Signal`` wakes it, sent in its process or by another
+process on the same file (``storage.notify.FileBus``). A task of its own sends
 webhook deliveries (``worker.delivery``).
 """
 
