@@ -203,7 +203,7 @@ class _Account(threading.Thread):
 def run_soak(
     seconds: float, accounts_count: int = 4, limit_per_second: int = 10, workdir: Path | None = None
 ) -> SoakResult:
-    """Run the soak against ``backstock serve`` (in-process worker, rate limits on)."""
+    """Run the soak against ``backstock serve`` (its worker process, rate limits on)."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="backstock-soak-"))
     url, keys = _prepare(workdir, accounts_count)
     rate = 2.0 * limit_per_second
