@@ -204,7 +204,10 @@ def test_fast_and_slow_paths_agree_on_every_kind_of_job(kind: JobKind) -> None:
             # metadata, NUL, which the walk covers), so the walk is never silent on a refusal.
             assert walk, f"refused but the walk found nothing: {doc!r}"
 
-    check()
+    for _ in range(3):  # 100 random documents rarely all miss the accept path; 300 never do
+        check()
+        if accepted:
+            break
     assert accepted, "the documents never reached the accept path"
 
 
@@ -229,7 +232,10 @@ def test_fast_and_slow_paths_agree_on_every_resource(res: Resource, action: str)
         else:
             assert walk, f"refused but the walk found nothing: {doc!r}"
 
-    check()
+    for _ in range(3):  # 100 random documents rarely all miss the accept path; 300 never do
+        check()
+        if accepted:
+            break
     assert accepted, "the documents never reached the accept path"
 
 
