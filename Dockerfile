@@ -1,6 +1,6 @@
 # Backstock's image: `docker build -t backstock .`, then
 #   docker run -e BACKSTOCK_BASE_URL=https://catalog.example.com -p 8000:8000 backstock
-# serves the API (an in-process job worker, a SQLite file in /var/lib/backstock unless
+# serves the API (its job worker a process of its own, a SQLite file in /var/lib/backstock unless
 # BACKSTOCK_DATABASE_URL names PostgreSQL). The same image runs `backstock worker` and
 # `backstock migrate` (see compose.yaml and docs/deploy.md).
 FROM python:3.11-slim

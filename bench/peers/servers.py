@@ -182,7 +182,7 @@ def prism(workdir: Path, cache: Path = CACHE) -> Peer:
 
 
 def backstock_env(db_url: str) -> dict[str, str]:
-    """``backstock serve``'s defaults (SQLite ``synchronous=FULL``, the in-process worker)
+    """``backstock serve``'s defaults (SQLite ``synchronous=FULL``, its worker process)
     except: rate limits off (the benchmark measures serving, not the limiter); warnings only in
     the log (the mocks log nothing either); the per-account caps of open jobs (500) and queued
     bytes (256 MB) lifted, as ``make bench`` does, since the spawn rounds queue jobs far faster

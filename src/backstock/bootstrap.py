@@ -57,7 +57,7 @@ def build_services(settings: Settings) -> Services:
         limiter=Limiter(settings),
         signal=signal,
         ping=db.ping,
-        hear_others=(lambda: bus.listen(signal.wake_here)) if bus is not None else _nothing,
+        hear_others=functools.partial(_hear_others, bus, signal),
         close_loop=close_loop,
         close=_closing(bus, db.close),
     )
@@ -68,8 +68,9 @@ def _shared_file(settings: Settings) -> bool:
     return settings.is_sqlite and settings.sqlite_file != ":memory:"
 
 
-def _nothing() -> None:
-    return None
+def _hear_others(bus: FileBus | None, signal: Signal) -> None:
+    if bus is not None:
+        bus.listen(signal.wake_here)
 
 
 def _closing(bus: FileBus | None, close: Callable[[], None]) -> Callable[[], None]:

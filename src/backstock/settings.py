@@ -57,8 +57,9 @@ class Settings(BaseSettings):
     header_timeout_seconds: float = Field(default=10.0, ge=0.001, le=60)
     """Longest ``serve`` waits for a request's headers before it drops the connection."""
     stop_timeout_seconds: int = Field(default=15, ge=1, le=3600)
-    """Longest a ``serve`` process may take to stop after SIGTERM (finishing its requests and
-    its worker's batch) before it is killed; its job's lease brings the batch back."""
+    """Longest a server process of ``serve`` may take to stop after SIGTERM (finishing its
+    requests) before it is killed, and then a worker process (finishing its batch): a stop
+    takes at most twice this. A killed worker's job comes back when its lease lapses."""
 
     pool_size: int = Field(default=10, ge=1)
     pool_max_overflow: int = Field(default=10, ge=0)
@@ -177,6 +178,8 @@ class Settings(BaseSettings):
         whole limit, N times what Klaviyo admits."""
         if self.workers != "auto":
             return self.workers, "as configured"
+        if self.is_sqlite and self.sqlite_file == ":memory:":
+            return 1, "auto: one, as each process would have an in-memory database of its own"
         if self.rate_limits == "on" and not self.redis_url:
             return 1, (
                 "auto: one, as rate limits are counted in a process's memory "
@@ -185,8 +188,8 @@ class Settings(BaseSettings):
         most = AUTO_MAX_PROCESSES
         if not self.is_sqlite:
             per_process = 2 * self.pool_size + self.pool_max_overflow
-            most = min(most, AUTO_POSTGRES_CONNECTIONS // per_process)
-        return max(1, min(cpus, most)), f"auto: one per CPU ({cpus}), at most {most}"
+            most = max(1, min(most, AUTO_POSTGRES_CONNECTIONS // per_process))
+        return min(max(1, cpus), most), f"auto: one per CPU ({cpus}), at most {most}"
 
     @property
     def lease(self) -> timedelta:

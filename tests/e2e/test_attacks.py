@@ -497,7 +497,7 @@ def _sql_count(cluster: Cluster, statement: Any) -> int:
 
 
 def _wait_until_drained(cluster: Cluster, timeout: float) -> None:
-    """Every job of every account complete (the in-process worker ran them all)."""
+    """Every job of every account complete (serve's worker process ran them all)."""
     open_jobs = (
         select(func.count()).select_from(jobs).where(jobs.c.status.in_(("queued", "processing")))
     )
@@ -660,7 +660,7 @@ def _payloads_hold_only_failed_items(cluster: Cluster) -> tuple[int, int]:
 def test_disk_holds_only_failed_items_of_completed_jobs(
     make_cluster: Callable[..., Cluster],
 ) -> None:
-    cluster = make_cluster(database_url="sqlite:///attacks.db")  # with its in-process worker
+    cluster = make_cluster(database_url="sqlite:///attacks.db")  # with its worker process
     cluster.cli("migrate")
     key = cluster.new_key("attacker")
     cluster.serve()
@@ -801,8 +801,8 @@ def test_one_account_cannot_starve_another_sqlite(make_cluster: Callable[..., Cl
     # One update per transaction: a job takes 100 commits, so A's backlog lasts.
     cluster = make_cluster(database_url="sqlite:///attacks.db", worker_batch_size="1")
     cluster.cli("migrate")
-    cluster.serve()  # with its in-process worker
-    _one_account_cannot_starve_another(cluster, "SQLite, serve's in-process worker")
+    cluster.serve()  # with its worker process
+    _one_account_cannot_starve_another(cluster, "SQLite, serve's worker process")
 
 
 @pytest.mark.postgres

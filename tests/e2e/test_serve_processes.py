@@ -104,28 +104,75 @@ def _apply_one_job(cluster: Cluster, key: str, price: float, within: float) -> N
         )
 
 
+def _wait_for_workers_running(cluster: Cluster, count: int) -> None:
+    """Until ``count`` worker processes have said they run (they listen by then)."""
+    deadline = time.monotonic() + 30
+    while _banner(cluster).count("Worker running") < count:
+        assert time.monotonic() < deadline, _banner(cluster)
+        time.sleep(0.05)
+
+
 def test_serve_applies_jobs_in_a_worker_process_of_its_own_woken_across_processes(
     make_cluster: Callable[..., Cluster],
 ) -> None:
     """The worker is a process of serve's, not a thread of the API's: it is woken by the API
     process that accepted a job (SQLite: ``FileBus``), long before its idle check (60 s here)
-    would find it; killed, serve starts another."""
+    would find it; killed, serve starts another, which is woken the same way. Jobs one after
+    the other: the first after a start may be found by the worker's first claim, the next
+    ones only by a wake-up."""
     cluster = make_cluster(idle_check_seconds="60")
     cluster.cli("migrate")
     key = cluster.new_key()
     cluster.serve()
+    _wait_for_workers_running(cluster, 1)
     (worker,) = _worker_processes(cluster)
     assert _server_processes(cluster) == 2  # one API process and the worker
-    assert "worker a process of its own" in _banner(cluster)
+    assert "worker 1 process(es) of its own" in _banner(cluster)
     with cluster.client(key) as http:
         assert http.post("/api/catalog-items", json=item_body("I")).status_code == 201
         assert http.post("/api/catalog-variants", json=variant_body("V", "I")).status_code == 201
     for price in (1.0, 2.0, 3.0):
         _apply_one_job(cluster, key, price, within=5)
     os.kill(worker, signal.SIGKILL)
-    deadline = time.monotonic() + 20
-    while [pid for pid in _worker_processes(cluster) if pid != worker] == []:
-        assert time.monotonic() < deadline, _banner(cluster)
-        time.sleep(0.1)
-    _apply_one_job(cluster, key, 4.0, within=20)  # the new one (started, then woken)
-    assert "The worker process exited (-9); starting it again" in _banner(cluster)
+    _wait_for_workers_running(cluster, 2)
+    assert "A worker process exited (-9); starting another in 1 s" in _banner(cluster)
+    for price in (4.0, 5.0):
+        _apply_one_job(cluster, key, price, within=5)
+
+
+def test_sigterm_to_serve_alone_stops_its_worker_process(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """``kill <serve's pid>`` (docker stop, systemd's KillMode=mixed): serve stops its server
+    processes, then its worker process, and exits; nothing of the group is left."""
+    cluster = make_cluster()
+    cluster.cli("migrate")
+    cluster.serve()
+    _wait_for_workers_running(cluster, 1)
+    leader = cluster.processes[-1]
+    group = process_group(leader)
+    assert len(group) == 3  # serve, its server process, its worker process
+    leader.send_signal(signal.SIGTERM)
+    assert leader.wait(30) == 0
+    deadline = time.monotonic() + 10
+    while process_group(leader):  # the children, reaped by serve before it exited
+        assert time.monotonic() < deadline, process_group(leader)
+        time.sleep(0.05)
+
+
+def test_a_worker_process_whose_serve_is_gone_stops(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """serve SIGKILLed (no chance to stop its children): its worker process notices that its
+    parent is gone and stops, rather than claiming jobs on its own."""
+    cluster = make_cluster()
+    cluster.cli("migrate")
+    cluster.serve()
+    _wait_for_workers_running(cluster, 1)
+    (worker,) = _worker_processes(cluster)
+    os.kill(cluster.processes[-1].pid, signal.SIGKILL)
+    cluster.processes[-1].wait(10)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{worker}").exists() and not _zombie(worker):
+        assert time.monotonic() < deadline, "the orphaned worker process kept running"
+        time.sleep(0.05)

@@ -7,6 +7,7 @@ import queue
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,85 @@ def test_a_closed_listener_stops_its_thread(tmp_path: Path) -> None:
     bus.close()
     bus.thread.join(5)
     assert not bus.thread.is_alive()
+
+
+def test_a_bus_closed_sends_nothing_and_removes_no_one(tmp_path: Path) -> None:
+    db = str(tmp_path / "a.db")
+    listener, inbox = FileBus(db), queue.Queue[str]()
+    listener.listen(inbox.put)
+    late = FileBus(db)
+    late.send("first")  # its sender socket exists now
+    assert _heard(inbox) == "first"
+    late.close()
+    late.send("after close")
+    try:
+        assert os.listdir(f"{db}-wake") == [listener._name]
+        FileBus(db).send("again")
+        assert _heard(inbox) == "again"
+    finally:
+        listener.close()
+
+
+def test_a_stray_datagram_neither_wakes_nor_silences_a_listener(tmp_path: Path) -> None:
+    db = str(tmp_path / "a.db")
+    listener, inbox = FileBus(db), queue.Queue[str]()
+    listener.listen(inbox.put)
+    stray = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        for data in (b"", b"x-not-ours"):
+            stray.sendto(data, f"{listener._prefix}-{listener._name}")
+        FileBus(db).send("job")
+        assert _heard(inbox) == "job"  # the thread lives on; the strays were not delivered
+        assert inbox.empty()
+    finally:
+        stray.close()
+        listener.close()
+
+
+def test_the_same_file_by_another_path_is_the_same_bus(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "a.db").touch()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    (tmp_path / "alias.db").symlink_to(tmp_path / "real" / "a.db")
+    listener, inbox = FileBus(str(tmp_path / "real" / "a.db")), queue.Queue[str]()
+    listener.listen(inbox.put)
+    try:
+        # The names are in the directory the path names: the link reaches the real one's.
+        FileBus(str(tmp_path / "link" / "a.db")).send("job")
+        FileBus(str(tmp_path / "alias.db")).send("job 2")  # a link to the file itself
+        assert [_heard(inbox), _heard(inbox)] == ["job", "job 2"]
+        assert os.listdir(tmp_path / "real" / "a.db-wake") == [listener._name]
+    finally:
+        listener.close()
+
+
+def test_a_listener_puts_back_a_name_someone_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(FileBus, "CHECK_SECONDS", 0.05)
+    db = str(tmp_path / "a.db")
+    listener, inbox = FileBus(db), queue.Queue[str]()
+    listener.listen(inbox.put)
+    try:
+        name = Path(f"{db}-wake") / str(listener._name)
+        name.unlink()
+        for _ in range(200):
+            if name.exists():
+                break
+            time.sleep(0.01)
+        FileBus(db).send("job")
+        assert _heard(inbox) == "job"
+    finally:
+        listener.close()
+
+
+def test_a_directory_that_cannot_be_made_leaves_the_process_to_its_polls(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = str(tmp_path / "a.db")
+    Path(f"{db}-wake").write_text("a file where the directory would be")
+    bus = FileBus(db)
+    assert bus.listen(lambda _topic: None) is False  # said, not raised
+    assert "cannot listen for other processes' wake-ups" in caplog.text
+    bus.send("job")  # and sending does not raise either
+    bus.close()

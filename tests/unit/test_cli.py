@@ -107,12 +107,15 @@ def test_serve_tells_how_to_get_a_key_with_the_path_that_works(
         ({"rate_limits": "off", "database_url": "postgresql://h/d"}, 16, 3),
         ({"rate_limits": "off", "database_url": "postgresql://h/d", "pool_size": "40"}, 16, 1),
         ({"workers": "6"}, 2, 6),  # told: as told, limits or not
+        ({"rate_limits": "off", "database_url": "sqlite://"}, 8, 1),  # a database per process
     ],
 )
 def test_serve_picks_its_process_count_from_the_machine_and_the_limits(
     settings: dict[str, str], cpus: int, expected: int
 ) -> None:
-    assert Settings(**settings).server_processes(cpus)[0] == expected  # type: ignore[arg-type]
+    processes, why = Settings(**settings).server_processes(cpus)  # type: ignore[arg-type]
+    assert processes == expected
+    assert "at most 0" not in why
 
 
 def test_usable_cpus_is_within_the_affinity() -> None:

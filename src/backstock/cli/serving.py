@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -60,10 +61,14 @@ def serve(
         )
         raise typer.Exit(2)
     ready(settings, migrate=migrate)
-    # A worker process of its own, so that applying jobs never takes the API processes' time
-    # (an in-process worker thread competes with the event loop for the interpreter); only
-    # an in-memory SQLite database, which no other process can open, keeps it in-process.
-    own_process = settings.run_worker and settings.sqlite_file != ":memory:"
+    # Worker processes of their own, so that applying jobs never takes the API processes' time
+    # (an in-process worker thread competes with the event loop for the interpreter). It stays
+    # in-process where another process could not hear of new jobs at once: an in-memory SQLite
+    # database (no other process can open it), or SQLite off Linux (storage.notify.FileBus).
+    own_process = settings.run_worker and (
+        not settings.is_sqlite
+        or (settings.sqlite_file != ":memory:" and sys.platform.startswith("linux"))
+    )
     # The server's processes build their own app from the environment: hand the flags on.
     os.environ.update({
         "BACKSTOCK_HOST": settings.host,
@@ -71,8 +76,15 @@ def serve(
         "BACKSTOCK_RUN_WORKER": "true" if settings.run_worker and not own_process else "false",
     })  # fmt: skip
     processes, why = settings.server_processes(usable_cpus())
+    # SQLite has one writer: one worker process. PostgreSQL: as many as API processes, as
+    # when each API process ran one.
+    workers = (1 if settings.is_sqlite else processes) if own_process else 0
     worker_is = (
-        "a process of its own" if own_process else "in-process" if settings.run_worker else "off"
+        f"{workers} process(es) of its own"
+        if own_process
+        else "in-process"
+        if settings.run_worker
+        else "off"
     )
     err.print(
         f"Backstock on [bold]http://{settings.host}:{settings.port}[/bold] "
@@ -89,7 +101,7 @@ def serve(
         f"Get an API key: [bold]{self_command()} keys create --account demo "
         "--scope catalogs:read --scope catalogs:write[/bold]"
     )
-    with _metrics_directory(), _worker_process(own_process, settings.stop_timeout_seconds):
+    with _metrics_directory(), _worker_processes(workers, settings.stop_timeout_seconds):
         run_granian(
             "backstock.bootstrap:app_from_environment",
             settings.host,
@@ -118,41 +130,62 @@ def _metrics_directory() -> Iterator[None]:
             telemetry.count_in_files(on=False)
 
 
+PARENT_VARIABLE = "BACKSTOCK_SERVE_PID"
+"""Set for the worker processes ``serve`` starts: they stop when that process is gone."""
+RESTART_SECONDS = (1.0, 30.0)
+"""A worker process that dies is started again after 1 s, doubling to 30 s while it keeps
+dying within a minute."""
+
+
 @contextlib.contextmanager
-def _worker_process(wanted: bool, stop_timeout_seconds: int) -> Iterator[None]:
-    """``backstock worker`` as a child of ``serve`` while the server runs: started again if
-    it dies, sent SIGTERM at the end (it finishes its batch and hands its job back), killed
-    if it has not stopped within the stop timeout."""
-    if not wanted:
-        yield
-        return
+def _worker_processes(count: int, stop_timeout_seconds: int) -> Iterator[None]:
+    """``count`` ``backstock worker`` processes, children of ``serve`` while the server runs:
+    started again whenever one exits, sent SIGTERM at the end (each finishes its batch and
+    hands its job back), killed if not stopped within the stop timeout."""
     stopping = threading.Event()
-    current: list[subprocess.Popen[bytes]] = []
+    running: dict[int, subprocess.Popen[bytes]] = {}
+    command = [sys.executable, "-P", "-m", "backstock", "worker"]
+    env = os.environ | {PARENT_VARIABLE: str(os.getpid())}
 
-    def supervise() -> None:
+    def supervise(slot: int) -> None:
+        wait = RESTART_SECONDS[0]
         while not stopping.is_set():
-            current[:] = [subprocess.Popen([sys.executable, "-m", "backstock", "worker"])]
-            while current[0].poll() is None and not stopping.wait(0.5):
-                pass
-            if current[0].returncode == 0:  # told to stop (SIGTERM to the process group)
-                return
-            if not stopping.is_set():
-                err.print(f"[red]The worker process exited ({current[0].returncode}); "
-                          "starting it again[/red]")  # fmt: skip
-                stopping.wait(1.0)
+            started = time.monotonic()
+            try:
+                running[slot] = process = subprocess.Popen(command, env=env)
+            except OSError as exc:
+                err.print(f"[red]Cannot start a worker process ({exc})[/red]")
+            else:
+                while process.poll() is None and not stopping.wait(0.5):
+                    pass
+                if stopping.is_set():
+                    return
+                err.print(f"[red]A worker process exited ({process.returncode}); starting "
+                          f"another in {wait:g} s[/red]")  # fmt: skip
+            if time.monotonic() - started > 60:
+                wait = RESTART_SECONDS[0]
+            stopping.wait(wait)
+            wait = min(wait * 2, RESTART_SECONDS[1])
 
-    supervisor = threading.Thread(target=supervise, name="backstock-worker-supervisor")
-    supervisor.start()
+    supervisors = [
+        threading.Thread(target=supervise, args=(n,), name=f"backstock-supervisor-{n}")
+        for n in range(count)
+    ]
+    for supervisor in supervisors:
+        supervisor.start()
     try:
         yield
     finally:
         stopping.set()
-        supervisor.join()
-        for process in current:
+        for supervisor in supervisors:
+            supervisor.join()
+        for process in running.values():
             if process.poll() is None:
                 process.terminate()
+        deadline = time.monotonic() + stop_timeout_seconds
+        for process in running.values():
             try:
-                process.wait(stop_timeout_seconds)
+                process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
@@ -242,8 +275,11 @@ def worker(
     runner.start()
     where = redact(settings.database_url)
     err.print(f"Worker running ({settings.worker_concurrency} at once) on {where}")
+    parent = os.environ.get(PARENT_VARIABLE)  # started by serve: it ends when serve is gone
     while not runner.stop.wait(0.5):
-        pass
+        if parent is not None and str(os.getppid()) != parent:
+            err.print("serve is gone: the worker stops")
+            runner.stop.set()
     runner.shutdown()
     services.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping, Set
@@ -32,6 +33,8 @@ from backstock.domain.pagination import Page, PageRequest
 from backstock.services.offload import decoded
 from backstock.services.stores import CatalogStore, JobStore, Listen
 from backstock.settings import Settings
+
+log = logging.getLogger("backstock.jobs")
 
 
 class Signal:
@@ -65,7 +68,10 @@ class Signal:
         """Wake the waiters of ``topic`` here and, through the relay, in other processes."""
         self.wake_here(topic)
         if self._relay is not None:
-            self._relay(topic)
+            try:
+                self._relay(topic)
+            except Exception:  # a wake-up is never worth failing what was committed
+                log.exception("could not tell other processes of %r", topic)
 
     def wake_here(self, topic: str = "") -> None:
         """Wake this process's waiters of ``topic`` (another process's notification)."""

@@ -53,78 +53,116 @@ class FileBus:
     processes' event streams of each batch).
 
     Each listening process binds a Unix datagram socket in Linux's abstract namespace (no file,
-    no path-length limit) and names it by an empty file in ``<database>-wake/``; ``send``
-    sends the topic to every name there but its own, without blocking: a full queue means
-    its reader has wake-ups pending anyway, and a refused one is a process gone (its name is
-    removed). A topic is only a reason to look at the database again, so a stray or lost
-    datagram costs a read or the idle check's delay, never correctness. Where the abstract
-    namespace is missing (not Linux), no process listens and the idle checks remain."""
+    no path-length limit), named from the database file's real path, and names it by an empty
+    file in ``<database>-wake/``; ``send`` sends the topic to every name there but its own,
+    without blocking. A full queue (Linux keeps ~10 datagrams) drops the topic; a refused one
+    is a process gone, whose name is removed; a listener puts its name back if it finds it
+    gone. A topic is only a reason to look at the database again, so a stray or lost datagram
+    costs a read or a poll's delay (the worker's idle check, an event stream's second), never
+    correctness. Where a process cannot listen (not Linux, or the directory cannot be
+    written), it says so once and relies on those polls."""
 
     MAX_TOPIC = 200
+    CHECK_SECONDS = 5.0
+    """How often a listener makes sure its name is still there."""
 
     def __init__(self, database_file: str) -> None:
-        self.directory = f"{database_file}-wake"
-        self._prefix = (
-            "\0backstock-"
-            + hashlib.sha256(os.path.abspath(database_file).encode()).hexdigest()[:16]
-        )
+        where = os.path.realpath(database_file)  # one file, whatever path reaches it
+        self.directory = f"{where}-wake"
+        self._prefix = "\0backstock-" + hashlib.sha256(where.encode()).hexdigest()[:16]
         self._name: str | None = None
         self._sender: socket.socket | None = None
         self._receiver: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._closed = False
         self.thread: threading.Thread | None = None
 
-    def listen(self, deliver: Callable[[str], None]) -> None:
-        """Receive topics on a thread of this process from now on: ``deliver`` each."""
-        if not sys.platform.startswith("linux") or self._receiver is not None:
-            return
+    @staticmethod
+    def works_here() -> bool:
+        return sys.platform.startswith("linux")
+
+    def listen(self, deliver: Callable[[str], None]) -> bool:
+        """Receive topics on a thread of this process from now on, ``deliver`` each; whether
+        this process listens (a failure is logged, and polls remain)."""
+        if not self.works_here() or self._receiver is not None or self._closed:
+            return self._receiver is not None
         name = f"{os.getpid()}-{secrets.token_hex(4)}"
         receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        receiver.bind(f"{self._prefix}-{name}")
-        os.makedirs(self.directory, exist_ok=True)
-        open(os.path.join(self.directory, name), "wb").close()
+        try:
+            receiver.bind(f"{self._prefix}-{name}")
+            os.makedirs(self.directory, exist_ok=True)
+            self._touch(name)
+        except OSError as exc:
+            receiver.close()
+            log.warning(
+                "cannot listen for other processes' wake-ups in %s (%s): new jobs and progress "
+                "are noticed by polling", self.directory, exc,
+            )  # fmt: skip
+            return False
+        receiver.settimeout(self.CHECK_SECONDS)
         self._receiver, self._name = receiver, name
+        self.thread = threading.Thread(
+            target=self._receive, args=(receiver, name, deliver), name="backstock-wake",
+            daemon=True,
+        )  # fmt: skip
+        self.thread.start()
+        return True
 
-        def receive() -> None:
-            while True:
-                try:
-                    data = receiver.recv(self.MAX_TOPIC + 1)
-                except OSError:  # closed
-                    return
-                if not data:  # shut down (every datagram sent carries a marker byte)
-                    return
+    def _touch(self, name: str) -> None:
+        open(os.path.join(self.directory, name), "wb").close()
+
+    def _receive(self, receiver: socket.socket, name: str, deliver: Callable[[str], None]) -> None:
+        while not self._closed:
+            try:
+                data = receiver.recv(self.MAX_TOPIC + 1)
+            except TimeoutError:
+                if not self._closed and not os.path.exists(os.path.join(self.directory, name)):
+                    with contextlib.suppress(OSError):
+                        os.makedirs(self.directory, exist_ok=True)
+                        self._touch(name)
+                continue
+            except OSError:  # closed
+                return
+            if data[:1] == b"w":  # the marker every topic carries; anything else is not ours
                 deliver(data[1:].decode(errors="replace"))
 
-        self.thread = threading.Thread(target=receive, name="backstock-wake", daemon=True)
-        self.thread.start()
-
     def send(self, topic: str) -> None:
+        """Tell every other listener on the file; never raises, never blocks."""
         try:
             names = os.listdir(self.directory)
         except OSError:  # nobody has listened yet
             return
         data = b"w" + topic.encode()[: self.MAX_TOPIC]
-        for name in names:
-            if name == self._name:
-                continue
+        with self._lock:
+            if self._closed:
+                return
+            for name in names:
+                if name != self._name:
+                    self._send_to(name, data)
+
+    def _send_to(self, name: str, data: bytes) -> None:
+        try:
             if self._sender is None:
                 self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
                 self._sender.setblocking(False)
                 weakref.finalize(self, self._sender.close)  # a bus no one closes (the CLI's)
-            try:
-                self._sender.sendto(data, f"{self._prefix}-{name}")
-            except BlockingIOError:  # its queue is full: it has wake-ups to read already
-                continue
-            except OSError:  # nobody there: a process that ended without removing its name
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(self.directory, name))
+            self._sender.sendto(data, f"{self._prefix}-{name}")
+        except ConnectionRefusedError:  # nobody there: a process that ended without closing
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self.directory, name))
+        except OSError:  # a full queue (it has wake-ups to read), or out of buffers: dropped
+            pass
 
     def close(self) -> None:
-        if self._receiver is not None and self._name is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(self.directory, self._name))
-            with contextlib.suppress(OSError):
-                self._receiver.shutdown(socket.SHUT_RDWR)
-            self._receiver.close()
-            self._receiver = self._name = None
-        if self._sender is not None:
-            self._sender.close()
+        with self._lock:
+            self._closed = True
+            if self._receiver is not None and self._name is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.directory, self._name))
+                with contextlib.suppress(OSError):
+                    self._receiver.shutdown(socket.SHUT_RDWR)
+                self._receiver.close()
+                self._receiver = self._name = None
+            if self._sender is not None:
+                self._sender.close()
+                self._sender = None
