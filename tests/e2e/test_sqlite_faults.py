@@ -41,7 +41,9 @@ pytestmark = [pytest.mark.e2e]
 JOBS = "/api/catalog-variant-bulk-update-jobs"
 VARIANTS = 12
 BUSY = BUSY_TIMEOUT_MS / 1000
-BIG_JOBS = 20
+BIG_JOBS = 40
+"""Big jobs queued so that a fault brought on finds the worker still busy with them (serve's
+worker process, with a core of its own, gets through 20 before some faults are on)."""
 Updates = list[tuple[str, dict[str, Any]]]
 
 
@@ -442,8 +444,9 @@ def test_a_file_locked_by_another_process(
         figures = go_through(fault, cluster, key, db)
     # a write waits out the busy timeout once; then writes fail at once until one gets through
     assert figures["slowest request, s"] < BUSY + 3
-    # the waiting write is on a thread of its own: reads go on meanwhile
-    assert figures["slowest read, s"] < 1
+    # the waiting write is on a thread of its own: reads go on meanwhile (a read is not held
+    # for the busy timeout; 2 s of slack for a loaded CI machine, where one read took 1.04 s)
+    assert figures["slowest read, s"] < BUSY / 5
 
 
 # ---- 2. the disk full ------------------------------------------------------------------------
