@@ -34,7 +34,7 @@ T = TypeVar("T")
 def build_services(settings: Settings) -> Services:
     db = Database(settings)
     catalog = CatalogStore(db)
-    bus = FileBus(settings.sqlite_file) if _shared_file(settings) else None
+    bus = FileBus(settings.sqlite_file) if settings.is_sqlite and not settings.in_memory else None
     signal = Signal(bus.send if bus is not None else None)
     listen_events = None
     if not settings.is_sqlite:
@@ -45,6 +45,15 @@ def build_services(settings: Settings) -> Services:
     async def close_loop() -> None:
         await jobs.stop_listening()
         await db.close_loop()
+
+    def hear_others() -> None:
+        if bus is not None:
+            bus.listen(signal.wake_here)
+
+    def close() -> None:
+        if bus is not None:
+            bus.close()
+        db.close()
 
     return Services(
         settings=settings,
@@ -57,29 +66,19 @@ def build_services(settings: Settings) -> Services:
         limiter=Limiter(settings),
         signal=signal,
         ping=db.ping,
-        hear_others=functools.partial(_hear_others, bus, signal),
+        hear_others=hear_others,
         close_loop=close_loop,
-        close=_closing(bus, db.close),
+        close=close,
     )
 
 
-def _shared_file(settings: Settings) -> bool:
-    """A SQLite file other processes may open (not an in-memory database)."""
-    return settings.is_sqlite and settings.sqlite_file != ":memory:"
-
-
-def _hear_others(bus: FileBus | None, signal: Signal) -> None:
-    if bus is not None:
-        bus.listen(signal.wake_here)
-
-
-def _closing(bus: FileBus | None, close: Callable[[], None]) -> Callable[[], None]:
-    def both() -> None:
-        if bus is not None:
-            bus.close()
-        close()
-
-    return both
+def worker_hears_other_processes(settings: Settings) -> bool:
+    """Whether a worker in a process of its own hears of jobs the API processes accept at
+    once: on PostgreSQL (LISTEN), and on a SQLite file where the ``FileBus`` works (Linux);
+    not on an in-memory SQLite database, which no other process can open."""
+    if not settings.is_sqlite:
+        return True
+    return not settings.in_memory and FileBus.works_here()
 
 
 def build_worker(services: Services, concurrency: int) -> Worker:

@@ -170,6 +170,11 @@ class Settings(BaseSettings):
         """The SQLite database's path (``:memory:`` for none)."""
         return sqlite_path(self.database_url)
 
+    @property
+    def in_memory(self) -> bool:
+        """An in-memory SQLite database: no other process can open it."""
+        return self.is_sqlite and self.sqlite_file == ":memory:"
+
     def server_processes(self, cpus: int) -> tuple[int, str]:
         """How many API processes ``serve`` starts on a machine with ``cpus`` usable CPUs, and
         why. ``auto`` is one per CPU (at most ``AUTO_MAX_PROCESSES``, and on PostgreSQL as many
@@ -178,7 +183,7 @@ class Settings(BaseSettings):
         whole limit, N times what Klaviyo admits."""
         if self.workers != "auto":
             return self.workers, "as configured"
-        if self.is_sqlite and self.sqlite_file == ":memory:":
+        if self.in_memory:
             return 1, "auto: one, as each process would have an in-memory database of its own"
         if self.rate_limits == "on" and not self.redis_url:
             return 1, (

@@ -20,7 +20,12 @@ from typing import Annotated
 import typer
 
 from backstock import telemetry
-from backstock.bootstrap import build_services, build_worker, migrate_database
+from backstock.bootstrap import (
+    build_services,
+    build_worker,
+    migrate_database,
+    worker_hears_other_processes,
+)
 from backstock.cli.common import app, err, ready, redact, setting_help, settings_from
 
 Host = Annotated[str | None, typer.Option(help=setting_help("host", "Address to listen on."))]
@@ -63,12 +68,8 @@ def serve(
     ready(settings, migrate=migrate)
     # Worker processes of their own, so that applying jobs never takes the API processes' time
     # (an in-process worker thread competes with the event loop for the interpreter). It stays
-    # in-process where another process could not hear of new jobs at once: an in-memory SQLite
-    # database (no other process can open it), or SQLite off Linux (storage.notify.FileBus).
-    own_process = settings.run_worker and (
-        not settings.is_sqlite
-        or (settings.sqlite_file != ":memory:" and sys.platform.startswith("linux"))
-    )
+    # in-process where another process could not hear of new jobs at once.
+    own_process = settings.run_worker and worker_hears_other_processes(settings)
     # The server's processes build their own app from the environment: hand the flags on.
     os.environ.update({
         "BACKSTOCK_HOST": settings.host,
