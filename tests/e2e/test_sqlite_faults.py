@@ -529,7 +529,7 @@ def test_the_disk_full(small_disk: SmallDisk, make_cluster: Callable[..., Cluste
 
 
 FILLER = """
-import contextlib, errno, os, shutil, sqlite3, sys
+import contextlib, errno, os, shutil, sqlite3, sys, time
 conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10)
 directory = os.path.dirname(sys.argv[1])
 for _ in sys.stdin:
@@ -537,7 +537,14 @@ for _ in sys.stdin:
     # once: after a checkpoint, SQLite reuses its WAL file from the start, and may go on for a
     # few hundred transactions on a full disk before it needs a byte more. (The worker takes
     # well under a millisecond a transaction: the two steps follow each other at once here.)
-    checkpointed = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    # Busy at once, without the busy handler, while another connection checkpoints (the
+    # server's checkpoint thread, or SQLite's own at 1,000 pages): try again until it is done.
+    deadline = time.monotonic() + 30
+    while True:
+        checkpointed = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if not checkpointed[0] or time.monotonic() > deadline:
+            break
+        time.sleep(0.001)
     # Then the file system filled to the last byte, as another program would. At once: the
     # server appends to the WAL meanwhile, and a fallocate of what was free a moment ago fails.
     chunk = bytes(1 << 20)
