@@ -10,11 +10,14 @@ for the busiest N (kept in memory, one process's view).
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import contextvars
 import functools
 import json
 import logging
 import os
+import threading
 import time
 from collections import Counter as Tally
 from collections.abc import Iterable
@@ -70,6 +73,10 @@ LATENCY = Histogram(
 )
 
 
+FLUSH_SECONDS = 0.25
+"""Longest a request waits in memory before it is counted in the metrics (see ``_Requests``)."""
+
+
 @functools.cache
 def _request_metrics(operation: str, status: int) -> tuple[Any, Any]:
     """The counter and the histogram of one operation and status (label sets are bounded:
@@ -77,10 +84,60 @@ def _request_metrics(operation: str, status: int) -> tuple[Any, Any]:
     return REQUESTS.labels(operation, str(status)), LATENCY.labels(operation)
 
 
-def observe_request(operation: str, status: int, seconds: float) -> None:
-    counter, latency = _request_metrics(operation, status)
-    counter.inc()
-    latency.observe(seconds)
+class _Requests:
+    """Requests tallied in memory, by operation and status, and added to ``REQUESTS`` and
+    ``LATENCY`` at most ``FLUSH_SECONDS`` later, on the event loop that served them (at once
+    without one), and before every scrape of this process: a counter increment and a histogram
+    observation in the multiprocess files (a lock and an mmap write each, the bucket found by
+    a linear scan) were 8 % of a job poll's instructions (24k of 294k, callgrind); a tally is
+    a dict lookup, a bisect and two additions. Another process's scrape sees this one's requests once they are
+    flushed."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # event loops on several threads (embedded servers)
+        self._pending: dict[tuple[str, int], list[float]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one a flush is due on
+
+    def observe(self, operation: str, status: int, seconds: float) -> None:
+        with self._lock:
+            tally = self._pending.get((operation, status))
+            if tally is None:  # [seconds in all, then a count per bucket, +Inf last]
+                tally = self._pending[(operation, status)] = [0.0] * (len(_SECONDS) + 2)
+            tally[0] += seconds
+            tally[1 + bisect.bisect_left(_SECONDS, seconds)] += 1
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None and loop is self._loop:
+                return
+            self._loop = loop
+        if loop is None:
+            self.flush()
+        else:
+            loop.call_later(FLUSH_SECONDS, self.flush)
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending, self._loop = self._pending, {}, None
+        for (operation, status), tally in pending.items():
+            counter, latency = _request_metrics(operation, status)
+            counter.inc(sum(tally[1:]))
+            latency._sum.inc(tally[0])  # a histogram's parts: prometheus-client has no bulk
+            for bucket, count in zip(latency._buckets, tally[1:], strict=True):  # observe
+                if count:
+                    bucket.inc(count)
+
+    def forget(self) -> None:
+        """In a forked child: its parent's requests are not its own."""
+        self._lock = threading.Lock()
+        self._pending, self._loop = {}, None
+
+
+_REQUESTS = _Requests()
+os.register_at_fork(after_in_child=_REQUESTS.forget)
+observe_request = _REQUESTS.observe
+flush_requests = _REQUESTS.flush
 
 
 REFUSALS = Counter(
@@ -136,6 +193,7 @@ class AccountTally:
 def exposition(gauges: Iterable[GaugeMetricFamily]) -> tuple[bytes, str]:
     """The text ``/metrics`` answers: every process's counters (one process's, or all of
     ``serve``'s from the multiprocess directory) and the gauges measured for this scrape."""
+    flush_requests()
     registry = CollectorRegistry()
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

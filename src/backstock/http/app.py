@@ -230,6 +230,7 @@ class App:
             elif message["type"] == "lifespan.shutdown":
                 if self._on_shutdown:
                     self._on_shutdown()
+                telemetry.flush_requests()  # the last requests' counts, before the loop ends
                 await self.services.close_loop()  # its connections belong to this event loop
                 await send({"type": "lifespan.shutdown.complete"})
                 return
