@@ -90,8 +90,8 @@ class _Requests:
     without one), and before every scrape of this process: a counter increment and a histogram
     observation in the multiprocess files (a lock and an mmap write each, the bucket found by
     a linear scan) were 8 % of a job poll's instructions (24k of 294k, callgrind); a tally is
-    a dict lookup, a bisect and two additions. Another process's scrape sees this one's requests once they are
-    flushed."""
+    a dict lookup, a bisect and two additions. Another process's scrape sees this one's
+    requests once they are flushed."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()  # event loops on several threads (embedded servers)
