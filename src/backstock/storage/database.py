@@ -506,13 +506,16 @@ class _Pool:
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        try:
-            async with asyncio.timeout(self._wait_timeout):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise Unavailable(
-                "The database is busy; retry later.", retry_after=1, kind="busy"
-            ) from None
+        if self._slots.locked():  # all busy: wait for one, for so long (a free one: no timer)
+            try:
+                async with asyncio.timeout(self._wait_timeout):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise Unavailable(
+                    "The database is busy; retry later.", retry_after=1, kind="busy"
+                ) from None
+        else:
+            await self._slots.acquire()
         try:
             with translate_errors():
                 driver = self._idle.pop() if self._idle else await self._connect()

@@ -15,6 +15,7 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 import psycopg
+from psycopg.pq import ExecStatus
 from sqlalchemy import ClauseElement, TextClause, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
@@ -24,6 +25,7 @@ Row = tuple[Any, ...]
 Params = Mapping[str, Any]
 T = TypeVar("T")
 _ENCODE = msgspec.json.Encoder().encode
+_TUPLES_OK = ExecStatus.TUPLES_OK
 
 _DIALECTS: dict[str, Dialect] = {
     "sqlite": sqlite.dialect(paramstyle="named"),
@@ -125,7 +127,12 @@ class Conn:
         if self.dialect == "sqlite":
             return self.driver.execute(sql, bound).fetchall()  # type: ignore[no-any-return]
         cursor = await self.driver.execute(sql, bound)
-        return await cursor.fetchall() if cursor.description else []
+        # Whether it returned rows, from the result's status: ``cursor.description`` would
+        # build a Column for each column first (a seventh of a PostgreSQL poll's CPU).
+        result = cursor.pgresult
+        if result is None or result.status != _TUPLES_OK:
+            return []
+        return await cursor.fetchall()
 
     async def run(self, statement: Statement, params: Params | None = None) -> int:
         """Run a write; the number of rows it changed."""
