@@ -256,3 +256,38 @@ def test_0003_moves_each_accounts_turn_to_account_turns_and_back(empty_url: str)
         back = dict(conn.execute(text("SELECT name, last_claim FROM accounts")).all())
         assert "account_turns" not in inspect(conn).get_table_names()
     assert back == {"served": 1234, "never": 0}
+
+
+# ---- 0004 compresses a job's linkage and errors with lz4 on PostgreSQL --------------------------
+
+
+def test_0004_compresses_linkage_and_errors_with_lz4_on_postgresql_and_back(
+    empty_url: str,
+) -> None:
+    config = migrate.alembic_config(empty_url)
+    migrate.upgrade(empty_url)
+    if empty_url.startswith("sqlite"):  # nothing to change there: up and down all the same
+        command.downgrade(config, "0003")
+        migrate.upgrade(empty_url)
+        return
+    columns = text(
+        "SELECT attrelid::regclass::text || '.' || attname, attcompression FROM pg_attribute "
+        "WHERE (attrelid, attname) IN (('jobs'::regclass, 'linkage'), ('jobs'::regclass, "
+        "'errors'), ('job_payloads'::regclass, 'payload'))"
+    )
+    with sql(empty_url) as conn:
+        lz4 = conn.execute(
+            text(
+                "SELECT 'lz4' = ANY(enumvals) FROM pg_settings "
+                "WHERE name = 'default_toast_compression'"
+            )
+        ).scalar()
+        compression = dict(conn.execute(columns).all())
+    if not lz4:
+        pytest.skip("this PostgreSQL is built without lz4: pglz stays (the migration's choice)")
+    assert compression == {"jobs.linkage": "l", "jobs.errors": "l", "job_payloads.payload": "l"}
+
+    command.downgrade(config, "0003")
+    with sql(empty_url) as conn:
+        compression = dict(conn.execute(columns).all())
+    assert compression == {"jobs.linkage": "", "jobs.errors": "", "job_payloads.payload": "l"}
