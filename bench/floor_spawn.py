@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 
+from backstock.storage.database import CACHE_KIB
 from bench.pgpool import FloorPool
 from bench.rawasgi import App, Receive, Scope, Send, lifespan, read_body, respond
 
@@ -41,6 +42,7 @@ def sqlite_connect(path: str) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")  # as Backstock's connections
     return conn
 
 

@@ -214,6 +214,56 @@ def test_a_failing_unit_rolls_back_its_own_changes_only(database: Database) -> N
     assert names(database) == ["first", "a", "b", "c"]
 
 
+def test_a_unit_alone_runs_without_a_savepoint_and_its_failure_undoes_its_changes(
+    database: Database,
+) -> None:
+    """A unit alone in its group (every worker transaction) is its transaction: no savepoint,
+    whose copies of each page it changes cost as much again as the WAL's writes; a failure
+    rolls the transaction back. A group of several keeps a savepoint per unit (above)."""
+    seen: list[str] = []
+
+    def trace(statement: str) -> None:
+        seen.append(statement.split(maxsplit=1)[0].upper())
+
+    class Oops(Exception):
+        pass
+
+    async def fails_after_writing(conn: Conn) -> None:
+        conn.driver.set_trace_callback(trace)
+        await insert("half-done")(conn)
+        raise Oops
+
+    async def scenario() -> Any:
+        return await asyncio.gather(database.write(fails_after_writing), return_exceptions=True)
+
+    (outcome,) = asyncio.run(scenario())
+    assert isinstance(outcome, Oops)
+    assert seen[0] == "INSERT" and "SAVEPOINT" not in seen and "RELEASE" not in seen, seen
+    assert "ROLLBACK" in seen
+    assert "half-done" not in names(database)
+
+    async def untraced(conn: Conn) -> None:
+        conn.driver.set_trace_callback(None)
+        await insert("after")(conn)
+
+    asyncio.run(database.write(untraced))  # the writer goes on
+    assert names(database)[-1] == "after"
+
+
+def test_sqlite_connections_keep_their_pages_and_savepoints_in_memory(database: Database) -> None:
+    """A 16 MB page cache (SQLite's 2 MB held less than one worker transaction) and
+    savepoint journals in memory (``storage/database.py``: ``CACHE_KIB``, ``temp_store``)."""
+
+    async def pragmas(conn: Conn) -> tuple[int, int]:
+        cache = conn.driver.execute("PRAGMA cache_size").fetchone()[0]
+        temp = conn.driver.execute("PRAGMA temp_store").fetchone()[0]
+        return cache, temp
+
+    memory = 2
+    assert asyncio.run(database.read(pragmas)) == (-16 * 1024, memory)
+    assert asyncio.run(database.write(pragmas)) == (-16 * 1024, memory)
+
+
 def test_a_failed_commit_fails_every_unit_of_its_group(database: Database) -> None:
     """A commit that fails (here a deferred foreign key, checked only at COMMIT) fails each
     unit it held; nothing of them is written, and the next write starts clean."""

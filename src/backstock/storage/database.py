@@ -48,6 +48,13 @@ Unit = Callable[[Conn], Awaitable[T]]
 BUSY_TIMEOUT_MS = 10_000
 """How long a SQLite write waits for another process's write lock before it fails with 503."""
 
+CACHE_KIB = 16 * 1024
+"""SQLite's page cache per connection, at most (filled as pages are read). SQLite's default,
+2 MB, is less than one worker transaction of 100 updates to a 10k catalog touches: pages were
+read again with a system call each and dirty ones spilled to the WAL before the commit, some
+twice. With 16 MB: the worker's reads 1.41 -> 0.45 MB a job, its writes 640 -> 528 system calls
+a job, its CPU 11 % less (600 jobs, 10k catalog; 32 and 64 MB did no better there)."""
+
 CHECKPOINT_SECONDS = 0.5
 """How often, at most, the WAL is checkpointed while there are writes."""
 
@@ -138,6 +145,10 @@ class Database:
             driver.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             driver.execute(f"PRAGMA synchronous={self.settings.sqlite_synchronous}")
             driver.execute("PRAGMA foreign_keys=ON")
+            driver.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+            # A savepoint's copies of the pages it changes (``_Writer._unit``) in memory: in a
+            # temporary file they were written with a system call each, as many as the WAL's.
+            driver.execute("PRAGMA temp_store=MEMORY")
         except sqlite3.Error as exc:
             driver.close()
             raise unavailable_for(exc) or exc from exc
@@ -425,7 +436,10 @@ class _Writer:
         conn = Conn("sqlite", driver)
         try:
             self._begin(driver)
-            outcomes = [self._unit(driver, conn, unit) for unit, _ in group]
+            if len(group) == 1:  # alone, its transaction is its savepoint (see ``_unit``)
+                outcomes = [run_to_completion(group[0][0](conn))]  # type: ignore[arg-type]
+            else:
+                outcomes = [self._unit(driver, conn, unit) for unit, _ in group]
             driver.execute("COMMIT")
         except BaseException as exc:  # every unit of the group gets it
             with contextlib.suppress(sqlite3.Error):
@@ -439,6 +453,10 @@ class _Writer:
         return outcomes
 
     def _unit(self, driver: sqlite3.Connection, conn: Conn, unit: Unit[Any]) -> Any:
+        """One unit of a group, in a savepoint: its failure undoes its own changes only. A
+        savepoint keeps a copy of each page the unit changes (in memory: ``temp_store``), so a
+        unit alone (every worker transaction) runs without one: its failure rolls the
+        transaction back, which undoes the same."""
         driver.execute("SAVEPOINT unit")
         try:
             outcome: Any = run_to_completion(unit(conn))  # type: ignore[arg-type]
