@@ -437,7 +437,7 @@ class _Writer:
         try:
             self._begin(driver)
             if len(group) == 1:  # alone, its transaction is its savepoint (see ``_unit``)
-                outcomes = [run_to_completion(group[0][0](conn))]  # type: ignore[arg-type]
+                outcomes = [run_to_completion(group[0][0](conn))]
             else:
                 outcomes = [self._unit(driver, conn, unit) for unit, _ in group]
             driver.execute("COMMIT")

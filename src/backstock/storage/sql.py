@@ -132,7 +132,7 @@ class Conn:
         result = cursor.pgresult
         if result is None or result.status != _TUPLES_OK:
             return []
-        return await cursor.fetchall()
+        return await cursor.fetchall()  # type: ignore[no-any-return]
 
     async def run(self, statement: Statement, params: Params | None = None) -> int:
         """Run a write; the number of rows it changed."""
