@@ -1,10 +1,13 @@
-"""A TCP proxy on loopback that a test can cut and restore, to take a database away."""
+"""A TCP proxy on loopback that a test can cut and restore, to take a database away, and that
+counts the round trips made through it."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
 import threading
+from collections.abc import Callable
 
 
 class CuttableProxy:
@@ -20,6 +23,9 @@ class CuttableProxy:
         self._closed = False
         self._links: list[socket.socket] = []
         self._lock = threading.Lock()
+        self.round_trips = 0
+        """Client sends that follow an answer (or open a connection): the times a client
+        waited for the server, however its bytes were split or joined."""
         threading.Thread(target=self._accept, daemon=True).start()
 
     def cut(self) -> None:
@@ -54,13 +60,22 @@ class CuttableProxy:
                 continue
             with self._lock:
                 self._links += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
+            last = ["answer"]  # which way this link's last bytes went
+            for a, b, way in ((client, upstream, "ask"), (upstream, client, "answer")):
+                seen = functools.partial(self._seen, last, way)
+                threading.Thread(target=_pipe, args=(a, b, seen), daemon=True).start()
+
+    def _seen(self, last: list[str], way: str) -> None:
+        with self._lock:
+            if way == "ask" and last[0] == "answer":
+                self.round_trips += 1
+            last[0] = way
 
 
-def _pipe(source: socket.socket, sink: socket.socket) -> None:
+def _pipe(source: socket.socket, sink: socket.socket, seen: Callable[[], None]) -> None:
     try:
         while data := source.recv(65536):
+            seen()
             sink.sendall(data)
     except OSError:
         pass

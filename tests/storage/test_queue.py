@@ -39,6 +39,7 @@ from backstock.storage.schema import (
     jobs,
 )
 from backstock.worker import Worker
+from tests.proxy import CuttableProxy
 from tests.support import (
     bulk_body,
     call,
@@ -133,7 +134,11 @@ def rows(services: Services) -> Iterator[Any]:
 
 
 def job_row(services: Services, job_id: str) -> Any:
-    with rows(services) as conn:
+    return job_row_at(services.settings.database_url, job_id)
+
+
+def job_row_at(database_url: str, job_id: str) -> Any:
+    with sql(database_url) as conn:
         return conn.execute(select(jobs).where(jobs.c.id == job_id)).one()
 
 
@@ -270,6 +275,53 @@ def test_a_worker_that_lost_its_lease_cannot_commit(services: Services) -> None:
     row = job_row(services, job_id)
     assert (row.completed_count, row.status) == (25, "complete")
     assert {r.update_count for r in variant_rows(services).values()} == {1}
+
+
+@pytest.mark.postgres
+def test_a_batch_takes_three_round_trips_on_postgresql(pg_url: str) -> None:
+    """A write unit runs in pipeline mode: its BEGIN goes with its first query, and the job's
+    progress and the account's slot with the COMMIT. A batch waits on the database three
+    times: the fence, the updates, the commit (6 and 7 with psycopg's ``transaction()``)."""
+    proxy = CuttableProxy(("127.0.0.1", 5432))
+    via_proxy = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    settings = Settings(
+        database_url=via_proxy, rate_limits="off", worker_batch_size=10, lease_seconds=30
+    )
+    services = build_services(settings)
+    try:
+        who = principal(services)
+        externals = seed(services, who, 25)
+        body = orjson.dumps(bulk_body([(e, {"price": float(n)}) for n, e in enumerate(externals)]))
+
+        async def batches() -> tuple[str, list[tuple[bool | None, int]]]:
+            """On one event loop, so on one connection, opened by the spawn."""
+            job_id = (await services.jobs.spawn(who, VARIANT_UPDATE, body)).id
+            seen = []
+            before = proxy.round_trips
+            claimed = await services.jobs.claim("w")  # with the first batch
+            assert claimed is not None
+            job, done = claimed
+            seen.append((done, proxy.round_trips - before))
+            while not done:
+                before = proxy.round_trips
+                done = await services.jobs.run_batch(job)
+                seen.append((done, proxy.round_trips - before))
+            return job_id, seen
+
+        job_id, seen = call(services, batches)
+        # the last one frees the account's slot too, with the commit
+        assert seen == [(False, 3), (False, 3), (True, 3)]
+    finally:
+        services.close()
+        proxy.close()
+    row = job_row_at(pg_url, job_id)
+    assert (row.status, row.completed_count, row.next_index) == ("complete", 25, 25)
+    with sql(pg_url) as conn:
+        assert conn.execute(select(accounts_table.c.open_jobs)).scalar() == 0
+        prices = dict(
+            conn.execute(select(catalog_variants.c.external_id, catalog_variants.c.price)).all()
+        )
+    assert prices == {e: float(n) for n, e in enumerate(externals)}
 
 
 def test_missing_variants_fail_alone_with_pointers(services: Services) -> None:

@@ -439,12 +439,12 @@ async def record_progress(
             "hook": finished_event(job.kind, job.id, "complete", counts, now),
         }
     if conn.postgres:
-        await conn.run(_COMPLETE_POSTGRES if done else _PROGRESS_POSTGRES, params)
+        await conn.later(_COMPLETE_POSTGRES if done else _PROGRESS_POSTGRES, params)
     else:
-        await conn.run(_PROGRESS, params)
+        await conn.later(_PROGRESS, params)
         if done:
-            await conn.run(_KEEP_PAYLOAD if retained else _DROP_PAYLOAD, params)
-            await conn.run(_ENQUEUE_DELIVERY, params)
+            await conn.later(_KEEP_PAYLOAD if retained else _DROP_PAYLOAD, params)
+            await conn.later(_ENQUEUE_DELIVERY, params)
     job.bytes_kept = len(retained or b"")
     job.next_index = end
     job.completed_count += completed
@@ -470,7 +470,7 @@ async def free_slots(conn: Conn, ended: Sequence[ClaimedJob]) -> None:
     for account in sorted({job.account_id for job in ended}):
         done = [job for job in ended if job.account_id == account]
         freed = sum(len(job.payload) - job.bytes_kept for job in done)
-        await conn.run(_FREE_SLOTS, {"account": account, "ended": len(done), "freed": freed})
+        await conn.later(_FREE_SLOTS, {"account": account, "ended": len(done), "freed": freed})
 
 
 def _failed_items(payload: bytes, errors: list[dict[str, Any]]) -> bytes | None:
@@ -491,7 +491,7 @@ _RELEASE = Statement(
 
 async def release_job(conn: Conn, job: ClaimedJob) -> None:
     """Hand a job back (graceful shutdown): queued again, at the position it reached."""
-    await conn.run(_RELEASE, {"job": job.pk, "owner": job.owner})
+    await conn.later(_RELEASE, {"job": job.pk, "owner": job.owner})
 
 
 # An expired job's kept failed items leave its account's quota with it.

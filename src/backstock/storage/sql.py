@@ -92,13 +92,20 @@ def composed(
 
 
 class Conn:
-    """A connection as storage code sees it: run named statements, get tuples back."""
+    """A connection as storage code sees it: run named statements, get tuples back.
 
-    __slots__ = ("dialect", "driver")
+    On PostgreSQL a write unit runs in psycopg's pipeline mode (``pipeline``): a statement is
+    sent at once and its result read only when asked for, so ``BEGIN`` goes with the unit's
+    first query, and a ``later`` write with the next statement whose result is read (or with
+    the ``COMMIT``): one round trip for both. Every other method reads its result, and raises
+    the error of anything sent before it."""
 
-    def __init__(self, dialect: Dialect_, driver: Any) -> None:
+    __slots__ = ("dialect", "driver", "pipeline")
+
+    def __init__(self, dialect: Dialect_, driver: Any, pipeline: Any = None) -> None:
         self.dialect = dialect
         self.driver = driver
+        self.pipeline = pipeline
 
     @property
     def postgres(self) -> bool:
@@ -127,6 +134,8 @@ class Conn:
         if self.dialect == "sqlite":
             return self.driver.execute(sql, bound).fetchall()  # type: ignore[no-any-return]
         cursor = await self.driver.execute(sql, bound)
+        if self.pipeline is not None:  # its result, and those of what was sent before it
+            await self.pipeline.sync()
         # Whether it returned rows, from the result's status: ``cursor.description`` would
         # build a Column for each column first (a seventh of a PostgreSQL poll's CPU).
         result = cursor.pgresult
@@ -140,7 +149,18 @@ class Conn:
         if self.dialect == "sqlite":
             return int(self.driver.execute(sql, bound).rowcount)
         cursor = await self.driver.execute(sql, bound)
+        if self.pipeline is not None:  # the count comes with the result
+            await self.pipeline.sync()
         return int(cursor.rowcount)
+
+    async def later(self, statement: Statement, params: Params | None = None) -> None:
+        """Run a write whose outcome nothing reads: in a PostgreSQL write unit, its result (and
+        error) is read with the next statement's, or at the commit."""
+        sql, bound = _bind(statement.sql(self.dialect), params)
+        if self.dialect == "sqlite":
+            self.driver.execute(sql, bound)
+        else:
+            await self.driver.execute(sql, bound)
 
     async def many(self, statement: Statement, rows: Sequence[Params]) -> None:
         """Run a write once per row (statements without constants: see ``Statement``)."""
