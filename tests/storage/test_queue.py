@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 from sqlalchemy import func, select, text, update
@@ -322,6 +323,47 @@ def test_a_batch_takes_three_round_trips_on_postgresql(pg_url: str) -> None:
             conn.execute(select(catalog_variants.c.external_id, catalog_variants.c.price)).all()
         )
     assert prices == {e: float(n) for n, e in enumerate(externals)}
+
+
+def test_a_batch_applies_repeated_updates_in_order_with_every_kind_of_value(
+    services: Services,
+) -> None:
+    """One batch names a variant three times, between others and a missing one: each update
+    lands in order (PostgreSQL updates a run of variants in one statement from a JSON array,
+    so a variant named again starts a new run), and every kind of value arrives as sent."""
+    who = principal(services)
+    a, b = seed(services, who, 2)
+    odd = 'quote " backslash \\ newline \n tab \t é 🚀 \u2028'
+    every_kind = {
+        "title": odd, "price": 1e308, "inventory_quantity": -0.5, "published": False,
+        "inventory_policy": 2, "images": [odd, "https://x/1.png"],
+        "custom_metadata": {"k": odd, "n": 4611686018427387904, "f": 0.1, "t": True},
+        "image_full_url": None,
+    }  # fmt: skip
+    updates = [
+        (a, {"sku": "a1", "price": 1.0}),
+        (b, {"sku": "b1", "price": 1.0}),
+        (a, {"sku": "a2", "price": 2.0}),
+        ("GONE", {"sku": "x", "price": 3.0}),
+        (a, every_kind),
+        (b, {"sku": "b2", "published": True}),
+    ]
+    job_id = spawn(services, who, updates)
+    drain(services)
+    row = job_row(services, job_id)
+    assert (row.completed_count, row.failed_count) == (5, 1)
+    assert [e["source"]["pointer"] for e in orjson.loads(row.errors)] == [
+        "/data/attributes/variants/data/3"
+    ]
+    found = variant_rows(services)
+    assert (found[a].update_count, found[b].update_count) == (3, 2)
+    assert (found[a].sku, found[a].title, found[a].price) == ("a2", odd, 1e308)
+    assert (found[a].inventory_quantity, found[a].inventory_policy) == (-0.5, 2)
+    assert not found[a].published and found[a].image_full_url is None
+    assert orjson.loads(found[a].images) == [odd, "https://x/1.png"]
+    metadata = msgspec.json.decode(found[a].custom_metadata)
+    assert metadata == {"k": odd, "n": 4611686018427387904, "f": 0.1, "t": True}
+    assert (found[b].sku, found[b].price, bool(found[b].published)) == ("b2", 1.0, True)
 
 
 def test_missing_variants_fail_alone_with_pointers(services: Services) -> None:

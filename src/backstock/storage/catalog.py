@@ -23,6 +23,8 @@ from sqlalchemy import (
     Select,
     any_,
     bindparam,
+    cast,
+    column,
     delete,
     false,
     func,
@@ -31,6 +33,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import JSON
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from backstock.domain.bodies import PayloadItem
@@ -130,20 +133,28 @@ class _Shape:
 
     @lru_cache(maxsize=256)  # noqa: B019 - one per shape, for the life of the process
     def update(self, columns: tuple[str, ...]) -> Statement:
-        """``UPDATE … SET`` these columns of one resource (on PostgreSQL returning a row when
-        it exists)."""
+        """``UPDATE … SET`` these columns of a run of resources. SQLite: of one, run once per
+        resource (``executemany``). PostgreSQL: of them all at once, from ``rows``, a JSON
+        array of each one's parameters (no external id twice), returning the external id of
+        each found (see ``update_many``)."""
         table = self.table
         values: dict[str, Any] = {name: bindparam(f"v_{name}") for name in columns}
         values["updated"] = bindparam("now")
         values["update_count"] = table.c.update_count + literal_column("1")
-        statement = (
+        one = update(table).where(self.mine, table.c.external_id == bindparam("external"))
+        fields = [column(f"v_{name}", table.c[name].type) for name in columns]
+        given = (
+            func.json_to_recordset(cast(bindparam("rows"), JSON))
+            .table_valued(column("external", table.c.external_id.type), *fields)
+            .render_derived("given", with_types=True)
+        )
+        every = (
             update(table)
-            .where(self.mine, table.c.external_id == bindparam("external"))
-            .values(values)
+            .where(self.mine, table.c.external_id == given.c.external)
+            .values(values | {name: given.c[f"v_{name}"] for name in columns})
+            .returning(table.c.external_id)
         )
-        return Statement(
-            f"update_{self.res.noun}", statement, statement.returning(literal_column("1"))
-        )
+        return Statement(f"update_{self.res.plural}", one.values(values), every)
 
     def record(self, row: Row, sqlite: bool) -> Record:
         """A row as a record (see the module's docstring)."""
@@ -441,16 +452,21 @@ async def update_many(
     run: list[dict[str, Any]] = []
     run_columns: tuple[str, ...] = ()
     pending: list[int] = []  # PostgreSQL: the entries of ``run``, whose outcome it tells
+    in_run: set[str] = set()  # their external ids (PostgreSQL updates them all at once)
+    same = {} if conn.postgres else {"account": account, "now": now}
 
     async def flush() -> None:
         statement = found.update(run_columns)
         if conn.postgres:
-            for index, hit in zip(pending, await conn.many_returning(statement, run), strict=True):
-                outcomes[index] = None if hit else MISSING
+            params = {"account": account, "now": now, "rows": _ENCODE(run).decode()}
+            hits = {row[0] for row in await conn.all(statement, params)}
+            for index in pending:
+                outcomes[index] = None if entries[index][0] in hits else MISSING
         else:
             await conn.many(statement, run)
         run.clear()
         pending.clear()
+        in_run.clear()
 
     for external, attributes, links in entries:
         refusal = _related_refusal(res, links, related)
@@ -460,13 +476,11 @@ async def update_many(
         if refusal is not None:
             continue
         columns = tuple(name for name in attributes if name in found.stored)
-        if columns != run_columns and run:
+        if run and (columns != run_columns or external in in_run):
             await flush()
         run_columns = columns
-        run.append(
-            found.columns(attributes, False)
-            | {"account": account, "external": external, "now": now}
-        )
+        run.append(found.columns(attributes, False) | same | {"external": external})
+        in_run.add(external)
         pending.append(len(outcomes) - 1)
     if run:
         await flush()
