@@ -410,6 +410,67 @@ def test_postgres_connection_is_reused_while_healthy(pg_url: str) -> None:
 
 
 @pytest.mark.postgres
+def test_postgres_write_units_commit_whole_or_not_at_all(pg_url: str) -> None:
+    """A write unit runs in pipeline mode, a ``later`` write's result read only with the next
+    statement's or at the COMMIT: whatever fails, a Python error after its writes or a
+    statement after a ``later`` one, nothing of the unit stays, the error is the unit's own,
+    and the connection goes back to the pool, idle, for the next write."""
+    db = Database(Settings(database_url=pg_url))
+    add = Statement(
+        "add", "INSERT INTO accounts (name, created_at, cursor_key) VALUES (:name, 1, '')"
+    )
+    divide = Statement("divide", "SELECT 1 / :n")
+    count = Statement("count", "SELECT count(*) FROM accounts WHERE name LIKE 'unit-%'")
+
+    class Oops(Exception):
+        pass
+
+    async def python_error(conn: Conn) -> None:
+        await conn.later(add, {"name": "unit-1"})
+        await conn.run(add, {"name": "unit-2"})
+        raise Oops
+
+    async def statement_error(conn: Conn) -> None:
+        await conn.later(add, {"name": "unit-3"})
+        await conn.one(divide, {"n": 0})
+
+    async def later_error(conn: Conn) -> None:
+        await conn.later(add, {"name": "unit-4"})
+        await conn.later(add, {"name": "unit-4"})  # a duplicate name, raised at the COMMIT
+
+    async def counted(conn: Conn) -> tuple[int, int]:
+        await conn.later(add, {"name": "unit-5"})
+        changed = await conn.run(
+            Statement("rename", "UPDATE accounts SET name = 'unit-6' WHERE name = 'unit-5'")
+        )
+        row = await conn.one(count)
+        assert row is not None
+        return changed, int(row[0])
+
+    async def scenario() -> None:
+        try:
+            await steps()
+        finally:
+            await db.close_loop()
+
+    async def steps() -> None:
+        pid = await db.read(lambda conn: conn.one(PID))
+        with pytest.raises(Oops):
+            await db.write(python_error)
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            await db.write(statement_error)
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            await db.write(later_error)
+        assert await db.read(lambda conn: conn.one(count)) == (0,)
+        assert await db.write(counted) == (1, 1)  # a count read within the unit is right
+        assert await db.read(lambda conn: conn.one(count)) == (1,)
+        assert await db.write(lambda conn: conn.one(PID)) == pid  # one connection throughout
+
+    asyncio.run(scenario())
+    db.close()
+
+
+@pytest.mark.postgres
 def test_postgres_connection_killed_gives_one_503_then_recovers(pg_url: str) -> None:
     db = Database(Settings(database_url=pg_url))
 
