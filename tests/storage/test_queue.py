@@ -366,6 +366,48 @@ def test_a_batch_applies_repeated_updates_in_order_with_every_kind_of_value(
     assert (found[b].sku, found[b].price, bool(found[b].published)) == ("b2", 1.0, True)
 
 
+def test_a_create_batch_inserts_in_order_with_every_kind_of_value(services: Services) -> None:
+    """One batch creates variants (PostgreSQL inserts them all in one statement from a JSON
+    array): every kind of value stored as sent, omitted ones at their defaults, one named twice
+    in the batch or existing already a ``conflict``, one under a missing item ``not_found``,
+    and the rest inserted in the batch's order."""
+    who = principal(services)
+    create(services, who, ITEM, item_body("I"))
+    create(services, who, VARIANT, variant_body("OLD", "I"))
+    odd = 'quote " backslash \\ newline \n é 🚀 \u2028'
+    every_kind = {
+        "title": odd, "price": 1e308, "inventory_quantity": -0.5, "published": False,
+        "inventory_policy": 2, "images": [odd], "custom_metadata": {"k": odd, "n": 2**62},
+        "image_full_url": None,
+    }  # fmt: skip
+    entries = [
+        variant_entry("V-1", "I"),
+        variant_body("V-2", "I", **every_kind)["data"],
+        variant_entry("V-1", "I"),  # again in the batch
+        variant_entry("OLD", "I"),
+        variant_entry("V-ORPHAN", "I-GONE"),
+        variant_entry("V-3", "I"),
+    ]
+    job_id = spawn_entries(services, who, VARIANT, "create", entries)
+    drain(services)
+    row = job_row(services, job_id)
+    assert (row.completed_count, row.failed_count) == (3, 3)
+    assert [(e["source"]["pointer"][-1], e["code"]) for e in orjson.loads(row.errors)] == [
+        ("2", "conflict"),
+        ("3", "conflict"),
+        ("4", "not_found"),
+    ]
+    with rows(services) as conn:
+        created = conn.execute(select(catalog_variants).order_by(catalog_variants.c.pk)).all()
+    assert [r.external_id for r in created] == ["OLD", "V-1", "V-2", "V-3"]
+    v2 = created[2]
+    assert (v2.title, v2.price, v2.inventory_quantity, v2.inventory_policy) == (odd, 1e308, -0.5, 2)
+    assert not v2.published and v2.image_full_url is None and v2.update_count == 0
+    assert orjson.loads(v2.images) == [odd]
+    assert msgspec.json.decode(v2.custom_metadata) == {"k": odd, "n": 2**62}
+    assert (created[1].sku, created[1].price, created[1].inventory_policy) == ("SKU-V-1", 9.5, 0)
+
+
 def test_missing_variants_fail_alone_with_pointers(services: Services) -> None:
     who = principal(services)
     externals = seed(services, who, 2)

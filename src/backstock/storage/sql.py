@@ -173,19 +173,6 @@ class Conn:
         async with self.driver.cursor() as cursor:
             await cursor.executemany(sql, rows)
 
-    async def many_returning(self, statement: Statement, rows: Sequence[Params]) -> list[bool]:
-        """PostgreSQL: run the statement once per row in one round trip; for each, whether it
-        returned a row (it found what it changes)."""
-        if not rows:
-            return []
-        sql, _ = statement.sql(self.dialect)
-        async with self.driver.cursor() as cursor:
-            await cursor.executemany(sql, rows, returning=True)
-            found = [await cursor.fetchone() is not None]
-            while cursor.nextset():
-                found.append(await cursor.fetchone() is not None)
-        return found
-
 
 def run_to_completion(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine that never suspends (storage work on a SQLite ``Conn``) without an
