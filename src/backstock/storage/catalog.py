@@ -123,8 +123,7 @@ class _Shape:
             per_row[self.parent_column] = "parent"
         given = _given({param: table.c[name].type for name, param in per_row.items()})
         from_rows = {name: given.c[param] for name, param in per_row.items()}
-        from_rows |= {"account_id": values["account_id"], "created": values["created"]}
-        from_rows["updated"] = values["updated"]
+        from_rows |= {name: values[name] for name in ("account_id", "created", "updated")}
         self.insert = Statement(
             f"insert_{res.plural}",
             insert(table).values(values),
@@ -207,6 +206,15 @@ def _given(columns: dict[str, Any]) -> Any:
         .table_valued(*fields)
         .render_derived("given", with_types=True)
     )
+
+
+async def _written(
+    conn: Conn, statement: Statement, account: AccountId, now: int, rows: list[dict[str, Any]]
+) -> set[str]:
+    """PostgreSQL: run a statement over a batch's ``rows`` at once (``_given``); the external
+    ids of the resources it wrote."""
+    params = {"account": account, "now": now, "rows": _ENCODE(rows).decode()}
+    return {row[0] for row in await conn.all(statement, params)}
 
 
 def _column_value(attribute: Attribute, value: Any) -> Any:
@@ -426,7 +434,6 @@ async def create_many(
     found = shape(res.type)
     related = await _related_keys(conn, res, account, [links for _, _, links in entries])
     existing = set() if conn.postgres else set(await keys(conn, res, account, _firsts(entries)))
-    same = {} if conn.postgres else {"account": account, "now": now}
     outcomes: list[Outcome] = []
     rows: list[dict[str, Any]] = []
     for external, attributes, links in entries:
@@ -437,19 +444,19 @@ async def create_many(
         if refusal is not None:
             continue
         existing.add(external)
-        row = found.columns(attributes, defaults=True) | same | {"external": external}
+        row = found.columns(attributes, defaults=True)
+        row |= {"account": account, "external": external, "now": now}
         if found.parent is not None:
             row["parent"] = related[found.parent.target][links[found.parent.name][0]]
         rows.append(row)
-    if conn.postgres and rows:  # in order: no external id twice (``existing``)
-        params = {"account": account, "now": now, "rows": _ENCODE(rows).decode()}
-        inserted = {row[0] for row in await conn.all(found.insert, params)}
+    if not conn.postgres:
+        await conn.many(found.insert, rows)
+    elif rows:  # in order, no external id twice (``existing``)
+        inserted = await _written(conn, found.insert, account, now, rows)
         outcomes = [
             EXISTS if o is None and entry[0] not in inserted else o
             for entry, o in zip(entries, outcomes, strict=True)
         ]
-    elif not conn.postgres:
-        await conn.many(found.insert, rows)
     applied = [e for e, o in zip(entries, outcomes, strict=True) if o is None]
     await _link(conn, res, account, applied, related, replace=False)
     return outcomes
@@ -459,12 +466,12 @@ async def update_many(
     conn: Conn, res: Resource, account: AccountId, entries: Sequence[PayloadItem], now: int
 ) -> list[Outcome]:
     """Apply partial updates in order: each entry's attributes, and the complete new set of
-    each relation it names. Consecutive entries setting the same attributes share one
-    ``executemany``.
+    each relation it names. Consecutive entries setting the same attributes, none of them
+    twice, share one statement (``_Shape.update``).
 
-    PostgreSQL: each UPDATE returns a row when it found its resource, so nothing can slip
-    between a check and the write. SQLite: one query finds them first (one writer at a time:
-    none can vanish before the writes)."""
+    PostgreSQL: the UPDATE returns the external id of each resource it found, so nothing can
+    slip between a check and the write. SQLite: one query finds them first (one writer at a
+    time: none can vanish before the writes)."""
     found = shape(res.type)
     related = await _related_keys(conn, res, account, [links for _, _, links in entries])
     present = None if conn.postgres else await keys(conn, res, account, _firsts(entries))
@@ -473,13 +480,11 @@ async def update_many(
     run_columns: tuple[str, ...] = ()
     pending: list[int] = []  # PostgreSQL: the entries of ``run``, whose outcome it tells
     in_run: set[str] = set()  # their external ids (PostgreSQL updates them all at once)
-    same = {} if conn.postgres else {"account": account, "now": now}
 
     async def flush() -> None:
         statement = found.update(run_columns)
         if conn.postgres:
-            params = {"account": account, "now": now, "rows": _ENCODE(run).decode()}
-            hits = {row[0] for row in await conn.all(statement, params)}
+            hits = await _written(conn, statement, account, now, run)
             for index in pending:
                 outcomes[index] = None if entries[index][0] in hits else MISSING
         else:
@@ -499,7 +504,10 @@ async def update_many(
         if run and (columns != run_columns or external in in_run):
             await flush()
         run_columns = columns
-        run.append(found.columns(attributes, False) | same | {"external": external})
+        run.append(
+            found.columns(attributes, False)
+            | {"account": account, "external": external, "now": now}
+        )
         in_run.add(external)
         pending.append(len(outcomes) - 1)
     if run:

@@ -511,7 +511,7 @@ async def _transaction(driver: psycopg.AsyncConnection[Any], unit: Unit[T]) -> T
     """PostgreSQL: ``unit`` in a transaction, in pipeline mode (see ``Conn``). Its ``BEGIN``
     and ``COMMIT`` are sent as statements, not with psycopg's ``transaction()``, which waits
     for each: so ``BEGIN`` goes with the unit's first query, and ``COMMIT`` with its ``later``
-    writes, in one round trip (a worker's batch: 3 round trips, not 5)."""
+    writes, in one round trip (a worker's batch: 3 round trips, not 6 or 7)."""
     try:
         async with driver.pipeline() as pipeline:
             await driver.execute(b"BEGIN")
