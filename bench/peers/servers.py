@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -136,8 +137,25 @@ class Peer(Server):
                 raise RuntimeError(f"{self.label} did not answer in {timeout} s:\n{self.tail()}")
             time.sleep(0.1)
 
-    def pause(self) -> None:
-        self._signal(signal.SIGSTOP)
+    def pause(self, attempts: int = 5000) -> None:
+        """Stop the server's processes (SIGSTOP). A Backstock on PostgreSQL is stopped only
+        between its transactions: a transaction held open by a stopped process holds back what
+        PostgreSQL may prune and vacuum in every database of the cluster (each backend's
+        snapshot starts at the oldest transaction still running), so the other Backstock's
+        rounds would pile up dead row versions it could not remove."""
+        if self.db_url is None or not self.db_url.startswith("postgresql"):
+            self._signal(signal.SIGSTOP)
+        else:
+            with psycopg.connect(self.db_url, autocommit=True) as conn:
+                for _ in range(attempts):
+                    self._signal(signal.SIGSTOP)
+                    if not open_transactions(conn):
+                        break
+                    self._signal(signal.SIGCONT)
+                    time.sleep(0.002)
+                else:  # stopped as it is, and said: the next rounds' PostgreSQL figures suffer
+                    self._signal(signal.SIGSTOP)
+                    print(f"{self.label}: paused inside a transaction", file=sys.stderr)
         self.paused = True
 
     def resume(self) -> None:
@@ -153,6 +171,15 @@ class Peer(Server):
         if self.process is not None and self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signum)
+
+
+def open_transactions(conn: psycopg.Connection[Any]) -> int:
+    """The transactions open in ``conn``'s database, other than ``conn``'s."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND pid <> pg_backend_pid() AND xact_start IS NOT NULL"
+    ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -1,7 +1,8 @@
 """The migrations produce exactly the tables the code declares, on both databases, and 0002
 carries a 0001 database's data across: item categories become links, open jobs keep their
 payload (in the new format) and run, finished jobs stay readable. 0003 moves the fair queue's
-turns out of the account rows, and back on downgrade."""
+turns out of the account rows, and back on downgrade. On PostgreSQL, 0004 compresses a job's
+linkage and errors with lz4 and 0005 fills the catalog tables' pages to 70 %, and back."""
 
 from __future__ import annotations
 
@@ -291,3 +292,35 @@ def test_0004_compresses_linkage_and_errors_with_lz4_on_postgresql_and_back(
     with sql(empty_url) as conn:
         compression = dict(conn.execute(columns).all())
     assert compression == {"jobs.linkage": "", "jobs.errors": "", "job_payloads.payload": "l"}
+
+
+# ---- 0005 leaves room on the catalog tables' pages for HOT updates on PostgreSQL ----------------
+
+
+def test_0005_fills_the_catalog_tables_pages_to_70_percent_on_postgresql_and_back(
+    empty_url: str,
+) -> None:
+    config = migrate.alembic_config(empty_url)
+    migrate.upgrade(empty_url)
+    if empty_url.startswith("sqlite"):  # SQLite has no fillfactor: up and down all the same
+        command.downgrade(config, "0004")
+        migrate.upgrade(empty_url)
+        return
+    options = text(
+        "SELECT relname, reloptions FROM pg_class WHERE relname IN "
+        "('catalog_items', 'catalog_variants', 'catalog_categories', 'jobs')"
+    )
+    with sql(empty_url) as conn:
+        filled = dict(conn.execute(options).all())
+    assert filled == {
+        "catalog_items": ["fillfactor=70"],
+        "catalog_variants": ["fillfactor=70"],
+        "catalog_categories": ["fillfactor=70"],
+        "jobs": None,
+    }
+
+    command.downgrade(config, "0004")
+    with sql(empty_url) as conn:
+        assert set(dict(conn.execute(options).all()).values()) == {None}
+    migrate.upgrade(empty_url)
+    migrate.check(empty_url)
