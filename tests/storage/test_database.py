@@ -32,6 +32,7 @@ from backstock.settings import Settings, sqlite_path
 from backstock.storage.database import Database
 from backstock.storage.engine import JobStore
 from backstock.storage.sql import Conn, Statement
+from tests.proxy import CuttableProxy
 from tests.support import BOTH_SCOPES, bulk_body, free_port, sql
 
 PLUS_ONE = Statement("plus_one", "SELECT :n + 1")
@@ -689,3 +690,37 @@ def test_postgres_one_statement_writes_share_commits_and_a_failure_is_its_own(
     with sql(pg_url) as conn:
         stored = conn.execute(sa_text("SELECT name FROM accounts WHERE name LIKE 'm%'")).all()
     assert len(stored) == 29
+
+
+@pytest.mark.postgres
+def test_postgres_a_group_of_writes_waits_on_the_database_once_per_statement_and_commit(
+    pg_url: str,
+) -> None:
+    """A group runs in pipeline mode: its BEGIN goes with the first statement, so a group of
+    30 waits 31 times (33 with psycopg's ``transaction()``), all in one transaction."""
+    proxy = CuttableProxy(("127.0.0.1", 5432))
+    db = Database(
+        Settings(database_url=pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}"))
+    )
+
+    async def unit(conn: Conn) -> int:
+        row = await conn.one(GROUPED_INSERT, {"name": f"g{random.random()}"})
+        assert row is not None
+        return int(row[1])
+
+    async def writes() -> tuple[int, list[int]]:
+        try:
+            await db.write(unit, single=True)  # the connection opened, alone
+            before = proxy.round_trips
+            txids = await asyncio.gather(*(db.write(unit, single=True) for _ in range(30)))
+            return proxy.round_trips - before, txids
+        finally:
+            await db.close_loop()
+
+    try:
+        waits, txids = asyncio.run(writes())
+    finally:
+        db.close()
+        proxy.close()
+    assert len(set(txids)) == 1  # the 30 arrived before the group formed: one transaction
+    assert waits == 31

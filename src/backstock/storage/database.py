@@ -621,25 +621,28 @@ class _Group:
         _resolve(future, outcome)
 
     async def _together(self, group: list[tuple[Unit[Any], asyncio.Future[Any]]]) -> bool:
-        """Run the group in one transaction. False, with nothing committed, if a statement
-        failed (each write then runs alone); if the commit itself failed, every write of the
-        group gets that failure (its outcome is unknown, as a lone statement's would be)."""
-        outcomes: list[Any] = []
-        committing = False
+        """Run the group in one transaction, in pipeline mode (``_transaction``: its ``BEGIN``
+        goes with the first statement). False, with nothing committed, if a statement failed
+        (each write then runs alone); if the commit itself failed, every write of the group
+        gets that failure (its outcome is unknown, as a lone statement's would be)."""
+        ran: list[Any] = []
+
+        async def each(conn: Conn) -> list[Any]:
+            for unit, _ in group:
+                try:
+                    ran.append(await unit(conn))
+                except psycopg.Error:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - raised after its statement
+                    ran.append(exc)
+            return ran
+
         try:
             async with self._pool.connection() as driver:
                 with translate_errors():
-                    async with driver.transaction():
-                        for unit, _ in group:
-                            try:
-                                outcomes.append(await unit(Conn("postgresql", driver)))
-                            except psycopg.Error:
-                                raise
-                            except Exception as exc:  # noqa: BLE001 - raised after its statement
-                                outcomes.append(exc)
-                        committing = True
+                    outcomes = await _transaction(driver, each)
         except Exception as exc:  # noqa: BLE001 - the group's failure, handed to its callers
-            if not committing:
+            if len(ran) < len(group):
                 return False
             outcomes = [exc] * len(group)
         for (_, future), outcome in zip(group, outcomes, strict=True):
