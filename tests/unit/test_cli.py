@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from backstock.bootstrap import build_services
-from backstock.cli import app
+from backstock.cli import app, common
 from backstock.domain import keys
 from backstock.settings import Settings
 from tests.support import call
@@ -21,7 +21,9 @@ from tests.support import call
 @pytest.fixture
 def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     monkeypatch.setenv("BACKSTOCK_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
-    monkeypatch.setenv("COLUMNS", "240")  # tables and help unwrapped, as on a wide terminal
+    # tables and help unwrapped, as on a wide terminal (the tables' console was made on import)
+    monkeypatch.setenv("COLUMNS", "240")
+    monkeypatch.setattr(common.out, "width", 240)
     runner = CliRunner()
 
     def invoke(*args: str):  # type: ignore[no-untyped-def]
@@ -159,7 +161,7 @@ def test_an_unmigrated_postgres_database_is_refused_in_one_line(  # type: ignore
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def test_jobs_and_accounts_commands(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_jobs_and_accounts_commands(run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     key = run("keys", "create", "--account", "shop", "--scope", "catalogs:write").stdout.strip()
     services = build_services(Settings(database_url=f"sqlite:///{tmp_path / 'cli.db'}"))
     try:
@@ -184,6 +186,11 @@ def test_jobs_and_accounts_commands(run, tmp_path: Path) -> None:  # type: ignor
     listed = run("jobs", "list", "--account", "shop", "--kind", "variant-update")
     assert listed.exit_code == 0 and job.id in listed.stdout and "complete" in listed.stdout
     assert job.id not in run("jobs", "list", "--status", "queued").stdout
+    # at the 80 columns of a pipe (rich's width when no stream is a terminal) the id is whole
+    monkeypatch.setattr(common.out, "width", 80)
+    narrow = run("jobs", "list", "--account", "shop").stdout
+    assert job.id in narrow and max(map(len, narrow.splitlines())) <= 80
+    monkeypatch.setattr(common.out, "width", 240)
     shown = run("jobs", "show", job.id)
     assert (
         shown.exit_code == 0
