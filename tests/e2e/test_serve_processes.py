@@ -49,7 +49,7 @@ def test_serve_starts_as_many_processes_as_its_limits_allow(
     cluster.cli("migrate")
     cluster.serve("--no-worker", *args)
     assert _server_processes(cluster) == expected
-    assert f"({expected} process(es)" in _banner(cluster)
+    assert f"({expected} process(es) on uvloop," in _banner(cluster)
     assert said in _banner(cluster)
 
 
