@@ -23,9 +23,10 @@ serve: $(RUNTIME)
 	$(BIN)/backstock serve
 
 # Everything: unit, API (both databases, Klaviyo's SDKs), storage, contract fuzzing, real
-# processes (e2e), the browser tests, the test server and its plugin, and the example client.
+# processes (e2e), the browser tests, the test server and its plugin, and the example client;
+# in two pytest runs at once, the e2e tests one after another in one (scripts/test_streams.py).
 test: $(DEV)
-	$(BIN)/python -m pytest tests examples $(PYTEST_ARGS)
+	$(BIN)/python scripts/test_streams.py $(PYTEST_ARGS)
 
 # The edit loop: no real processes, no contract fuzzing (a few minutes).
 test-fast: $(DEV)
