@@ -240,6 +240,30 @@ def test_lapsed_lease_is_resumed_where_it_stopped_and_nothing_applies_twice(
     assert {r.update_count for r in variant_rows(services).values()} == {1}
 
 
+def test_a_claim_whose_answer_was_lost_is_claimed_again_by_its_owner_at_once(
+    services: Services,
+) -> None:
+    """A claim that committed but whose answer never reached its worker (the connection cut
+    after the commit) leaves the job leased to that worker's task, which, claiming again, takes
+    it back at once, where its first batch stopped; another worker still waits for the lease."""
+    who = principal(services)
+    externals = seed(services, who, 25)
+    job_id = spawn(services, who, [(e, {"price": 7.0}) for e in externals])
+    lost = claim(services, "a")  # what the worker never heard of
+    assert lost is not None
+    assert claim(services, "b") is None  # the lease holds against everyone else
+    again = call(services, lambda: services.jobs.claim("a"))
+    assert again is not None
+    job, done = again
+    assert job.id == job_id and done is False
+    row = job_row(services, job_id)
+    assert (row.next_index, row.completed_count, row.lease_owner) == (20, 20, "a")
+    assert run_batch(services, job) is True
+    row = job_row(services, job_id)
+    assert (row.status, row.completed_count, row.failed_count) == ("complete", 25, 0)
+    assert {r.update_count for r in variant_rows(services).values()} == {1}
+
+
 def test_resumed_claim_without_a_first_batch_starts_where_the_job_stopped(
     services: Services,
 ) -> None:

@@ -248,12 +248,16 @@ UPDATE jobs
        attempts = attempts + 1
  WHERE pk = ({pick})
    -- still claimable (PostgreSQL rechecks this on a row another worker just changed)
-   AND (status = 'queued' OR (status = 'processing' AND lease_expires_at < :now))
+   AND (status = 'queued'
+        OR (status = 'processing' AND (lease_expires_at < :now OR lease_owner = :owner)))
 RETURNING pk, id, account_id, kind, shape, total_count, completed_count, failed_count,
           next_index, errors
 """
-# A head is claimable when queued, or when its lease lapsed (recovery is this query).
-_CLAIMABLE = """(j.status = 'queued' OR j.lease_expires_at < :now)
+# A head is claimable when queued, or when its lease lapsed (recovery is this query), or when
+# the claimer holds it: an owner is one worker task, which claims only when it runs no job, so
+# it holds that lease only because its claim committed and the answer was lost (a connection
+# cut): it takes the job again at once, rather than waiting out its own lease.
+_CLAIMABLE = """(j.status = 'queued' OR j.lease_expires_at < :now OR j.lease_owner = :owner)
           AND (j.not_before IS NULL OR j.not_before <= :now)"""
 # SQLite (BEGIN IMMEDIATE: one writer at a time): the head of each account's queue (its
 # oldest unfinished job, whatever its kind), one lookup in the open jobs' index per account
