@@ -1,11 +1,11 @@
 """``make test``: every test, in two pytest runs at once.
 
 One run takes the tests that start real processes (marked ``e2e``: the e2e and browser tests),
-one after another; the other takes the rest. On a 2-core machine that is about 10 minutes
-instead of 16: the e2e tests spend much of their time waiting (for processes to start, for a
-lease to lapse, for a 14-second attack schedule), while the rest keep a core busy. Two e2e tests
-never run at once, as they would under ``pytest -n`` (each would get half a core against its
-own deadlines).
+one after another; the other takes the rest. On the 2-core development machine that took 12
+minutes, twice, against 16 for one run of everything the same hour: the e2e tests spend much
+of their time waiting (for processes to start, for a lease to lapse, for a 14-second attack
+schedule), while the rest keep a core busy. Two e2e tests never run at once, as they would
+under ``pytest -n`` (each would get half a core against its own deadlines).
 
     python scripts/test_streams.py [pytest arguments...]
 
