@@ -32,7 +32,6 @@ from bench.payload import bulk_body, external_id, job_updates
 from bench.wrk import ensure_wrk, wrk_version
 
 RESULTS = Path(__file__).resolve().parent / "results"
-DEFAULT_PG = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -50,7 +49,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"run only these ({', '.join(suite.BENCHMARKS)}, memory); repeat or comma-separate",
     )
     parser.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
-    parser.add_argument("--pg", default=DEFAULT_PG, help="PostgreSQL admin URL [env BENCH_PG]")
+    parser.add_argument("--pg", default=dbs.DEFAULT_PG, help="PostgreSQL admin URL [env BENCH_PG]")
     parser.add_argument("--connections", type=int, default=8, help="wrk connections (default 8)")
     parser.add_argument(
         "--server-workers",

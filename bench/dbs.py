@@ -4,6 +4,7 @@ catalog they hold, an API key, and jobs queued through Backstock's own service l
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import sqlite3
 import time
@@ -23,6 +24,8 @@ from backstock.settings import Settings
 from backstock.storage import migrate
 from bench.payload import CATALOG_COLUMNS, bulk_body, catalog_row, external_id, job_updates
 
+DEFAULT_PG = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+"""The PostgreSQL admin URL every benchmark makes its scratch databases with."""
 ACCOUNT = "bench"
 SCOPES = ("catalogs:read", "catalogs:write")
 UPDATE_JOB = KINDS["catalog-variant-bulk-update-job"]

@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from bench.__main__ import _git_revision, background_cores, machine
-from bench.dbs import check_postgres
+from bench.dbs import DEFAULT_PG, check_postgres
 from bench.peers import report
 from bench.peers import servers as peers
 from bench.peers.body import JOBS_PATH, headers, update_body, variant_ids
@@ -33,7 +33,6 @@ from bench.wrk import ensure_wrk, write_script
 from bench.wrk import run as wrk_run
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-DEFAULT_PG = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 OPERATIONS = {"spawn": ("POST", 202), "get": ("GET", 200)}
 """``spawn``: POST the 100-variant bulk update; ``get``: GET one job (``{JOBS_PATH}/{id}``)."""
 

@@ -47,6 +47,12 @@ KEY_OF_NO_ACCOUNT = Statement(
     "INSERT INTO api_keys (id, account_id, secret_hash, scopes, created_at) "
     "VALUES ('orphan', 999999, 'x', 'catalogs:read', 1)",
 )
+PLUS_ONES = Statement(
+    "plus_ones",
+    "SELECT NULL",  # SQLite reads each ask alone (PLUS_ONE)
+    "SELECT CAST(n AS BIGINT) + 1 FROM unnest(CAST(:ns AS TEXT[])) WITH ORDINALITY AS asks(n, i) "
+    "ORDER BY i",
+)
 PID = Statement("pid", "SELECT pg_backend_pid()")
 SLEEP = Statement("sleep", "SELECT pg_sleep(:seconds)")
 
@@ -529,9 +535,114 @@ def test_postgres_away_is_503_at_once() -> None:
             assert caught.value.status == 503
         with pytest.raises(Unavailable):
             await db.write(lambda conn: conn.one(PID))
+        with pytest.raises(Unavailable):
+            await db.read_together(PlusOnes(), 1)
         await db.close_loop()
 
     asyncio.run(scenario())
+
+
+class PlusOnes:
+    """A ``Batch``: each ask ``n`` answered ``n + 1``, the asks of each read recorded. Asks
+    of ``"slow"`` make the read wait first; one of ``"bad"`` makes its statement fail."""
+
+    def __init__(self) -> None:
+        self.reads: list[list[Any]] = []
+
+    async def __call__(self, conn: Conn, asks: list[Any]) -> list[Any]:
+        self.reads.append(asks)
+        if "slow" in asks:
+            await conn.one(SLEEP, {"seconds": 0.3})
+            asks = [0 if ask == "slow" else ask for ask in asks]
+        if not conn.postgres:
+            return [(await conn.one(PLUS_ONE, {"n": ask}) or [None])[0] for ask in asks]
+        rows = await conn.all(PLUS_ONES, {"ns": [str(ask) for ask in asks]})
+        return [row[0] for row in rows]
+
+
+def test_reads_asked_together_go_in_one_statement_on_postgres_and_alone_on_sqlite(
+    database_url: str, engine: str
+) -> None:
+    """PostgreSQL: the asks that arrive together go in one read; those that arrive while a read
+    is out go in the next. SQLite (in-thread reads of microseconds): each alone."""
+    db = Database(Settings(database_url=database_url))
+    batch = PlusOnes()
+
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        try:
+            together = await asyncio.gather(*(db.read_together(batch, n) for n in range(40)))
+            if engine == "sqlite":
+                return together, []
+            slow = asyncio.create_task(db.read_together(batch, "slow"))
+            await asyncio.sleep(0.1)  # the slow read is out
+            meanwhile = await asyncio.gather(*(db.read_together(batch, n) for n in range(5)))
+            assert await slow == 1
+            return together, meanwhile
+        finally:
+            await db.close_loop()
+
+    try:
+        together, meanwhile = asyncio.run(scenario())
+    finally:
+        db.close()
+    assert together == [n + 1 for n in range(40)]
+    if engine == "sqlite":
+        assert batch.reads == [[n] for n in range(40)]
+        return
+    assert meanwhile == [1, 2, 3, 4, 5]
+    assert batch.reads == [list(range(40)), ["slow"], list(range(5))]
+
+
+@pytest.mark.postgres
+def test_postgres_a_failed_read_together_fails_each_of_its_asks_and_the_next_reads_again(
+    pg_url: str,
+) -> None:
+    db = Database(Settings(database_url=pg_url, pool_size=1))
+    batch = PlusOnes()
+
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        try:
+            failed = await asyncio.gather(
+                *(db.read_together(batch, ask) for ask in (1, "bad", 3)), return_exceptions=True
+            )
+            return failed, await asyncio.gather(*(db.read_together(batch, n) for n in (4, 5)))
+        finally:
+            await db.close_loop()
+
+    try:
+        failed, after = asyncio.run(scenario())
+    finally:
+        db.close()
+    assert [type(outcome) for outcome in failed] == [psycopg.errors.InvalidTextRepresentation] * 3
+    assert after == [5, 6]  # the one connection came back, healthy
+    assert batch.reads == [[1, "bad", 3], [4, 5]]
+
+
+@pytest.mark.postgres
+def test_postgres_an_ask_withdrawn_while_read_leaves_the_others_their_answers(
+    pg_url: str,
+) -> None:
+    db = Database(Settings(database_url=pg_url))
+    batch = PlusOnes()
+
+    async def scenario() -> list[Any]:
+        try:
+            asks = [asyncio.create_task(db.read_together(batch, ask)) for ask in ("slow", 7, 8)]
+            await asyncio.sleep(0.1)
+            asks[1].cancel()  # its client went away mid-read
+            outcomes = await asyncio.gather(*asks, return_exceptions=True)
+            outcomes.append(await db.read_together(batch, 9))
+            return outcomes
+        finally:
+            await db.close_loop()
+
+    try:
+        outcomes = asyncio.run(scenario())
+    finally:
+        db.close()
+    assert outcomes[0] == 1 and outcomes[2] == 9 and outcomes[3] == 10
+    assert isinstance(outcomes[1], asyncio.CancelledError)
+    assert batch.reads == [["slow", 7, 8], [9]]
 
 
 @pytest.mark.postgres

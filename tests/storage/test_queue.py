@@ -22,13 +22,15 @@ import pytest
 from sqlalchemy import func, select, text, update
 
 from backstock.bootstrap import build_services, build_worker
+from backstock.domain.clock import now_us
 from backstock.domain.errors import TooManyJobs
 from backstock.domain.jobs import KINDS, ClaimedJob, JobKind
-from backstock.domain.keys import Principal, from_authorization
+from backstock.domain.keys import ApiKey, Principal, from_authorization
 from backstock.domain.resources import CATEGORY, ITEM, VARIANT, Resource
 from backstock.services.container import Services
 from backstock.settings import Settings
 from backstock.storage import catalog as catalog_store
+from backstock.storage import jobs as jobs_store
 from backstock.storage.jobs import _CLAIM_NEXT
 from backstock.storage.schema import accounts as accounts_table
 from backstock.storage.schema import (
@@ -817,6 +819,62 @@ def test_many_threads_apply_every_update_exactly_once_in_order(
         key = (row.account_id, row.external_id)
         assert (row.price, row.sku) == (expected[key]["price"], expected[key]["sku"])
         assert row.update_count == counts[key]
+
+
+# ---- polls -------------------------------------------------------------------------------------
+
+
+def test_polls_asked_together_are_each_answered_as_alone(services: Services) -> None:
+    """Polls arriving together are read together (on PostgreSQL in one statement:
+    ``Database.read_together``). Each gets what it would alone: the key it names, and the job
+    only through that key's valid secret, unrevoked, of the key's account and the asked kind,
+    not expired."""
+    acme = principal(services)
+    externals = seed(services, acme, 3)
+    mine = spawn(services, acme, [(e, {"price": 1.0}) for e in externals])
+    lapsed = spawn(services, acme, [(externals[0], {"price": 2.0})])
+    with rows(services) as conn:
+        conn.execute(update(jobs).where(jobs.c.id == lapsed).values(expires_at=1))
+    other = principal(services, "other")
+    seed(services, other, 1, item="O")
+    theirs = spawn(services, other, [("O-0", {"price": 3.0})])
+    good = from_authorization(f"Klaviyo-API-Key {make_key(services)}")
+    wrong = ApiKey(good.key_id, good.secret + "x")
+    revoked = from_authorization(f"Klaviyo-API-Key {make_key(services)}")
+    call(services, lambda: services.accounts.revoke_key(revoked.key_id))
+    unknown = ApiKey("nosuchkey", "secret")
+    theirs_key = from_authorization(f"Klaviyo-API-Key {make_key(services, 'other')}")
+    create_kind, update_kind = KINDS["catalog-variant-bulk-create-job"].type, VARIANT_UPDATE.type
+    asks = [
+        (good, update_kind, mine, good.key_id, mine),
+        (good, update_kind, theirs, good.key_id, None),  # another account's job
+        (good, create_kind, mine, good.key_id, None),  # another kind
+        (good, update_kind, lapsed, good.key_id, None),  # expired
+        (wrong, update_kind, mine, good.key_id, None),  # the key's row, for the 401
+        (revoked, update_kind, mine, revoked.key_id, None),
+        (unknown, update_kind, mine, None, None),
+        (theirs_key, update_kind, theirs, theirs_key.key_id, theirs),
+        (good, update_kind, mine, good.key_id, mine),  # the same ask twice
+    ]
+
+    async def together() -> list[Any]:
+        return await asyncio.gather(
+            *(services.jobs.store.poll(key, kind, job_id) for key, kind, job_id, _, _ in asks)
+        )
+
+    async def in_one_statement() -> list[Any]:  # on PostgreSQL; SQLite reads each alone
+        polls = [(key, kind, job_id) for key, kind, job_id, _, _ in asks]
+        return await services.jobs.store.db.read(
+            lambda conn: jobs_store.polls(conn, polls, now_us())
+        )
+
+    answers = call(services, together)
+    alone = [call(services, lambda a=a: services.jobs.store.poll(*a[:3])) for a in asks]
+    assert [(k and k.id, j and j.id) for k, j in answers] == [a[3:] for a in asks]
+    assert answers == alone
+    assert call(services, in_one_statement) == alone
+    assert answers[4][0] is not None and answers[4][0].secret_hash == good.secret_hash
+    assert answers[5][0] is not None and answers[5][0].revoked_at is not None
 
 
 # ---- the worker ----------------------------------------------------------------------------------

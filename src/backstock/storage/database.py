@@ -14,7 +14,9 @@ several processes on one file take turns on a file lock (``_WriterLock``).
 
 PostgreSQL: psycopg's asyncio connections, a small pool per event loop (the API's, each
 worker's), autocommit for reads and one transaction per write unit, run in pipeline mode (its
-``BEGIN`` and writes whose outcome nothing reads share round trips: ``Conn.later``).
+``BEGIN`` and writes whose outcome nothing reads share round trips: ``Conn.later``). Reads that
+``read_together`` runs (the poll) are asked in batches: those that arrive while one is out go
+in the next, as one statement (``_Batcher``).
 
 Failures that waiting can cure (the database away, locked, full, read-only, failing I/O) become
 ``Unavailable``: a 503 with ``Retry-After`` for requests, a retry for the worker.
@@ -44,7 +46,10 @@ from backstock.storage.sql import Conn, Statement, run_to_completion
 log = logging.getLogger("backstock.storage")
 
 T = TypeVar("T")
+A = TypeVar("A")
 Unit = Callable[[Conn], Awaitable[T]]
+Batch = Callable[[Conn, list[A]], Awaitable[list[T]]]
+"""A read of several asks at once: their answers, in the same order."""
 
 BUSY_TIMEOUT_MS = 10_000
 """How long a SQLite write waits for another process's write lock before it fails with 503."""
@@ -62,6 +67,9 @@ CHECKPOINT_SECONDS = 0.5
 _HURRIED_BUSY_MS = 250
 """The wait while the file is known to be locked (a write has just waited out the full busy
 timeout): writes fail fast until one gets through, rather than each waiting the full timeout."""
+
+BATCH_MAX = 256
+"""The most asks ``read_together`` reads in one statement."""
 
 _PING = Statement("ping", "SELECT 1")
 
@@ -99,6 +107,7 @@ class Database:
         self._pg_url = "" if settings.is_sqlite else postgres_url(settings.database_url)
         self._pools: dict[asyncio.AbstractEventLoop, _Pool] = {}
         self._groups: dict[asyncio.AbstractEventLoop, _Group] = {}
+        self._batchers: dict[tuple[asyncio.AbstractEventLoop, Batch[Any, Any]], _Batcher] = {}
 
     @property
     def is_sqlite(self) -> bool:
@@ -116,6 +125,20 @@ class Database:
                         self._forget(reader)
         async with self._pool().connection() as driver:
             return await unit(Conn("postgresql", driver))
+
+    async def read_together(self, batch: Batch[A, T], ask: A) -> T:
+        """``batch(conn, [ask])[0]``. On PostgreSQL, the asks of one event loop for the same
+        ``batch`` that arrive while one of its reads is out are read together, in the next:
+        one statement and one round trip for many (``_Batcher``). SQLite reads are in-thread
+        and take microseconds: each is read alone."""
+        if self._writer is not None:
+            return (await self.read(lambda conn: batch(conn, [ask])))[0]
+        loop = asyncio.get_running_loop()
+        batcher = self._batchers.get((loop, batch))
+        if batcher is None:
+            batcher = self._batchers[(loop, batch)] = _Batcher(self._pool(), batch)
+        answer: T = await batcher.submit(ask)
+        return answer
 
     async def write(self, unit: Unit[T], *, single: bool = False) -> T:
         """``single``: the unit runs one statement. On PostgreSQL such writes of one event loop
@@ -200,6 +223,8 @@ class Database:
         """Close this event loop's connections (at the end of the loop that used them)."""
         loop = asyncio.get_running_loop()
         self._groups.pop(loop, None)
+        for owner in [owner for owner in self._batchers if owner[0] is loop]:
+            del self._batchers[owner]
         pool = self._pools.pop(loop, None)
         if pool is not None:
             await pool.close()
@@ -648,6 +673,51 @@ class _Group:
         for (_, future), outcome in zip(group, outcomes, strict=True):
             _resolve(future, outcome)
         return True
+
+
+class _Batcher:
+    """PostgreSQL: the asks of one event loop for one ``Batch`` read, read in batches. An ask
+    that finds no read out goes at once, alone; those arriving while a read is out wait for it
+    and go together in the next (at most ``BATCH_MAX``). Under load a poll then costs the event
+    loop and the database a share of one statement rather than one each. A failed read fails
+    each of its asks (each gets the ``Unavailable`` or error it would have got alone)."""
+
+    def __init__(self, pool: _Pool, batch: Batch[Any, Any]) -> None:
+        self._pool = pool
+        self._batch = batch
+        self._pending: list[tuple[Any, asyncio.Future[Any]]] = []
+        self._draining: asyncio.Task[None] | None = None
+
+    async def submit(self, ask: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._pending.append((ask, future))
+        if self._draining is None:
+            self._draining = loop.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        group: list[tuple[Any, asyncio.Future[Any]]] = []
+        try:
+            while self._pending:
+                group = self._pending[:BATCH_MAX]
+                del self._pending[:BATCH_MAX]
+                try:
+                    async with self._pool.connection() as driver:
+                        with translate_errors():
+                            answers = await self._batch(
+                                Conn("postgresql", driver), [ask for ask, _ in group]
+                            )
+                except Exception as exc:  # noqa: BLE001 - the read's failure, for each ask
+                    answers = [exc] * len(group)
+                for (_, future), answer in zip(group, answers, strict=True):
+                    _resolve(future, answer)
+        finally:
+            self._draining = None
+            # Cancelled (its loop is closing): no answer comes to those still waiting.
+            for _, future in group + self._pending:
+                future.cancel()
+            self._pending = []
 
 
 _OPERATIONAL = (sqlite3.OperationalError, psycopg.OperationalError)

@@ -101,6 +101,12 @@ class _Simulated(Exception):
         self.errors = errors
 
 
+async def _polls(
+    conn: Conn, asks: list[queue.Ask]
+) -> list[tuple[KeyRecord | None, JobRecord | None]]:
+    return await queue.polls(conn, asks, now_us())
+
+
 class JobStore:
     """The queue and the engine, as the services see them."""
 
@@ -138,7 +144,7 @@ class JobStore:
     async def poll(
         self, key: ApiKey, kind: str, job_id: str
     ) -> tuple[KeyRecord | None, JobRecord | None]:
-        return await self.db.read(lambda conn: queue.poll(conn, key, kind, job_id, now_us()))
+        return await self.db.read_together(_polls, (key, kind, job_id))
 
     async def list_jobs(
         self, account: AccountId, kind: str, status: str | None, page: PageRequest

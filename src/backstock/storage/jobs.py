@@ -29,7 +29,7 @@ from typing import Any
 
 import msgspec
 import orjson
-from sqlalchemy import ColumnElement, Select, and_, bindparam, or_, select
+from sqlalchemy import ARRAY, ColumnElement, Select, Text, and_, bindparam, cast, func, or_, select
 
 from backstock.domain import jobs as domain
 from backstock.domain.bodies import load_payload
@@ -159,13 +159,19 @@ async def accept(conn: Conn, new: NewJob, max_open: int, max_bytes: int) -> JobR
     return new.record(pk)
 
 
-def _live_job(account: ColumnElement[Any]) -> ColumnElement[bool]:
-    """The job ``:id`` of ``account``, of the kind ``:kind``, not expired (expired ones await
-    the reaper)."""
+def _live_job(
+    account: ColumnElement[Any],
+    job_id: ColumnElement[Any] | None = None,
+    kind: ColumnElement[Any] | None = None,
+) -> ColumnElement[bool]:
+    """The job ``job_id`` (``:id``) of ``account``, of the kind ``kind`` (``:kind``), not
+    expired (expired ones await the reaper)."""
+    job_id = bindparam("id") if job_id is None else job_id
+    kind = bindparam("kind") if kind is None else kind
     return and_(
         jobs.c.account_id == account,
-        jobs.c.id == bindparam("id"),
-        jobs.c.kind == bindparam("kind"),
+        jobs.c.id == job_id,
+        jobs.c.kind == kind,
         or_(jobs.c.expires_at.is_(None), jobs.c.expires_at > bindparam("now")),
     )
 
@@ -192,6 +198,36 @@ _POLL = Statement(
 )
 
 
+# Polls read together (``Database.read_together``), on PostgreSQL: the asks as one table of
+# arrays, each row numbered, and the same joins as ``_POLL`` for each.
+_ASKS = (
+    func.unnest(
+        *(cast(bindparam(name), ARRAY(Text)) for name in ("keys", "hashes", "ids", "kinds"))
+    )
+    .table_valued("key", "secret_hash", "id", "kind", with_ordinality="n")
+    .render_derived()
+    .alias("asks")
+)
+_POLLS = Statement(
+    "polls",
+    "SELECT NULL",  # never run: SQLite polls one at a time
+    select(_ASKS.c.n, *KEY_COLUMNS, *_JOB).select_from(
+        _ASKS.join(api_keys, api_keys.c.id == _ASKS.c.key)
+        .join(accounts, accounts.c.id == api_keys.c.account_id)
+        .outerjoin(
+            jobs,
+            and_(
+                api_keys.c.secret_hash == _ASKS.c.secret_hash,
+                api_keys.c.revoked_at.is_(None),
+                _live_job(api_keys.c.account_id, _ASKS.c.id, _ASKS.c.kind),
+            ),
+        )
+    ),
+)
+Ask = tuple[ApiKey, str, str]
+"""A poll's key, the kind of job and its id."""
+
+
 def _job(row: Any) -> JobRecord:
     return JobRecord(*row)
 
@@ -216,6 +252,26 @@ async def poll(
         return None, None
     job = row[KEY_WIDTH:]
     return key_record(row), None if job[0] is None else _job(job)
+
+
+async def polls(
+    conn: Conn, asks: Sequence[Ask], now: int
+) -> list[tuple[KeyRecord | None, JobRecord | None]]:
+    """``poll`` for each ask, in order; on PostgreSQL, several in one statement."""
+    if len(asks) == 1 or not conn.postgres:
+        return [await poll(conn, key, kind, job_id, now) for key, kind, job_id in asks]
+    params = {
+        "keys": [key.key_id for key, _, _ in asks],
+        "hashes": [key.secret_hash for key, _, _ in asks],
+        "ids": [job_id for _, _, job_id in asks],
+        "kinds": [kind for _, kind, _ in asks],
+        "now": now,
+    }
+    found: list[tuple[KeyRecord | None, JobRecord | None]] = [(None, None)] * len(asks)
+    for row in await conn.all(_POLLS, params):
+        job = row[1 + KEY_WIDTH :]
+        found[row[0] - 1] = key_record(row[1:]), None if job[0] is None else _job(job)
+    return found
 
 
 async def list_jobs(
