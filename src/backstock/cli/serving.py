@@ -25,6 +25,7 @@ from backstock.bootstrap import (
     build_services,
     build_worker,
     migrate_database,
+    settle_heap,
     worker_hears_other_processes,
 )
 from backstock.cli.common import app, err, ready, redact, setting_help, settings_from
@@ -281,6 +282,7 @@ def worker(
     telemetry.configure_logging(settings.log_level, settings.log_format)
     services = build_services(settings)
     runner = build_worker(services, settings.worker_concurrency)
+    settle_heap()
 
     def stop(_signum: int, _frame: object) -> None:
         runner.stop.set()
