@@ -58,7 +58,11 @@ class CuttableProxy:
             except OSError:
                 _close(client)
                 continue
-            with self._lock:
+            with self._lock:  # a cut since the check above (``cut`` clears, then locks)
+                if not self._up.is_set():
+                    _close(client)
+                    _close(upstream)
+                    continue
                 self._links += [client, upstream]
             last = ["answer"]  # which way this link's last bytes went
             for a, b, way in ((client, upstream, "ask"), (upstream, client, "answer")):

@@ -298,22 +298,29 @@ async def list_jobs(
 # ---- the worker's side -----------------------------------------------------------------------
 
 
-_CLAIM = """
+def _claimable(table: str) -> str:
+    """A job is claimable when queued, or processing with its lease lapsed (recovery is the
+    claim), or processing and held by the claimer: an owner is one worker task, which claims
+    only when it runs no job, so it holds that lease only because its claim committed and the
+    answer was lost (a connection cut): it takes the job again at once, rather than waiting
+    out its own lease. (A finished job keeps its last lease: never claimable.)"""
+    return (
+        f"({table}status = 'queued' OR ({table}status = 'processing' AND "
+        f"({table}lease_expires_at < :now OR {table}lease_owner = :owner)))"
+    )
+
+
+_CLAIM = f"""
 UPDATE jobs
    SET status = 'processing', lease_owner = :owner, lease_expires_at = :expires,
        attempts = attempts + 1
- WHERE pk = ({pick})
+ WHERE pk = ({{pick}})
    -- still claimable (PostgreSQL rechecks this on a row another worker just changed)
-   AND (status = 'queued'
-        OR (status = 'processing' AND (lease_expires_at < :now OR lease_owner = :owner)))
+   AND {_claimable("")}
 RETURNING pk, id, account_id, kind, shape, total_count, completed_count, failed_count,
           next_index, errors
-"""
-# A head is claimable when queued, or when its lease lapsed (recovery is this query), or when
-# the claimer holds it: an owner is one worker task, which claims only when it runs no job, so
-# it holds that lease only because its claim committed and the answer was lost (a connection
-# cut): it takes the job again at once, rather than waiting out its own lease.
-_CLAIMABLE = """(j.status = 'queued' OR j.lease_expires_at < :now OR j.lease_owner = :owner)
+"""  # noqa: S608 - constant pieces
+_CLAIMABLE = f"""{_claimable("j.")}
           AND (j.not_before IS NULL OR j.not_before <= :now)"""
 # SQLite (BEGIN IMMEDIATE: one writer at a time): the head of each account's queue (its
 # oldest unfinished job, whatever its kind), one lookup in the open jobs' index per account
