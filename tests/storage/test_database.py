@@ -14,10 +14,10 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import psycopg
@@ -35,6 +35,7 @@ from backstock.storage.sql import Conn, Statement
 from tests.proxy import CuttableProxy
 from tests.support import BOTH_SCOPES, bulk_body, free_port, sql
 
+T = TypeVar("T")
 PLUS_ONE = Statement("plus_one", "SELECT :n + 1")
 NAMES = Statement("names", "SELECT name FROM accounts ORDER BY id")
 INSERT = Statement(
@@ -542,6 +543,22 @@ def test_postgres_away_is_503_at_once() -> None:
     asyncio.run(scenario())
 
 
+def run_closing(db: Database, scenario: Callable[[], Awaitable[T]]) -> T:
+    """``scenario`` on an event loop of its own; then that loop's connections and the database
+    are closed, whatever happened."""
+
+    async def main() -> T:
+        try:
+            return await scenario()
+        finally:
+            await db.close_loop()
+
+    try:
+        return asyncio.run(main())
+    finally:
+        db.close()
+
+
 class PlusOnes:
     """A ``Batch``: each ask ``n`` answered ``n + 1``, the asks of each read recorded. Asks
     of ``"slow"`` make the read wait first; one of ``"bad"`` makes its statement fail."""
@@ -569,22 +586,16 @@ def test_reads_asked_together_go_in_one_statement_on_postgres_and_alone_on_sqlit
     batch = PlusOnes()
 
     async def scenario() -> tuple[list[Any], list[Any]]:
-        try:
-            together = await asyncio.gather(*(db.read_together(batch, n) for n in range(40)))
-            if engine == "sqlite":
-                return together, []
-            slow = asyncio.create_task(db.read_together(batch, "slow"))
-            await asyncio.sleep(0.1)  # the slow read is out
-            meanwhile = await asyncio.gather(*(db.read_together(batch, n) for n in range(5)))
-            assert await slow == 1
-            return together, meanwhile
-        finally:
-            await db.close_loop()
+        together = await asyncio.gather(*(db.read_together(batch, n) for n in range(40)))
+        if engine == "sqlite":
+            return together, []
+        slow = asyncio.create_task(db.read_together(batch, "slow"))
+        await asyncio.sleep(0.1)  # the slow read is out
+        meanwhile = await asyncio.gather(*(db.read_together(batch, n) for n in range(5)))
+        assert await slow == 1
+        return together, meanwhile
 
-    try:
-        together, meanwhile = asyncio.run(scenario())
-    finally:
-        db.close()
+    together, meanwhile = run_closing(db, scenario)
     assert together == [n + 1 for n in range(40)]
     if engine == "sqlite":
         assert batch.reads == [[n] for n in range(40)]
@@ -601,18 +612,12 @@ def test_postgres_a_failed_read_together_fails_each_of_its_asks_and_the_next_rea
     batch = PlusOnes()
 
     async def scenario() -> tuple[list[Any], list[Any]]:
-        try:
-            failed = await asyncio.gather(
-                *(db.read_together(batch, ask) for ask in (1, "bad", 3)), return_exceptions=True
-            )
-            return failed, await asyncio.gather(*(db.read_together(batch, n) for n in (4, 5)))
-        finally:
-            await db.close_loop()
+        failed = await asyncio.gather(
+            *(db.read_together(batch, ask) for ask in (1, "bad", 3)), return_exceptions=True
+        )
+        return failed, await asyncio.gather(*(db.read_together(batch, n) for n in (4, 5)))
 
-    try:
-        failed, after = asyncio.run(scenario())
-    finally:
-        db.close()
+    failed, after = run_closing(db, scenario)
     assert [type(outcome) for outcome in failed] == [psycopg.errors.InvalidTextRepresentation] * 3
     assert after == [5, 6]  # the one connection came back, healthy
     assert batch.reads == [[1, "bad", 3], [4, 5]]
@@ -626,20 +631,14 @@ def test_postgres_an_ask_withdrawn_while_read_leaves_the_others_their_answers(
     batch = PlusOnes()
 
     async def scenario() -> list[Any]:
-        try:
-            asks = [asyncio.create_task(db.read_together(batch, ask)) for ask in ("slow", 7, 8)]
-            await asyncio.sleep(0.1)
-            asks[1].cancel()  # its client went away mid-read
-            outcomes = await asyncio.gather(*asks, return_exceptions=True)
-            outcomes.append(await db.read_together(batch, 9))
-            return outcomes
-        finally:
-            await db.close_loop()
+        asks = [asyncio.create_task(db.read_together(batch, ask)) for ask in ("slow", 7, 8)]
+        await asyncio.sleep(0.1)
+        asks[1].cancel()  # its client went away mid-read
+        outcomes = await asyncio.gather(*asks, return_exceptions=True)
+        outcomes.append(await db.read_together(batch, 9))
+        return outcomes
 
-    try:
-        outcomes = asyncio.run(scenario())
-    finally:
-        db.close()
+    outcomes = run_closing(db, scenario)
     assert outcomes[0] == 1 and outcomes[2] == 9 and outcomes[3] == 10
     assert isinstance(outcomes[1], asyncio.CancelledError)
     assert batch.reads == [["slow", 7, 8], [9]]
