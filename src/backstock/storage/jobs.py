@@ -228,6 +228,13 @@ Ask = tuple[ApiKey, str, str]
 """A poll's key, the kind of job and its id."""
 
 
+def _asked(text: str) -> str:
+    """An id as a read asks for it: one holding NUL matches no stored id (none holds one, and
+    PostgreSQL refuses the parameter, which would fail every poll read with it), so it is asked
+    as "", which no id is either."""
+    return "" if "\x00" in text else text
+
+
 def _job(row: Any) -> JobRecord:
     return JobRecord(*row)
 
@@ -236,7 +243,7 @@ async def get_job(
     conn: Conn, account: AccountId, kind: str, job_id: str, now: int
 ) -> JobRecord | None:
     """A job of the account, of this kind, not expired (expired ones await the reaper)."""
-    params = {"account": account, "id": job_id, "kind": kind, "now": now}
+    params = {"account": account, "id": _asked(job_id), "kind": kind, "now": now}
     row = await conn.one(_GET_JOB, params)
     return None if row is None else _job(row)
 
@@ -246,8 +253,9 @@ async def poll(
 ) -> tuple[KeyRecord | None, JobRecord | None]:
     """The key ``key`` names, and, if ``key`` is that key and it is not revoked, its account's
     job ``job_id`` of this kind (as ``get_job`` finds it)."""
-    params = {"key": key.key_id, "secret_hash": key.secret_hash, "id": job_id, "kind": kind}
-    row = await conn.one(_POLL, params | {"now": now})
+    key_id, secret_hash, asked = _asked(key.key_id), key.secret_hash, _asked(job_id)
+    params = {"key": key_id, "secret_hash": secret_hash, "id": asked, "kind": kind, "now": now}
+    row = await conn.one(_POLL, params)
     if row is None:
         return None, None
     job = row[KEY_WIDTH:]
@@ -261,9 +269,9 @@ async def polls(
     if len(asks) == 1 or not conn.postgres:
         return [await poll(conn, key, kind, job_id, now) for key, kind, job_id in asks]
     params = {
-        "keys": [key.key_id for key, _, _ in asks],
+        "keys": [_asked(key.key_id) for key, _, _ in asks],
         "hashes": [key.secret_hash for key, _, _ in asks],
-        "ids": [job_id for _, _, job_id in asks],
+        "ids": [_asked(job_id) for _, _, job_id in asks],
         "kinds": [kind for _, kind, _ in asks],
         "now": now,
     }
@@ -626,7 +634,7 @@ async def cancel_job(
     batch's row lock; on SQLite there is one writer). Its worker's next fence then fails, so
     nothing more of it is ever applied. A job cancelled already stays so; a complete one is a
     409. None: no such job."""
-    params = {"account": account, "id": job_id, "kind": kind, "now": now}
+    params = {"account": account, "id": _asked(job_id), "kind": kind, "now": now}
     row = await conn.one(_CANCEL, params | {"expires": now + retention_us})
     found = await get_job(conn, account, kind, job_id, now)
     if row is not None and found is not None:
@@ -732,7 +740,7 @@ _ADMIN_JOB = Statement(
 
 
 async def admin_job(conn: Conn, job_id: str) -> tuple[str, JobRecord] | None:
-    row = await conn.one(_ADMIN_JOB, {"id": job_id})
+    row = await conn.one(_ADMIN_JOB, {"id": _asked(job_id)})
     return None if row is None else (row[0], _job(row[1:]))
 
 

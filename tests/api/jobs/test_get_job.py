@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -238,3 +239,24 @@ def test_a_poll_reads_the_job_only_through_a_valid_key(idle_api: Api, services: 
         None,
         None,
     )
+
+
+def test_a_job_id_with_a_nul_finds_nothing_and_fails_no_poll_read_with_it(
+    idle_api: Api, services: Services
+) -> None:
+    """PostgreSQL text holds no NUL and refuses it as a parameter. A path keeps ``%00`` as
+    text, but the store is called by other code too: a poll or a lookup of an id with a NUL
+    finds nothing, and the polls read in the same statement as it
+    (``Database.read_together``) still find theirs."""
+    job_id = spawn(idle_api, [("V1", {"price": 1.0})])
+    key = ApiKey(key_id(idle_api.key), idle_api.key.split("_", 2)[2])
+    store = services.jobs.store
+
+    async def together() -> list[Any]:
+        asks = [job_id, "A\x00B", job_id]
+        return await asyncio.gather(*(store.poll(key, JOB_TYPE, ask) for ask in asks))
+
+    found = [job and job.id for _, job in call(services, together)]
+    assert found == [job_id, None, job_id]
+    who = call(services, lambda: services.accounts.authenticate(key))
+    assert call(services, lambda: store.get(who.account_id, JOB_TYPE, "A\x00B")) is None
