@@ -163,14 +163,20 @@ def payload_count(services: Services) -> int:
         return int(conn.execute(select(func.count()).select_from(job_payloads)).scalar_one())
 
 
-def kept_items(services: Services, job_id: str) -> list[str]:
-    """The external ids of the items a finished job kept (its failed ones, for a retry)."""
+def stored_payload(services: Services, job_id: str) -> bytes | None:
+    """A job's payload as the database keeps it."""
     with rows(services) as conn:
         payload = conn.execute(
             select(job_payloads.c.payload)
             .join(jobs, jobs.c.pk == job_payloads.c.job_pk)
             .where(jobs.c.id == job_id)
         ).scalar()
+    return None if payload is None else bytes(payload)
+
+
+def kept_items(services: Services, job_id: str) -> list[str]:
+    """The external ids of the items a finished job kept (its failed ones, for a retry)."""
+    payload = stored_payload(services, job_id)
     return [] if payload is None else [entry[0] for entry in load_payload(payload)]
 
 
@@ -628,13 +634,9 @@ def test_payloads_are_kept_compressed_on_sqlite_and_one_kept_plain_still_applies
     second = spawn(services, who, [(e, {"price": 9.5}) for e in externals])
 
     def stored(job_id: str) -> bytes:
-        with rows(services) as conn:
-            payload = conn.execute(
-                select(job_payloads.c.payload)
-                .join(jobs, jobs.c.pk == job_payloads.c.job_pk)
-                .where(jobs.c.id == job_id)
-            ).scalar_one()
-        return bytes(payload)
+        payload = stored_payload(services, job_id)
+        assert payload is not None
+        return payload
 
     plain = msgspec.json.encode(load_payload(stored(first)))
     assert plain.startswith(b'[["I-0",')
