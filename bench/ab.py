@@ -6,10 +6,11 @@ SRC``, to the ``src`` folder of another checkout on each, in the same run.
                                  [--worker] [--rounds 3] [--seconds 8]
 
 Each server is one ``backstock serve`` process, with no worker unless ``--worker`` (then its
-worker process applies what it accepts), on a 1,000-variant catalog with one queued job; rate
-limits and the per-account caps are off. Rounds alternate the servers' order, so drift hits
-all alike; each round prints req/s, p99 and CPU per request (the server's, PostgreSQL's), and
-the end the medians and the ratios round by round. A worktree for ``--old``:
+worker process applies what it accepts), on a 1,000-variant catalog with one queued job, set
+up as ``make bench-peers`` sets up its Backstock (rate limits and the per-account caps off).
+Rounds alternate the servers' order, so drift hits all alike; each round prints req/s, p99
+and CPU per request (the server's, PostgreSQL's), and the end the medians and the ratios round
+by round. A worktree for ``--old``:
 ``git worktree add --detach /tmp/old <commit>``.
 """
 
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import statistics
 import sys
 import tempfile
@@ -27,21 +27,16 @@ from pathlib import Path
 from bench import dbs
 from bench.payload import JOBS_PATH, api_headers
 from bench.peers.body import update_body
-from bench.peers.servers import Peer
+from bench.peers.servers import Peer, backstock_env
 from bench.procs import free_port, postgres_pids
 from bench.wrk import LoadResult, ensure_wrk, write_script
 from bench.wrk import run as wrk_run
 
 
 def server(name: str, db: dbs.Scratch, workdir: Path, pythonpath: str | None, worker: bool) -> Peer:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BACKSTOCK_", "BENCH_"))}
-    env |= {
-        "BACKSTOCK_DATABASE_URL": db.url,
-        "BACKSTOCK_RATE_LIMITS": "off",
-        "BACKSTOCK_LOG_LEVEL": "warning",
-        "BACKSTOCK_MAX_JOBS_IN_PROGRESS": "1000000000",
-        "BACKSTOCK_MAX_QUEUED_BYTES": str(2**50),
-    }
+    """``make bench-peers``'s Backstock (``backstock_env``: its caps lifted, and leases longer
+    than the run, since ``--worker`` pauses the servers not measured)."""
+    env = backstock_env(db.url)
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
     port = free_port()

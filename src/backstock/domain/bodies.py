@@ -11,7 +11,7 @@ with its JSON pointer. The two agree on what is valid (``tests/unit/test_body_pr
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from functools import cache
 from typing import Annotated, Any, Final, Literal
@@ -89,12 +89,6 @@ def costly(body: bytes) -> bool:
     """Whether decoding ``body`` could hold its thread for more than about a millisecond: a
     big body, or one of many small arrays and objects (each costs an allocation)."""
     return len(body) > COSTLY_BYTES or body.count(b"[") + body.count(b"{") > COSTLY_CONTAINERS
-
-
-def dump_payload(entries: Sequence[Any], *, compressed: bool) -> bytes:
-    """Entries as a job stores them: their JSON (``compress_payload``'d if ``compressed``)."""
-    payload = _ENCODER.encode(entries)
-    return compress_payload(payload) if compressed else payload
 
 
 def compress_payload(payload: bytes) -> bytes:

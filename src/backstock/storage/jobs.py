@@ -32,7 +32,7 @@ import orjson
 from sqlalchemy import ARRAY, ColumnElement, Select, Text, and_, bindparam, cast, func, or_, select
 
 from backstock.domain import jobs as domain
-from backstock.domain.bodies import compress_payload, dump_payload, load_payload
+from backstock.domain.bodies import compress_payload, load_payload
 from backstock.domain.clock import now_us
 from backstock.domain.errors import IdempotencyMismatch, JobFinished, QuotaExceeded, TooManyJobs
 from backstock.domain.ids import AccountId, JobId, compound_id
@@ -549,13 +549,13 @@ async def free_slots(conn: Conn, ended: Sequence[ClaimedJob]) -> None:
 
 
 def _failed_items(conn: Conn, payload: bytes, errors: list[dict[str, Any]]) -> bytes | None:
-    """The payload of a job's failed items, in order (None: none failed), stored as
-    ``store_payload`` stores one."""
+    """The payload of a job's failed items, in order (None: none failed), as this database
+    keeps a payload (``store_payload``)."""
     failed = domain.failed_indexes(errors)
     if not failed:
         return None
     entries = load_payload(payload)
-    return dump_payload([entries[index] for index in failed], compressed=not conn.postgres)
+    return store_payload(conn.dialect, msgspec.json.encode([entries[index] for index in failed]))
 
 
 def store_payload(dialect: str, payload: bytes) -> bytes:
