@@ -3,7 +3,7 @@ update (``--op post``, ~89 KB), to Backstock on PostgreSQL and on SQLite, and, w
 SRC``, to the ``src`` folder of another checkout on each, in the same run.
 
     .venv/bin/python -m bench.ab [--op get|post] [--old /tmp/old/src] [--db sqlite|postgresql|both]
-                                 [--worker] [--rounds 3] [--seconds 8]
+                                 [--worker] [--backlog N] [--rounds 3] [--seconds 8]
 
 Each server is one ``backstock serve`` process, with no worker unless ``--worker`` (then its
 worker process applies what it accepts), on a 1,000-variant catalog with one queued job, set
@@ -27,7 +27,7 @@ from pathlib import Path
 from bench import dbs
 from bench.payload import JOBS_PATH, api_headers
 from bench.peers.body import update_body
-from bench.peers.servers import Peer, backstock_env
+from bench.peers.servers import Peer, backstock_env, job_counts
 from bench.procs import free_port, postgres_pids
 from bench.wrk import LoadResult, ensure_wrk, write_script
 from bench.wrk import run as wrk_run
@@ -45,9 +45,12 @@ def server(name: str, db: dbs.Scratch, workdir: Path, pythonpath: str | None, wo
     return Peer(name, command, env, workdir / f"{name}.log", port, db_url=db.url)
 
 
-def target(db: dbs.Scratch, op: str, workdir: Path) -> tuple[str, Path]:
-    """The path to load and the wrk script: GET the job, or POST the 100-variant update."""
+def target(db: dbs.Scratch, op: str, workdir: Path, backlog: int) -> tuple[str, Path]:
+    """The path to load and the wrk script: GET the job, or POST the 100-variant update; then
+    ``backlog`` more jobs queued (a worker busy during the rounds, as in bench-peers)."""
     db.variant_ids = dbs.seed_catalog(db, 1000)
+    if backlog:
+        dbs.queue_jobs(db, dbs.job_bodies(db, backlog, seed=98), at_once=100)
     if op == "get":
         job = dbs.queue_jobs(db, dbs.job_bodies(db, 1, seed=99))[0]
         script = workdir / f"{db.label}.lua"
@@ -65,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--old", help="another checkout's src folder, run beside this one")
     parser.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
     parser.add_argument("--worker", action="store_true", help="each server applies its jobs")
+    parser.add_argument("--backlog", type=int, default=0, help="jobs queued before the start")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--connections", type=int, default=64)
@@ -80,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             for suffix, src in trees:  # a database each: one server's rows never slow another
                 label = f"ab_{kind}{suffix.replace('-', '_')}"
                 db = stack.enter_context(dbs.scratch(kind, label, workdir, args.pg))
-                path, script = target(db, args.op, workdir)
+                path, script = target(db, args.op, workdir, args.backlog)
                 servers.append((server(kind + suffix, db, workdir, src, args.worker), path, script))
         results: dict[str, list[LoadResult]] = {s.name: [] for s, _, _ in servers}
         try:
@@ -94,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     if args.worker:  # their workers would compete for the cores
                         for other in others:
                             other.pause()
+                    done = job_counts(s).get("complete", 0)
                     try:
                         got = wrk_run(wrk, f"http://127.0.0.1:{s.port}{path}", script,
                                       args.seconds, args.connections, [s.pid, *s.tree()],
@@ -102,13 +107,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                         for other in others:
                             if other.paused:
                                 other.resume()
+                    applied = (job_counts(s).get("complete", 0) - done) / got.seconds
                     if got.bad or got.socket_errors:
                         raise RuntimeError(f"{s.name}: {got}\n{s.tail()}")
                     results[s.name].append(got)
                     print(
                         f"{s.name:15} round {n}  {got.rps:8,.0f} req/s  p99 {got.p99_ms:6.1f} ms"
                         f"  CPU {got.server_cpu_ms or 0:.3f} ms/req, PostgreSQL's"
-                        f" {got.db_cpu_ms or 0:.3f}",
+                        f" {got.db_cpu_ms or 0:.3f}; jobs applied {applied:,.0f}/s",
                         flush=True,
                     )
         finally:

@@ -3,6 +3,7 @@ catalog they hold, an API key, and jobs queued through Backstock's own service l
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import random
@@ -178,13 +179,18 @@ def job_bodies(db: Scratch, count: int, seed: int) -> list[bytes]:
     return [bulk_body(job_updates(rng, db.variant_ids)) for _ in range(count)]
 
 
-def queue_jobs(db: Scratch, bodies: list[bytes]) -> list[str]:
-    """Accept the jobs through Backstock's service (as the API would); return their ids."""
+def queue_jobs(db: Scratch, bodies: list[bytes], at_once: int = 1) -> list[str]:
+    """Accept the jobs through Backstock's service (as the API would); return their ids.
+    ``at_once``: spawns sent together (they share commits; their order among them is open)."""
     services = build_services(db.settings())
 
     async def spawn_all() -> list[str]:
         who = await principal(services, db.key)
-        return [(await services.jobs.spawn(who, UPDATE_JOB, body)).id for body in bodies]
+        ids: list[str] = []
+        for start in range(0, len(bodies), at_once):
+            spawns = (services.jobs.spawn(who, UPDATE_JOB, b) for b in bodies[start:start + at_once])
+            ids += [job.id for job in await asyncio.gather(*spawns)]
+        return ids
 
     try:
         return run(services, spawn_all)
