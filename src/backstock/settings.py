@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     server, an in-memory SQLite database)."""
 
     worker_concurrency: int = Field(default=1, ge=1, le=64)
+    worker_nice: int = Field(default=10, ge=0, le=19)
+    """How far a worker process lowers its CPU priority (``nice``) at start: where it shares
+    the cores with API processes, their requests go first and jobs are applied in the time
+    they leave (all of it when they are idle). 0 keeps the priority it was started with."""
     worker_batch_size: int = Field(default=100, ge=1, le=100)
     """Variant updates applied per transaction; progress counters move once per batch."""
 

@@ -128,6 +128,11 @@ def test_serve_applies_jobs_in_a_worker_process_of_its_own_woken_across_processe
     (worker,) = _worker_processes(cluster)
     assert _server_processes(cluster) == 2  # one API process and the worker
     assert "worker 1 process(es) of its own" in _banner(cluster)
+    # It yields the cores to the API's requests (BACKSTOCK_WORKER_NICE, 10 by default).
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    assert os.getpriority(os.PRIO_PROCESS, worker) == min(own + 10, 19)
+    api = set(process_group(cluster.processes[-1])) - {worker}
+    assert {os.getpriority(os.PRIO_PROCESS, pid) for pid in api} == {own}
     with cluster.client(key) as http:
         assert http.post("/api/catalog-items", json=item_body("I")).status_code == 201
         assert http.post("/api/catalog-variants", json=variant_body("V", "I")).status_code == 201

@@ -279,6 +279,7 @@ def worker(
     """Run a job worker until SIGTERM or SIGINT (then finish the batch, hand the job back)."""
     settings = settings_from(worker_concurrency=concurrency)
     ready(settings)
+    os.nice(settings.worker_nice)
     telemetry.configure_logging(settings.log_level, settings.log_format)
     services = build_services(settings)
     runner = build_worker(services, settings.worker_concurrency)
