@@ -97,6 +97,7 @@ class _Requests:
         self._lock = threading.Lock()  # event loops on several threads (embedded servers)
         self._pending: dict[tuple[str, int], list[float]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None  # the one a flush is due on
+        self._thread = 0  # the thread that loop runs on
 
     def observe(self, operation: str, status: int, seconds: float) -> None:
         with self._lock:
@@ -105,13 +106,16 @@ class _Requests:
                 tally = self._pending[(operation, status)] = [0.0] * (len(_SECONDS) + 2)
             tally[0] += seconds
             tally[1 + bisect.bisect_left(_SECONDS, seconds)] += 1
+            # A flush is due on this thread's running loop, the one this call is on: asking
+            # asyncio which loop runs calls getpid() on Python 3.11, a system call a request.
+            due = self._loop
+            if due is not None and self._thread == threading.get_ident() and due.is_running():
+                return
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
                 loop = None
-            if loop is not None and loop is self._loop:
-                return
-            self._loop = loop
+            self._loop, self._thread = loop, threading.get_ident()
         if loop is None:
             self.flush()
         else:
