@@ -14,7 +14,7 @@ from backstock.domain.ids import AccountId
 from backstock.domain.keys import AccountRecord, KeyRecord
 from backstock.storage.database import Database
 from backstock.storage.schema import accounts, api_keys
-from backstock.storage.sql import Conn, Statement
+from backstock.storage.sql import Conn, Statement, asked, asks_table
 
 _INSERT_ACCOUNT = Statement(
     "insert_account",
@@ -40,6 +40,15 @@ KEYS: Join = api_keys.join(accounts, accounts.c.id == api_keys.c.account_id)
 
 _FIND_KEY = Statement(
     "find_key", select(*KEY_COLUMNS).select_from(KEYS).where(api_keys.c.id == bindparam("key"))
+)
+# Keys read together (``Database.read_together``), on PostgreSQL: the asked ids as a table.
+_ASKED_KEYS = asks_table("asked", {"key": "keys"})
+_FIND_KEYS = Statement(
+    "find_keys",
+    "SELECT NULL",  # never run: SQLite reads each key alone
+    select(_ASKED_KEYS.c.n, *KEY_COLUMNS).select_from(
+        _ASKED_KEYS.join(KEYS, api_keys.c.id == _ASKED_KEYS.c.key)
+    ),
 )
 _LIST_KEYS = Statement(
     "list_keys",
@@ -88,9 +97,19 @@ def key_record(row: Sequence[Any]) -> KeyRecord:
 
 
 async def find_key(conn: Conn, key_id: str) -> KeyRecord | None:
-    """Run on every request."""
-    row = await conn.one(_FIND_KEY, {"key": key_id})
+    """Run on every request (but a job's poll, which reads its key with the job)."""
+    row = await conn.one(_FIND_KEY, {"key": asked(key_id)})
     return None if row is None else key_record(row)
+
+
+async def find_keys(conn: Conn, key_ids: list[str]) -> list[KeyRecord | None]:
+    """``find_key`` for each id, in order; on PostgreSQL, several in one statement."""
+    if len(key_ids) == 1 or not conn.postgres:
+        return [await find_key(conn, key_id) for key_id in key_ids]
+    found: list[KeyRecord | None] = [None] * len(key_ids)
+    for row in await conn.all(_FIND_KEYS, {"keys": [asked(key_id) for key_id in key_ids]}):
+        found[row[0] - 1] = key_record(row[1:])
+    return found
 
 
 async def list_keys(conn: Conn, account: AccountId) -> list[KeyRecord]:
@@ -108,7 +127,7 @@ class AccountStore:
         self.db = db
 
     async def find_key(self, key_id: str) -> KeyRecord | None:
-        return await self.db.read(lambda conn: find_key(conn, key_id))
+        return await self.db.read_together(find_keys, key_id)
 
     async def create_account(self, name: str) -> AccountId:
         return await self.db.write(lambda conn: insert_account(conn, name, now_us()))

@@ -15,8 +15,8 @@ several processes on one file take turns on a file lock (``_WriterLock``).
 PostgreSQL: psycopg's asyncio connections, a small pool per event loop (the API's, each
 worker's), autocommit for reads and one transaction per write unit, run in pipeline mode (its
 ``BEGIN`` and writes whose outcome nothing reads share round trips: ``Conn.later``). Reads that
-``read_together`` runs (the poll) are asked in batches: those that arrive while one is out go
-in the next, as one statement (``_Batcher``).
+``read_together`` runs (a poll, a request's key) are asked in batches: those that arrive while
+one is out go in the next, as one statement (``_Batcher``).
 
 Failures that waiting can cure (the database away, locked, full, read-only, failing I/O) become
 ``Unavailable``: a 503 with ``Retry-After`` for requests, a retry for the worker.

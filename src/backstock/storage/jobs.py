@@ -29,7 +29,7 @@ from typing import Any
 
 import msgspec
 import orjson
-from sqlalchemy import ARRAY, ColumnElement, Select, Text, and_, bindparam, cast, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, bindparam, or_, select
 
 from backstock.domain import jobs as domain
 from backstock.domain.bodies import compress_payload, load_payload
@@ -42,7 +42,7 @@ from backstock.domain.pagination import Page, PageRequest
 from backstock.storage import pages
 from backstock.storage.accounts import KEY_COLUMNS, KEY_WIDTH, KEYS, key_record
 from backstock.storage.schema import accounts, api_keys, jobs
-from backstock.storage.sql import Conn, Statement, composed
+from backstock.storage.sql import Conn, Statement, asked, asks_table, composed
 
 NOTIFY_CHANNEL = "backstock_jobs"  # also spelled out in _ACCEPT's PostgreSQL form
 EVENTS_CHANNEL = "backstock_job_events"  # a job's progress: its id, after each batch
@@ -200,14 +200,7 @@ _POLL = Statement(
 
 # Polls read together (``Database.read_together``), on PostgreSQL: the asks as one table of
 # arrays, each row numbered, and the same joins as ``_POLL`` for each.
-_ASKS = (
-    func.unnest(
-        *(cast(bindparam(name), ARRAY(Text)) for name in ("keys", "hashes", "ids", "kinds"))
-    )
-    .table_valued("key", "secret_hash", "id", "kind", with_ordinality="n")
-    .render_derived()
-    .alias("asks")
-)
+_ASKS = asks_table("asks", {"key": "keys", "secret_hash": "hashes", "id": "ids", "kind": "kinds"})
 _POLLS = Statement(
     "polls",
     "SELECT NULL",  # never run: SQLite polls one at a time
@@ -228,13 +221,6 @@ Ask = tuple[ApiKey, str, str]
 """A poll's key, the kind of job and its id."""
 
 
-def _asked(text: str) -> str:
-    """An id as a read asks for it: one holding NUL matches no stored id (none holds one, and
-    PostgreSQL refuses the parameter, which would fail every poll read with it), so it is asked
-    as "", which no id is either."""
-    return "" if "\x00" in text else text
-
-
 def _job(row: Any) -> JobRecord:
     return JobRecord(*row)
 
@@ -243,7 +229,7 @@ async def get_job(
     conn: Conn, account: AccountId, kind: str, job_id: str, now: int
 ) -> JobRecord | None:
     """A job of the account, of this kind, not expired (expired ones await the reaper)."""
-    params = {"account": account, "id": _asked(job_id), "kind": kind, "now": now}
+    params = {"account": account, "id": asked(job_id), "kind": kind, "now": now}
     row = await conn.one(_GET_JOB, params)
     return None if row is None else _job(row)
 
@@ -253,8 +239,8 @@ async def poll(
 ) -> tuple[KeyRecord | None, JobRecord | None]:
     """The key ``key`` names, and, if ``key`` is that key and it is not revoked, its account's
     job ``job_id`` of this kind (as ``get_job`` finds it)."""
-    key_id, secret_hash, asked = _asked(key.key_id), key.secret_hash, _asked(job_id)
-    params = {"key": key_id, "secret_hash": secret_hash, "id": asked, "kind": kind, "now": now}
+    params: dict[str, object] = {"key": asked(key.key_id), "secret_hash": key.secret_hash}
+    params |= {"id": asked(job_id), "kind": kind, "now": now}
     row = await conn.one(_POLL, params)
     if row is None:
         return None, None
@@ -269,9 +255,9 @@ async def polls(
     if len(asks) == 1 or not conn.postgres:
         return [await poll(conn, key, kind, job_id, now) for key, kind, job_id in asks]
     params = {
-        "keys": [_asked(key.key_id) for key, _, _ in asks],
+        "keys": [asked(key.key_id) for key, _, _ in asks],
         "hashes": [key.secret_hash for key, _, _ in asks],
-        "ids": [_asked(job_id) for _, _, job_id in asks],
+        "ids": [asked(job_id) for _, _, job_id in asks],
         "kinds": [kind for _, kind, _ in asks],
         "now": now,
     }
@@ -634,7 +620,7 @@ async def cancel_job(
     batch's row lock; on SQLite there is one writer). Its worker's next fence then fails, so
     nothing more of it is ever applied. A job cancelled already stays so; a complete one is a
     409. None: no such job."""
-    params = {"account": account, "id": _asked(job_id), "kind": kind, "now": now}
+    params = {"account": account, "id": asked(job_id), "kind": kind, "now": now}
     row = await conn.one(_CANCEL, params | {"expires": now + retention_us})
     found = await get_job(conn, account, kind, job_id, now)
     if row is not None and found is not None:
@@ -740,7 +726,7 @@ _ADMIN_JOB = Statement(
 
 
 async def admin_job(conn: Conn, job_id: str) -> tuple[str, JobRecord] | None:
-    row = await conn.one(_ADMIN_JOB, {"id": _asked(job_id)})
+    row = await conn.one(_ADMIN_JOB, {"id": asked(job_id)})
     return None if row is None else (row[0], _job(row[1:]))
 
 

@@ -16,9 +16,10 @@ from typing import Any, Literal, TypeVar
 import msgspec
 import psycopg
 from psycopg.pq import ExecStatus
-from sqlalchemy import ClauseElement, TextClause, text
+from sqlalchemy import ARRAY, ClauseElement, Text, TextClause, bindparam, cast, func, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
+from sqlalchemy.sql.selectable import TableValuedAlias
 
 Dialect_ = Literal["sqlite", "postgresql"]
 Row = tuple[Any, ...]
@@ -89,6 +90,22 @@ def composed(
             _COMPOSED.clear()
         sql = _COMPOSED[(key, dialect)] = compile_clause(build(), dialect)
     return sql
+
+
+def asked(text: str) -> str:
+    """An id as a read asks for it: one holding NUL matches no stored id (none holds one, and
+    PostgreSQL refuses the parameter, which would fail every read asked together with it), so
+    it is asked as "", which no id is either."""
+    return "" if "\x00" in text else text
+
+
+def asks_table(name: str, columns: dict[str, str]) -> TableValuedAlias:
+    """The asks of a read together (``Database.read_together``), on PostgreSQL: a table of
+    text columns, each from a text-array parameter (``{column: parameter}``), its rows
+    numbered from 1 in ``n``."""
+    arrays = (cast(bindparam(parameter), ARRAY(Text)) for parameter in columns.values())
+    table = func.unnest(*arrays).table_valued(*columns, with_ordinality="n")
+    return table.render_derived().alias(name)
 
 
 class Conn:
