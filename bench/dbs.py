@@ -188,7 +188,8 @@ def queue_jobs(db: Scratch, bodies: list[bytes], at_once: int = 1) -> list[str]:
         who = await principal(services, db.key)
         ids: list[str] = []
         for start in range(0, len(bodies), at_once):
-            spawns = (services.jobs.spawn(who, UPDATE_JOB, b) for b in bodies[start:start + at_once])
+            chunk = bodies[start : start + at_once]
+            spawns = (services.jobs.spawn(who, UPDATE_JOB, body) for body in chunk)
             ids += [job.id for job in await asyncio.gather(*spawns)]
         return ids
 
