@@ -27,7 +27,7 @@ from pathlib import Path
 from bench import dbs
 from bench.payload import JOBS_PATH, api_headers
 from bench.peers.body import update_body
-from bench.peers.servers import Peer, backstock_env, job_counts
+from bench.peers.servers import Peer, backstock_env, job_counts, stand_in_for_autovacuum
 from bench.procs import free_port, postgres_pids
 from bench.wrk import LoadResult, ensure_wrk, write_script
 from bench.wrk import run as wrk_run
@@ -98,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     if args.worker:  # their workers would compete for the cores
                         for other in others:
                             other.pause()
+                    stand_in_for_autovacuum(s)  # on PostgreSQL with autovacuum off
                     done = job_counts(s).get("complete", 0)
                     try:
                         got = wrk_run(wrk, f"http://127.0.0.1:{s.port}{path}", script,

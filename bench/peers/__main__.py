@@ -70,6 +70,8 @@ class Bench:
     body_file: Path
     runs: list[dict[str, Any]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    vacuums: int = 0
+    """Backstock PostgreSQL databases vacuumed before a turn (``stand_in_for_autovacuum``)."""
 
     def script(self, server: peers.Peer, op: str) -> Path:
         method, expected = OPERATIONS[op]
@@ -172,6 +174,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "body_bytes": body_bytes,
             "wiremock_flags": list(peers.WIREMOCK_FLAGS),
             "prism_flags": list(peers.PRISM_FLAGS),
+            "vacuums_standing_in_for_autovacuum": bench.vacuums,
             "backstock_env": {
                 k: v
                 for k, v in peers.backstock_env("").items()
@@ -234,6 +237,8 @@ def interleave(bench: Bench, servers: list[peers.Peer]) -> None:
             if server.process is None or server.process.poll() is not None:
                 bench.failures.append(f"{server.label} is not running (round {round_no + 1})")
                 continue
+            if peers.stand_in_for_autovacuum(server):
+                bench.vacuums += 1
             server.resume()
             try:
                 if server.name not in warmed:

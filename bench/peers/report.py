@@ -118,6 +118,11 @@ def print_results(results: dict[str, Any]) -> None:
         f"[bold]Setup[/bold]: {settings['rounds']} interleaved round(s) x {run}, after {warmup}; "
         f"{load}; body {settings['body_bytes']:,} bytes (100 variants); Backstock: "
         f"{settings['backstock_env']}"
+        + (
+            f"; PostgreSQL databases vacuumed before {n} turn(s) (autovacuum is off)"
+            if (n := settings.get("vacuums_standing_in_for_autovacuum"))
+            else ""
+        )
     )
     table = Table(title=f"Servers (median of {settings['rounds']} round(s); peak RSS: highest "
                         "round, summed over the server's processes)")  # fmt: skip
