@@ -125,6 +125,19 @@ def prepare_database(settings: Settings, *, migrate: bool = False) -> None:
         )
 
 
+def cautions(settings: Settings) -> list[str]:
+    """What an operator starting a server or a worker should hear about the database server."""
+    from backstock.storage import migrate as migrations
+
+    if migrations.autovacuum_is_off(settings.database_url):
+        return [
+            "PostgreSQL runs with autovacuum off: the job tables and account counters are "
+            "rewritten on every acceptance and batch, and their dead row versions will slow "
+            "every lookup until a VACUUM (docs/deploy.md)."
+        ]
+    return []
+
+
 def run(services: Services, work: Callable[[], Awaitable[T]]) -> T:
     """Run ``work`` to completion from synchronous code (the CLI, tests), closing the
     connections of its event loop afterwards."""

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from backstock.cli.serving import usable_cpus
@@ -181,3 +182,19 @@ def test_a_worker_process_whose_serve_is_gone_stops(
     while Path(f"/proc/{worker}").exists() and not _zombie(worker):
         assert time.monotonic() < deadline, "the orphaned worker process kept running"
         time.sleep(0.05)
+
+
+def test_serve_on_postgresql_says_when_autovacuum_is_off(
+    make_cluster: Callable[..., Cluster], pg_url: str
+) -> None:
+    """An operator hears at start that the server will slow down without vacuum (this
+    machine's PostgreSQL runs with autovacuum off; a production one says nothing)."""
+    with psycopg.connect(pg_url) as conn:
+        setting = conn.execute("SHOW autovacuum").fetchone()
+    cluster = make_cluster(database_url=pg_url)
+    cluster.cli("migrate")
+    cluster.serve()
+    _wait_for_workers_running(cluster, 1)
+    said = _banner(cluster).replace("\n", " ")
+    caution = "PostgreSQL runs with autovacuum off"
+    assert said.count(caution) == (0 if setting == ("on",) else 1)  # serve's, not its worker's

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from backstock.bootstrap import NotMigrated, build_services, prepare_database, run
+from backstock.bootstrap import NotMigrated, build_services, cautions, prepare_database, run
 from backstock.domain.errors import BackstockError
 from backstock.services.container import Services
 from backstock.settings import Settings
@@ -60,6 +60,12 @@ def ready(settings: Settings, *, migrate: bool = False) -> None:
             f"[red]Cannot use the database {redact(settings.database_url)}:[/red] {escape(reason)}"
         )
         raise typer.Exit(1) from None
+
+
+def caution(settings: Settings) -> None:
+    """Say what an operator should know before a server or a worker runs (``cautions``)."""
+    for text in cautions(settings):
+        err.print(f"[yellow]{escape(text)}[/yellow]")
 
 
 def services() -> Services:

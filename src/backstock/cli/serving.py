@@ -28,7 +28,7 @@ from backstock.bootstrap import (
     settle_heap,
     worker_hears_other_processes,
 )
-from backstock.cli.common import app, err, ready, redact, setting_help, settings_from
+from backstock.cli.common import app, caution, err, ready, redact, setting_help, settings_from
 
 Host = Annotated[str | None, typer.Option(help=setting_help("host", "Address to listen on."))]
 Port = Annotated[int | None, typer.Option(help=setting_help("port", "Port."))]
@@ -68,6 +68,7 @@ def serve(
         )
         raise typer.Exit(2)
     ready(settings, migrate=migrate)
+    caution(settings)
     # Worker processes of their own, so that applying jobs never takes the API processes' time
     # (an in-process worker thread competes with the event loop for the interpreter). It stays
     # in-process where another process could not hear of new jobs at once.
@@ -279,6 +280,8 @@ def worker(
     """Run a job worker until SIGTERM or SIGINT (then finish the batch, hand the job back)."""
     settings = settings_from(worker_concurrency=concurrency)
     ready(settings)
+    if PARENT_VARIABLE not in os.environ:  # serve, which started it, has said it
+        caution(settings)
     os.nice(settings.worker_nice)
     telemetry.configure_logging(settings.log_level, settings.log_format)
     services = build_services(settings)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 
 from backstock.settings import sqlite_path
 from backstock.storage.database import restrict_file, sqlalchemy_url
@@ -53,6 +53,18 @@ def pending(database_url: str) -> tuple[str | None, str]:
         quiet.setLevel(level)
         engine.dispose()
     return current, head
+
+
+def autovacuum_is_off(database_url: str) -> bool:
+    """Whether the PostgreSQL server runs without autovacuum (never on SQLite)."""
+    if database_url.startswith("sqlite"):
+        return False
+    engine = create_engine(sqlalchemy_url(database_url))
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("SHOW autovacuum")).scalar() != "on"
+    finally:
+        engine.dispose()
 
 
 def check(database_url: str) -> None:
