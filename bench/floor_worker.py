@@ -2,9 +2,10 @@
 on the same catalog, with ``executemany`` in transactions of 100 and nothing else (no lease,
 no existence check, no progress row).
 
-It reads the payloads of the jobs already queued in Backstock's tables before the clock starts,
-then per job: decode the payload (orjson), build the parameter rows, BEGIN, one
-``executemany`` per run of updates that set the same attributes, COMMIT.
+It reads the payloads of the jobs already queued in Backstock's tables before the clock starts
+(and decompresses them: Backstock keeps them zstd-compressed on SQLite), then per job: decode
+the payload (orjson), build the parameter rows, BEGIN, one ``executemany`` per run of updates
+that set the same attributes, COMMIT.
 
     python -m bench.floor_worker --db URL --jobs N [--after-pk PK] [--warmup K]
 
@@ -22,10 +23,12 @@ from typing import Any
 
 import orjson
 import psycopg
+import zstandard
 
 from bench.floor_spawn import sqlite_connect
 
 _JSON = frozenset({"images", "custom_metadata"})
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _CACHE: dict[tuple[str, ...], str] = {}
 
 
@@ -56,6 +59,11 @@ def runs(account: int, payload: bytes, now: int) -> list[tuple[tuple[str, ...], 
         else:
             grouped.append((columns, [row]))
     return grouped
+
+
+def _plain(payload: bytes) -> bytes:
+    """A stored payload's JSON (``backstock.domain.bodies.load_payload`` reads either form)."""
+    return zstandard.decompress(payload) if payload[:4] == _ZSTD_MAGIC else payload
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -92,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 for columns, rows in grouped:
                     cursor.executemany(statement(columns, "%s"), rows)
 
+    jobs = [(account, _plain(bytes(payload))) for account, payload in jobs]
     for account, payload in jobs[: args.warmup]:
         apply(account, bytes(payload))
     timings = []
