@@ -63,8 +63,13 @@ def ready(settings: Settings, *, migrate: bool = False) -> None:
 
 
 def caution(settings: Settings) -> None:
-    """Say what an operator should know before a server or a worker runs (``cautions``)."""
-    for text in cautions(settings):
+    """Say what an operator should know before a server or a worker runs (``cautions``); a
+    check that fails to answer holds nothing up."""
+    try:
+        found = cautions(settings)
+    except Exception:  # noqa: BLE001 - a caution is advice: the database was ready just now
+        return
+    for text in found:
         err.print(f"[yellow]{escape(text)}[/yellow]")
 
 
