@@ -86,6 +86,15 @@ def _worker_processes(cluster: Cluster) -> list[int]:
     return found
 
 
+def _thread_nices(pid: int) -> set[int]:
+    """The nice values of a process's threads (``/proc/<pid>/task/*/stat``, field 19)."""
+    found = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread ended meanwhile
+            found.add(int((task / "stat").read_text().rpartition(")")[2].split()[16]))
+    return found
+
+
 def _apply_one_job(cluster: Cluster, key: str, price: float, within: float) -> None:
     with cluster.client(key) as http:
         started = time.monotonic()
@@ -129,11 +138,12 @@ def test_serve_applies_jobs_in_a_worker_process_of_its_own_woken_across_processe
     (worker,) = _worker_processes(cluster)
     assert _server_processes(cluster) == 2  # one API process and the worker
     assert "worker 1 process(es) of its own" in _banner(cluster)
-    # It yields the cores to the API's requests (BACKSTOCK_WORKER_NICE, 10 by default).
+    # It yields the cores to the API's requests (BACKSTOCK_WORKER_NICE, 10 by default): every
+    # thread of it, the ones applying jobs included; serve and its API processes do not.
     own = os.getpriority(os.PRIO_PROCESS, 0)
-    assert os.getpriority(os.PRIO_PROCESS, worker) == min(own + 10, 19)
+    assert _thread_nices(worker) == {min(own + 10, 19)}
     api = set(process_group(cluster.processes[-1])) - {worker}
-    assert {os.getpriority(os.PRIO_PROCESS, pid) for pid in api} == {own}
+    assert set().union(*(_thread_nices(pid) for pid in api)) == {own}
     with cluster.client(key) as http:
         assert http.post("/api/catalog-items", json=item_body("I")).status_code == 201
         assert http.post("/api/catalog-variants", json=variant_body("V", "I")).status_code == 201

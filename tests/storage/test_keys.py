@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from backstock.domain.keys import KeyRecord, from_authorization
 from backstock.services.container import Services
 from backstock.storage import accounts as accounts_store
+from backstock.storage.sql import Conn
 from tests.support import call, make_key
 
 
-def test_keys_asked_together_are_each_answered_as_alone(services: Services) -> None:
+def test_keys_asked_together_are_each_answered_as_alone(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
     good = from_authorization(f"Klaviyo-API-Key {make_key(services)}")
     theirs = from_authorization(f"Klaviyo-API-Key {make_key(services, 'other-account')}")
     revoked = from_authorization(f"Klaviyo-API-Key {make_key(services)}")
@@ -26,7 +31,21 @@ def test_keys_asked_together_are_each_answered_as_alone(services: Services) -> N
     async def in_one_statement() -> list[KeyRecord | None]:  # on PostgreSQL; SQLite: each alone
         return await store.db.read(lambda conn: accounts_store.find_keys(conn, asks))
 
+    reads: list[int] = []  # how many asks each read took
+    find_keys = accounts_store.find_keys
+
+    async def counted(conn: Conn, key_ids: list[str]) -> list[KeyRecord | None]:
+        reads.append(len(key_ids))
+        return await find_keys(conn, key_ids)
+
+    monkeypatch.setattr(accounts_store, "find_keys", counted)
     answers = call(services, together)
+    assert sum(reads) == len(asks)
+    if services.settings.is_sqlite:
+        assert reads == [1] * len(asks)  # each in-thread, alone
+    else:
+        assert len(reads) < len(asks)  # asks that arrived together, read together
+    monkeypatch.undo()
     alone = [call(services, lambda k=k: store.find_key(k)) for k in asks]  # type: ignore[misc]
     assert answers == alone
     assert call(services, in_one_statement) == alone
