@@ -56,15 +56,20 @@ def pending(database_url: str) -> tuple[str | None, str]:
 
 
 def autovacuum_is_off(database_url: str) -> bool:
-    """Whether the PostgreSQL server runs without autovacuum (never on SQLite)."""
+    """Whether the PostgreSQL server runs without autovacuum: turned off, or without the
+    statistics it works from (``track_counts``). Never on SQLite."""
     if database_url.startswith("sqlite"):
         return False
     engine = create_engine(sqlalchemy_url(database_url))
     try:
         with engine.connect() as conn:
-            return conn.execute(text("SHOW autovacuum")).scalar() != "on"
+            settings = [conn.execute(text(sql)).scalar() for sql in _AUTOVACUUM]
     finally:
         engine.dispose()
+    return settings != ["on"] * len(_AUTOVACUUM)
+
+
+_AUTOVACUUM = ("SHOW autovacuum", "SHOW track_counts")
 
 
 def check(database_url: str) -> None:
