@@ -5,12 +5,13 @@ SRC``, to the ``src`` folder of another checkout on each, in the same run.
     .venv/bin/python -m bench.ab [--op get|post] [--old /tmp/old/src] [--db sqlite|postgresql|both]
                                  [--worker] [--backlog N] [--rounds 3] [--seconds 8]
 
-Each server is one ``backstock serve`` process, with no worker unless ``--worker`` (then its
-worker process applies what it accepts), on a 1,000-variant catalog with one queued job, set
-up as ``make bench-peers`` sets up its Backstock (rate limits and the per-account caps off).
-Rounds alternate the servers' order, so drift hits all alike; each round prints req/s, p99
-and CPU per request (the server's, PostgreSQL's), and the end the medians and the ratios round
-by round. A worktree for ``--old``:
+Each server is one ``backstock serve`` (its API processes one per core, as a plain ``serve``
+starts them with rate limits off), with no worker unless ``--worker`` (then its worker process
+applies what it accepts), on a 1,000-variant catalog with one queued job (and ``--backlog N``
+more), set up as ``make bench-peers`` sets up its Backstock (rate limits and the per-account
+caps off). Rounds alternate the servers' order, so drift hits all alike; each round prints
+req/s, p99, CPU per request (the server's, PostgreSQL's) and the jobs applied a second, and
+the end the medians and the ratios round by round. A worktree for ``--old``:
 ``git worktree add --detach /tmp/old <commit>``.
 """
 
