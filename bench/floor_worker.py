@@ -23,12 +23,11 @@ from typing import Any
 
 import orjson
 import psycopg
-import zstandard
 
+from backstock.domain.bodies import payload_json
 from bench.floor_spawn import sqlite_connect
 
 _JSON = frozenset({"images", "custom_metadata"})
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _CACHE: dict[tuple[str, ...], str] = {}
 
 
@@ -59,11 +58,6 @@ def runs(account: int, payload: bytes, now: int) -> list[tuple[tuple[str, ...], 
         else:
             grouped.append((columns, [row]))
     return grouped
-
-
-def _plain(payload: bytes) -> bytes:
-    """A stored payload's JSON (``backstock.domain.bodies.load_payload`` reads either form)."""
-    return zstandard.decompress(payload) if payload[:4] == _ZSTD_MAGIC else payload
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -100,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 for columns, rows in grouped:
                     cursor.executemany(statement(columns, "%s"), rows)
 
-    jobs = [(account, _plain(bytes(payload))) for account, payload in jobs]
+    jobs = [(account, payload_json(bytes(payload))) for account, payload in jobs]
     for account, payload in jobs[: args.warmup]:
         apply(account, bytes(payload))
     timings = []

@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 import psycopg
 
+from backstock.storage.migrate import autovacuum_is_off
 from bench.dbs import pg_url
 from bench.peers.body import JOBS_PATH, create_body, headers, item_body, update_body, variant_ids
 from bench.procs import PYTHON, Server, free_port, request
@@ -338,12 +339,9 @@ def stand_in_for_autovacuum(server: Peer) -> bool:
     got slower one after the other (PostgreSQL's CPU a POST 0.9 -> 3.6 ms over six rounds
     of ``bench.ab``; one ``VACUUM``, 0.5 s, took it back to 1.4). Called before a server's
     turn, outside any measured run; True if it vacuumed."""
-    if server.db_url is None or not server.db_url.startswith("postgresql"):
+    if server.db_url is None or not autovacuum_is_off(server.db_url):
         return False
     with psycopg.connect(server.db_url, autocommit=True) as conn:
-        setting = conn.execute("SHOW autovacuum").fetchone()
-        if setting is not None and setting[0] == "on":
-            return False
         conn.execute("VACUUM")
     return True
 

@@ -97,10 +97,13 @@ def compress_payload(payload: bytes) -> bytes:
     return zstandard.compress(payload, 1)
 
 
+def payload_json(stored: bytes) -> bytes:
+    """A stored payload's JSON, whether it was kept compressed (``compress_payload``) or not."""
+    return zstandard.decompress(stored) if stored[:4] == _ZSTD_MAGIC else stored
+
+
 def load_payload(payload: bytes) -> list[PayloadItem]:
-    if payload[:4] == _ZSTD_MAGIC:
-        payload = zstandard.decompress(payload)
-    return _PAYLOAD.decode(payload)
+    return _PAYLOAD.decode(payload_json(payload))
 
 
 def entries_pointer(plural: str, shape: Shape) -> str:

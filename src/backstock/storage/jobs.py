@@ -239,8 +239,10 @@ async def poll(
 ) -> tuple[KeyRecord | None, JobRecord | None]:
     """The key ``key`` names, and, if ``key`` is that key and it is not revoked, its account's
     job ``job_id`` of this kind (as ``get_job`` finds it)."""
-    params: dict[str, object] = {"key": asked(key.key_id), "secret_hash": key.secret_hash}
-    params |= {"id": asked(job_id), "kind": kind, "now": now}
+    params: dict[str, object] = {
+        "key": asked(key.key_id), "secret_hash": key.secret_hash, "id": asked(job_id),
+        "kind": kind, "now": now,
+    }  # fmt: skip
     row = await conn.one(_POLL, params)
     if row is None:
         return None, None

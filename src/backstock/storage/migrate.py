@@ -55,6 +55,10 @@ def pending(database_url: str) -> tuple[str | None, str]:
     return current, head
 
 
+_AUTOVACUUM = ("SHOW autovacuum", "SHOW track_counts")
+"""What autovacuum needs on: itself, and the statistics it works from."""
+
+
 def autovacuum_is_off(database_url: str) -> bool:
     """Whether the PostgreSQL server runs without autovacuum: turned off, or without the
     statistics it works from (``track_counts``). Never on SQLite."""
@@ -67,9 +71,6 @@ def autovacuum_is_off(database_url: str) -> bool:
     finally:
         engine.dispose()
     return settings != ["on"] * len(_AUTOVACUUM)
-
-
-_AUTOVACUUM = ("SHOW autovacuum", "SHOW track_counts")
 
 
 def check(database_url: str) -> None:
