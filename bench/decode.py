@@ -23,8 +23,8 @@ import orjson
 
 from backstock.domain import bodies
 from backstock.domain.errors import InvalidBody
-from backstock.domain.resources import VARIANT
-from bench.payload import bulk_body, external_id, job_updates
+from backstock.domain.resources import ITEM, VARIANT, Resource
+from bench.payload import PREFIX, bulk_body, external_id, job_updates
 
 
 def _timed(work: Callable[[], object], budget: float = 0.5) -> float:
@@ -43,21 +43,44 @@ def _bodies() -> list[tuple[str, bytes]]:
     rng = random.Random(1)
     ids = [external_id(rng) for _ in range(1000)]
     found = [("100 variants (the usual job)", bulk_body(job_updates(rng, ids)))]
+    for links in (10, 40):  # many small objects in a valid body: each item's categories
+        found.append((f"100 items, {links} categories each", _items_body(ids, links)))
     for kilobytes in (256, 1024, 4000):  # metadata grows the same 100 variants
         updates = job_updates(rng, ids)
         filler = "x" * (kilobytes * 1024 // 100 // 4)
         for _, changes in updates:
             changes["custom_metadata"] = {f"k{n}": filler for n in range(4)}
         found.append((f"100 variants, {kilobytes} KB", bulk_body(updates)))
-    for count in (1_000, 4_096, 50_000, 1_000_000):  # refused: lists where a document goes
+    for count in (1_000, 4_096, 24_000, 50_000, 1_000_000):  # refused: lists for a document
         found.append((f"hostile: {count:,} empty lists", orjson.dumps([[]] * count)))
+    for count in (2_500, 24_000):  # refused: too many entries, each one a valid variant's
+        entries = [{"type": "catalog-variant", "id": PREFIX + ids[n % 1000]} for n in range(count)]
+        found.append((f"hostile: {count:,} variants", _document(VARIANT, "update", entries)))
     return found
+
+
+def _document(res: Resource, action: str, entries: list[dict[str, object]]) -> bytes:
+    data = {"type": f"{res.type}-bulk-{action}-job",
+            "attributes": {res.plural: {"data": entries}}}  # fmt: skip
+    return orjson.dumps({"data": data})
+
+
+def _items_body(ids: list[str], links: int) -> bytes:
+    """A bulk update of 100 items, each naming ``links`` categories (its complete set)."""
+    entries = [
+        {"type": "catalog-item", "id": PREFIX + external, "attributes": {"title": "T"},
+         "relationships": {"categories": {"data": [
+             {"type": "catalog-category", "id": PREFIX + f"c{n}"} for n in range(links)]}}}
+        for external in ids[:100]
+    ]  # fmt: skip
+    return _document(ITEM, "update", entries)
 
 
 def main() -> None:
     rows = []
     for name, body in _bodies():
-        seconds = _timed(lambda body=body: bodies.decode_job(VARIANT, "update", body))
+        res = ITEM if name.startswith("100 items") else VARIANT
+        seconds = _timed(lambda body=body, res=res: bodies.decode_job(res, "update", body))
         containers = body.count(b"[") + body.count(b"{")
         rows.append((name, len(body), containers, seconds, bodies.costly(body)))
     usual = rows[0][3]
