@@ -1,21 +1,25 @@
 """How long decoding a bulk body holds the thread that does it, by size and by shape: the
-measurement behind ``domain.bodies.COSTLY_BYTES`` / ``COSTLY_CONTAINERS`` (bodies above either
-are decoded off the event loop) and ``WALK_VALUES`` (refused bodies above it are not rebuilt as
-Python objects to name every problem).
+measurement behind ``domain.bodies.COSTLY_BYTES`` (bodies above it are decoded off the event
+loop) and ``WALK_VALUES`` (refused bodies above it are not rebuilt as Python objects to name
+every problem).
 
     .venv/bin/python -m bench.decode
 
 Prints, for each body, its size, its containers, the median time of ``decode_job`` (a valid
-body: the typed decode and the payload; a refused one: the decode, then the problems), and
-whether ``costly()`` sends it off the loop. The ratio column is the time over the 100-variant
-job of the seeds' size (~40 KB), the body Backstock sees most.
+body: the typed decode and the payload; a refused one: the decode, then the problems), whether
+``costly()`` sends it off the loop, and the longest the event loop went without a turn while
+it was decoded (the median of 21 runs), inline and on a thread (decoding holds the GIL: a
+thread lets the loop in only every switch interval, 5 ms). The ratio column is the time over
+the 100-variant job of the seeds' size (~40 KB), the body Backstock sees most.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -76,23 +80,67 @@ def _items_body(ids: list[str], links: int) -> bytes:
     return _document(ITEM, "update", entries)
 
 
+def _stalls(decode: Callable[[], object], threaded: bool, runs: int = 21) -> float:
+    """The longest the event loop went without a turn while ``decode`` ran, inline or on a
+    thread (``asyncio.to_thread``, as ``services.offload`` sends it): the median over
+    ``runs`` runs, each the longest gap between two turns during it."""
+
+    async def measure() -> float:
+        longest = [0.0] * runs
+        run = -1  # the run under way; -1: none yet
+        stop = asyncio.Event()
+
+        async def tick() -> None:  # a turn of the loop as often as it gets one
+            last = time.perf_counter()
+            while not stop.is_set():
+                await asyncio.sleep(0)
+                now = time.perf_counter()
+                if run >= 0:
+                    longest[run] = max(longest[run], now - last)
+                last = now
+
+        ticking = asyncio.create_task(tick())
+        await asyncio.sleep(0.01)
+        for run in range(runs):  # noqa: B007 - tick() reads it
+            with contextlib.suppress(InvalidBody):
+                if threaded:
+                    await asyncio.to_thread(decode)
+                else:
+                    decode()
+            await asyncio.sleep(0)
+        stop.set()
+        await ticking
+        return statistics.median(longest)
+
+    return asyncio.run(measure())
+
+
 def main() -> None:
     rows = []
     for name, body in _bodies():
         res = ITEM if name.startswith("100 items") else VARIANT
-        seconds = _timed(lambda body=body, res=res: bodies.decode_job(res, "update", body))
+
+        def decode(body: bytes = body, res: Resource = res) -> object:
+            return bodies.decode_job(res, "update", body)
+
+        seconds = _timed(decode)
         containers = body.count(b"[") + body.count(b"{")
-        rows.append((name, len(body), containers, seconds, bodies.costly(body)))
+        stalls = (_stalls(decode, threaded=False), _stalls(decode, threaded=True))
+        rows.append((name, len(body), containers, seconds, bodies.costly(body), stalls))
     usual = rows[0][3]
-    print(f"{'body':36} {'bytes':>10} {'containers':>11} {'decode':>10} {'ratio':>7}  off the loop")
-    for name, size, containers, seconds, costly in rows:
+    print(
+        f"{'body':36} {'bytes':>10} {'containers':>11} {'decode':>10} {'ratio':>7}  "
+        f"{'off the loop':12}  longest stall of the loop: inline, on a thread"
+    )
+    for name, size, containers, seconds, costly, (inline, threaded) in rows:
         print(
             f"{name:36} {size:>10,} {containers:>11,} {seconds * 1000:>8.3f} ms "
-            f"{seconds / usual:>6.1f}x  {'yes' if costly else 'no'}"
+            f"{seconds / usual:>6.1f}x  {'yes' if costly else 'no':12}  "
+            f"{inline * 1000:>6.2f} ms, {threaded * 1000:>6.2f} ms"
         )
     print(
-        f"thresholds: COSTLY_BYTES={bodies.COSTLY_BYTES:,}, "
-        f"COSTLY_CONTAINERS={bodies.COSTLY_CONTAINERS:,}, WALK_VALUES={bodies.WALK_VALUES:,}"
+        f"thresholds: COSTLY_BYTES={bodies.COSTLY_BYTES:,}, WALK_VALUES={bodies.WALK_VALUES:,}; "
+        f"the interpreter's switch interval {sys.getswitchinterval() * 1000:g} ms"
     )
 
 
