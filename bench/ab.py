@@ -12,7 +12,8 @@ more), set up as ``make bench-peers`` sets up its Backstock (rate limits and the
 caps off). Rounds alternate the servers' order, so drift hits all alike; each round prints
 req/s, p99, CPU per request (the server's, PostgreSQL's) and the jobs applied a second, and
 the end the medians and the ratios round by round. A worktree for ``--old``:
-``git worktree add --detach /tmp/old <commit>``.
+``git worktree add --detach /tmp/old <commit>``; its databases are migrated down to its own
+last migration when this checkout has later ones.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from alembic import command
+from alembic.script import ScriptDirectory
+
+from backstock.storage import migrate
 from bench import dbs
 from bench.payload import JOBS_PATH, api_headers
 from bench.peers.body import update_body
@@ -44,6 +49,17 @@ def server(name: str, db: dbs.Scratch, workdir: Path, pythonpath: str | None, wo
     command = [sys.executable, "-m", "backstock", "serve", "--port", str(port)]
     command += [] if worker else ["--no-worker"]
     return Peer(name, command, env, workdir / f"{name}.log", port, db_url=db.url)
+
+
+def schema_of(db: dbs.Scratch, src: Path) -> None:
+    """Migrate ``db`` (at this checkout's head) down to the head of the checkout at ``src``,
+    when that one's migrations end earlier: its server refuses a schema it does not know."""
+    versions = src / "backstock" / "storage" / "migrations" / "versions"
+    script = ScriptDirectory.from_config(migrate.alembic_config(db.url))
+    old_heads = {path.stem.split("_")[0] for path in versions.glob("[0-9]*.py")}
+    head = script.get_current_head()
+    if head not in old_heads:
+        command.downgrade(migrate.alembic_config(db.url), max(old_heads))
 
 
 def target(db: dbs.Scratch, op: str, workdir: Path, backlog: int) -> tuple[str, Path]:
@@ -85,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             for suffix, src in trees:  # a database each: one server's rows never slow another
                 label = f"ab_{kind}{suffix.replace('-', '_')}"
                 db = stack.enter_context(dbs.scratch(kind, label, workdir, args.pg))
+                if src is not None:
+                    schema_of(db, Path(src))
                 path, script = target(db, args.op, workdir, args.backlog)
                 servers.append((server(kind + suffix, db, workdir, src, args.worker), path, script))
         results: dict[str, list[LoadResult]] = {s.name: [] for s, _, _ in servers}

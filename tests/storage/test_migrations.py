@@ -2,7 +2,8 @@
 carries a 0001 database's data across: item categories become links, open jobs keep their
 payload (in the new format) and run, finished jobs stay readable. 0003 moves the fair queue's
 turns out of the account rows, and back on downgrade. On PostgreSQL, 0004 compresses a job's
-linkage and errors with lz4 and 0005 fills the catalog tables' pages to 70 %, and back."""
+linkage and errors with lz4 and 0005 fills the catalog tables' pages to 70 %, and back. 0006 indexes
+the worker's idle wake-up, and drops the indexes on downgrade."""
 
 from __future__ import annotations
 
@@ -329,5 +330,22 @@ def test_0005_fills_the_catalog_tables_pages_to_70_percent_on_postgresql_and_bac
     command.downgrade(config, "0004")
     with sql(empty_url) as conn:
         assert set(dict(conn.execute(options).all()).values()) == {None}
+    migrate.upgrade(empty_url)
+    migrate.check(empty_url)
+
+
+# ---- 0006 indexes the worker's idle wake-up ----------------------------------------------------
+
+
+def test_0006_adds_the_wake_up_indexes_and_removes_them_on_downgrade(empty_url: str) -> None:
+    migrate.upgrade(empty_url)
+
+    def indexes() -> set[str]:
+        with sql(empty_url) as conn:
+            return {str(index["name"]) for index in inspect(conn).get_indexes("jobs")}
+
+    assert {"ix_jobs_leases", "ix_jobs_held"} <= indexes()
+    command.downgrade(migrate.alembic_config(empty_url), "0005")
+    assert not {"ix_jobs_leases", "ix_jobs_held"} & indexes()
     migrate.upgrade(empty_url)
     migrate.check(empty_url)

@@ -33,7 +33,7 @@ from backstock.services.container import Services
 from backstock.settings import Settings
 from backstock.storage import catalog as catalog_store
 from backstock.storage import jobs as jobs_store
-from backstock.storage.jobs import _CLAIM_NEXT
+from backstock.storage.jobs import _CLAIM_NEXT, _NEXT_LAPSE
 from backstock.storage.schema import accounts as accounts_table
 from backstock.storage.schema import (
     catalog_categories,
@@ -1073,27 +1073,59 @@ SELECT 'job-' || n,
     conn.execute(text("ANALYZE"))
 
 
+def fill_numbered_jobs(conn: Any) -> None:
+    """``fill_jobs`` of 20 000 jobs of 500 accounts (temporary tables number them)."""
+    numbers = (
+        "CREATE TEMPORARY TABLE {name} AS SELECT g AS n FROM generate_series(1, {count}) AS g"
+        if conn.dialect.name == "postgresql"
+        else "CREATE TEMPORARY TABLE {name} AS WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL "
+        "SELECT n + 1 FROM g WHERE n < {count}) SELECT n FROM g"
+    )
+    conn.execute(text(numbers.format(name="numbers", count=500)))
+    conn.execute(text(numbers.format(name="jobs_numbers", count=20_000)))
+    fill_jobs(conn)
+
+
+def plan_of(conn: Any, statement: str, params: dict[str, object]) -> list[str]:
+    """The plan's lines: PostgreSQL's ``EXPLAIN``, SQLite's ``EXPLAIN QUERY PLAN``."""
+    explain = "EXPLAIN " if conn.dialect.name == "postgresql" else "EXPLAIN QUERY PLAN "
+    rows = conn.connection.driver_connection.execute(explain + statement, params)
+    return [str(row[-1]) for row in rows]
+
+
+def test_the_idle_wake_up_reads_two_small_indexes(database_url: str) -> None:
+    """A worker with nothing to claim asks, after every wake-up, when the earliest lease
+    lapses or a held job may go (``next_lease_expiry``): on 20 000 jobs (1 % processing), each
+    answer is the first entry of a partial index, never a scan of the table; and the answer is
+    the earliest of both."""
+    with sql(database_url) as conn:
+        fill_numbered_jobs(conn)
+        statement, constants = _NEXT_LAPSE.sql(conn.dialect.name)
+        plan = "\n".join(plan_of(conn, statement, {**constants, "now": 10**6}))
+        assert "ix_jobs_leases" in plan and "ix_jobs_held" in plan, plan
+        assert "Seq Scan" not in plan, plan  # PostgreSQL
+        assert not any(line.startswith("SCAN jobs") for line in plan.splitlines()), plan
+        earliest = "SELECT min(pk) FROM jobs WHERE status = '{}'"
+        processing = conn.execute(text(earliest.format("processing"))).scalar_one()
+        queued = conn.execute(text(earliest.format("queued"))).scalar_one()
+        conn.execute(text(f"UPDATE jobs SET lease_expires_at = 7000 WHERE pk = {processing}"))
+        conn.execute(text(f"UPDATE jobs SET not_before = 5000 WHERE pk = {queued}"))
+        driver = conn.connection.driver_connection
+        assert list(driver.execute(statement, {**constants, "now": 4000})) == [(5000,)]
+        assert list(driver.execute(statement, {**constants, "now": 6000})) == [(7000,)]
+
+
 def test_the_claim_reads_the_queue_through_its_indexes(database_url: str) -> None:
     """The claim runs for every job and on every idle wake-up: on a table of 20 000 jobs (of
     500 accounts, 1 % of them open) its plan must not read the whole ``jobs`` table."""
     with sql(database_url) as conn:
         postgres = conn.dialect.name == "postgresql"
-        numbers = (
-            "CREATE TEMPORARY TABLE {name} AS SELECT g AS n FROM generate_series(1, {count}) AS g"
-            if postgres
-            else "CREATE TEMPORARY TABLE {name} AS WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL "
-            "SELECT n + 1 FROM g WHERE n < {count}) SELECT n FROM g"
-        )
-        conn.execute(text(numbers.format(name="numbers", count=500)))
-        conn.execute(text(numbers.format(name="jobs_numbers", count=20_000)))
-        fill_jobs(conn)
+        fill_numbered_jobs(conn)
         statement, constants = _CLAIM_NEXT.sql(conn.dialect.name)
         params = {**constants, "owner": "w", "now": 10**15, "expires": 10**15 + 30}
-        driver = conn.connection.driver_connection
-        explain = "EXPLAIN " if postgres else "EXPLAIN QUERY PLAN "
 
         def planned() -> list[str]:
-            return [str(row[-1]) for row in driver.execute(explain + statement, params)]
+            return plan_of(conn, statement, params)
 
         plan = planned()
         if postgres:

@@ -682,12 +682,15 @@ async def retry_job(
     return await accept(conn, retry, max_open, max_bytes)
 
 
+# Each branch the first entry of a partial index (``ix_jobs_leases``, ``ix_jobs_held``): until
+# migration 0006 both scanned the whole table, finished jobs included, after every wake-up.
 _NEXT_LAPSE = Statement(
     "next_lease_expiry",
     """SELECT min(at) FROM (
-           SELECT lease_expires_at AS at FROM jobs WHERE status = 'processing'
+           SELECT min(lease_expires_at) AS at FROM jobs WHERE status = 'processing'
            UNION ALL
-           SELECT not_before FROM jobs WHERE status = 'queued' AND not_before > :now
+           SELECT min(not_before) FROM jobs
+            WHERE status = 'queued' AND not_before IS NOT NULL AND not_before > :now
        ) AS wakes""",
 )
 

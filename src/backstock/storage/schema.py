@@ -142,6 +142,8 @@ TABLES: Final = MappingProxyType(
 )
 
 _OPEN = "status IN ('queued', 'processing')"
+_PROCESSING = "status = 'processing'"
+_HELD = "status = 'queued' AND not_before IS NOT NULL"
 
 jobs = Table(
     "jobs",
@@ -203,6 +205,20 @@ jobs = Table(
     ),
     Index("ix_jobs_queue", "pk", sqlite_where=text(_OPEN), postgresql_where=text(_OPEN)),
     Index("ix_jobs_expires_at", "expires_at"),
+    # The worker's idle wake-up: the earliest lease to lapse, and the earliest held job's time
+    # (``next_lease_expiry``), each the first entry of an index of a few rows.
+    Index(
+        "ix_jobs_leases",
+        "lease_expires_at",
+        sqlite_where=text(_PROCESSING),
+        postgresql_where=text(_PROCESSING),
+    ),
+    Index(
+        "ix_jobs_held",
+        "not_before",
+        sqlite_where=text(_HELD),
+        postgresql_where=text(_HELD),
+    ),
 )
 
 job_payloads = Table(
