@@ -12,8 +12,10 @@ T = TypeVar("T")
 
 
 async def decoded(decode: Callable[[], T], body: bytes) -> T:
-    """``decode()`` of ``body``: right here when it is cheap, on a thread when it could hold
-    the event loop (and every other request) for more than about a millisecond."""
+    """``decode()`` of ``body``: right here, or on a thread for a body over 256 KB
+    (``bodies.costly``), where the rare decode that runs past the interpreter's switch
+    interval (5 ms) then lets the event loop in meanwhile. Below that, a thread, holding the
+    GIL while it decodes, would stall the loop as long."""
     if bodies.costly(body):
         return await asyncio.to_thread(decode)
     return decode()
