@@ -52,14 +52,19 @@ def server(name: str, db: dbs.Scratch, workdir: Path, pythonpath: str | None, wo
 
 
 def schema_of(db: dbs.Scratch, src: Path) -> None:
-    """Migrate ``db`` (at this checkout's head) down to the head of the checkout at ``src``,
-    when that one's migrations end earlier: its server refuses a schema it does not know."""
-    versions = src / "backstock" / "storage" / "migrations" / "versions"
-    script = ScriptDirectory.from_config(migrate.alembic_config(db.url))
-    old_heads = {path.stem.split("_")[0] for path in versions.glob("[0-9]*.py")}
-    head = script.get_current_head()
-    if head not in old_heads:
-        command.downgrade(migrate.alembic_config(db.url), max(old_heads))
+    """Migrate ``db`` (set up at this checkout's head) down to the last migration of the
+    checkout whose ``src`` folder is ``src``, when that one's migrations end earlier: its
+    server refuses a schema it does not know. The rows written meanwhile go down with it."""
+    folder = src / "backstock" / "storage" / "migrations"
+    if not (folder / "versions").is_dir():
+        raise SystemExit(f"--old {src}: no backstock/storage/migrations there (give its src)")
+    config = migrate.alembic_config(db.url)
+    theirs = ScriptDirectory(str(folder)).get_current_head()
+    ours = ScriptDirectory.from_config(config)
+    if theirs is None or theirs not in {script.revision for script in ours.walk_revisions()}:
+        raise SystemExit(f"--old {src}: its last migration {theirs!r} is not one of ours")
+    if theirs != ours.get_current_head():
+        command.downgrade(config, theirs)
 
 
 def target(db: dbs.Scratch, op: str, workdir: Path, backlog: int) -> tuple[str, Path]:
@@ -101,9 +106,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             for suffix, src in trees:  # a database each: one server's rows never slow another
                 label = f"ab_{kind}{suffix.replace('-', '_')}"
                 db = stack.enter_context(dbs.scratch(kind, label, workdir, args.pg))
+                path, script = target(db, args.op, workdir, args.backlog)
                 if src is not None:
                     schema_of(db, Path(src))
-                path, script = target(db, args.op, workdir, args.backlog)
                 servers.append((server(kind + suffix, db, workdir, src, args.worker), path, script))
         results: dict[str, list[LoadResult]] = {s.name: [] for s, _, _ in servers}
         try:

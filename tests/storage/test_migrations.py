@@ -340,12 +340,27 @@ def test_0005_fills_the_catalog_tables_pages_to_70_percent_on_postgresql_and_bac
 def test_0006_adds_the_wake_up_indexes_and_removes_them_on_downgrade(empty_url: str) -> None:
     migrate.upgrade(empty_url)
 
-    def indexes() -> set[str]:
+    def indexes() -> dict[str, tuple[list[str], str]]:
+        """Each index of ``jobs``: its columns and its condition."""
         with sql(empty_url) as conn:
-            return {str(index["name"]) for index in inspect(conn).get_indexes("jobs")}
+            dialect = conn.dialect.name
+            found = inspect(conn).get_indexes("jobs")
+        return {
+            str(index["name"]): (
+                list(index["column_names"]),
+                str(index.get("dialect_options", {}).get(f"{dialect}_where", "")),
+            )
+            for index in found
+        }
 
-    assert {"ix_jobs_leases", "ix_jobs_held"} <= indexes()
+    made = indexes()
+    assert made["ix_jobs_leases"][0] == ["pk"]
+    assert "processing" in made["ix_jobs_leases"][1]
+    assert made["ix_jobs_held"][0] == ["not_before"]
+    assert "queued" in made["ix_jobs_held"][1] and "not_before" in made["ix_jobs_held"][1]
+    # A lease is renewed every batch: in no index, its renewal stays a HOT update on PostgreSQL
+    assert all("lease_expires_at" not in columns for columns, _ in made.values()), made
     command.downgrade(migrate.alembic_config(empty_url), "0005")
-    assert not {"ix_jobs_leases", "ix_jobs_held"} & indexes()
+    assert not {"ix_jobs_leases", "ix_jobs_held"} & set(indexes())
     migrate.upgrade(empty_url)
     migrate.check(empty_url)

@@ -86,11 +86,12 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 def costly(body: bytes) -> bool:
     """Whether ``body`` is decoded on a thread: by its size alone. Counting its containers as
-    well took two passes over every body (47 µs of the 80 KB bulk update's ~260), and bought
-    nothing: decoding holds the GIL, in msgspec's and orjson's C calls and in Python between
-    them, so on a thread it lets the event loop in only every switch interval (5 ms). Below
-    256 KB it takes 2.5 ms at most (a refused body is not walked past ``WALK_VALUES``), and
-    the loop's longest stall was no shorter on a thread (``bench/decode.py``)."""
+    well took two passes over every body (47 µs of the ~320 the peers' 80 KB update took to
+    check and decode), and bought nothing: decoding holds the GIL, in msgspec's and orjson's C
+    calls and in Python between them, so on a thread it lets the event loop in only every
+    switch interval (5 ms). The bodies under 256 KB that ``bench/decode.py`` tries, valid and
+    hostile, decode in 2.5 ms at most, and the loop's longest stall was no shorter on a
+    thread."""
     return len(body) > COSTLY_BYTES
 
 

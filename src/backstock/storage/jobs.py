@@ -682,8 +682,9 @@ async def retry_job(
     return await accept(conn, retry, max_open, max_bytes)
 
 
-# Each branch the first entry of a partial index (``ix_jobs_leases``, ``ix_jobs_held``): until
-# migration 0006 both scanned the whole table, finished jobs included, after every wake-up.
+# Each branch reads a partial index of a few rows (``ix_jobs_leases``: the processing jobs;
+# ``ix_jobs_held``: the held jobs' times, the first entry past :now). Until migration 0006
+# both scanned the whole table, finished jobs included, after every wake-up.
 _NEXT_LAPSE = Statement(
     "next_lease_expiry",
     """SELECT min(at) FROM (

@@ -205,11 +205,12 @@ jobs = Table(
     ),
     Index("ix_jobs_queue", "pk", sqlite_where=text(_OPEN), postgresql_where=text(_OPEN)),
     Index("ix_jobs_expires_at", "expires_at"),
-    # The worker's idle wake-up: the earliest lease to lapse, and the earliest held job's time
-    # (``next_lease_expiry``), each the first entry of an index of a few rows.
+    # The worker's idle wake-up (``next_lease_expiry``): the processing jobs, a few rows, and
+    # the earliest held job's time. Keyed on pk, not on the lease: a lease is renewed every
+    # batch, and on PostgreSQL a write to an indexed column is never a HOT update.
     Index(
         "ix_jobs_leases",
-        "lease_expires_at",
+        "pk",
         sqlite_where=text(_PROCESSING),
         postgresql_where=text(_PROCESSING),
     ),
