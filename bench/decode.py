@@ -49,6 +49,9 @@ def _bodies() -> list[tuple[str, bytes]]:
     found = [("100 variants (the usual job)", bulk_body(job_updates(rng, ids)))]
     for links in (10, 40):  # many small objects in a valid body: each item's categories
         found.append((f"100 items, {links} categories each", _items_body(ids, links)))
+    for nul in (False, True):  # a relationship's "links" member, taken as it is (not decoded)
+        name = "refused: NUL, 76,000 lists" if nul else "100 items, 76,000 lists in links"
+        found.append((name, _items_body(ids, 1, filler=[[]] * 760, nul=nul)))
     for kilobytes in (256, 1024, 4000):  # metadata grows the same 100 variants
         updates = job_updates(rng, ids)
         filler = "x" * (kilobytes * 1024 // 100 // 4)
@@ -69,14 +72,19 @@ def _document(res: Resource, action: str, entries: list[dict[str, object]]) -> b
     return orjson.dumps({"data": data})
 
 
-def _items_body(ids: list[str], links: int) -> bytes:
-    """A bulk update of 100 items, each naming ``links`` categories (its complete set)."""
+def _items_body(ids: list[str], links: int, filler: object = None, nul: bool = False) -> bytes:
+    """A bulk update of 100 items, each naming ``links`` categories (its complete set), with
+    ``filler`` as each relationship's ``links`` member, and a NUL in the first title."""
     entries = [
-        {"type": "catalog-item", "id": PREFIX + external, "attributes": {"title": "T"},
+        {"type": "catalog-item", "id": PREFIX + external,
+         "attributes": {"title": "T\x00" if nul and index == 0 else "T"},
          "relationships": {"categories": {"data": [
              {"type": "catalog-category", "id": PREFIX + f"c{n}"} for n in range(links)]}}}
-        for external in ids[:100]
+        for index, external in enumerate(ids[:100])
     ]  # fmt: skip
+    if filler is not None:
+        for entry in entries:
+            entry["relationships"]["categories"]["links"] = filler  # type: ignore[index]
     return _document(ITEM, "update", entries)
 
 
@@ -118,7 +126,7 @@ def _stalls(decode: Callable[[], object], threaded: bool, runs: int = 21) -> flo
 def main() -> None:
     rows = []
     for name, body in _bodies():
-        res = ITEM if name.startswith("100 items") else VARIANT
+        res = ITEM if "items" in name or "NUL" in name else VARIANT
 
         def decode(body: bytes = body, res: Resource = res) -> object:
             return bodies.decode_job(res, "update", body)
