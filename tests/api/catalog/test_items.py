@@ -236,6 +236,20 @@ def test_categories_can_be_set_filtered_and_replaced(api: Api, subtests: pytest.
 
 
 @pytest.mark.parametrize(
+    "links", [{"self": "https://example.com/x", "related": None}, [[]] * 3, "anything", None]
+)
+def test_a_relationships_links_member_is_taken_and_ignored(api: Api, links: Any) -> None:
+    """JSON:API lets a relationship carry ``links``; Backstock reads it as raw bytes, of any
+    JSON value, and sets the categories from ``data`` alone."""
+    ok(api.post("/api/catalog-categories", category_body("SHOES")), 201)
+    body = _with_categories("A", "SHOES")
+    body["data"]["relationships"]["categories"]["links"] = links
+    ok(api.post("/api/catalog-items", body), 201)
+    linked = ids(api.get(item_path(cid("A")) + "/relationships/categories"))
+    assert linked == [cid("SHOES")]
+
+
+@pytest.mark.parametrize(
     ("categories", "pointer"),
     [
         (
