@@ -43,26 +43,28 @@ def _timed(work: Callable[[], object], budget: float = 0.5) -> float:
     return statistics.median(samples)
 
 
-def _bodies() -> list[tuple[str, bytes]]:
+def _bodies() -> list[tuple[str, Resource, bytes]]:
+    """Each body, named, with the resource its bulk update job is of."""
     rng = random.Random(1)
     ids = [external_id(rng) for _ in range(1000)]
-    found = [("100 variants (the usual job)", bulk_body(job_updates(rng, ids)))]
+    found = [("100 variants (the usual job)", VARIANT, bulk_body(job_updates(rng, ids)))]
     for links in (10, 40):  # many small objects in a valid body: each item's categories
-        found.append((f"100 items, {links} categories each", _items_body(ids, links)))
+        found.append((f"100 items, {links} categories each", ITEM, _items_body(ids, links)))
     for nul in (False, True):  # a relationship's "links" member, taken as it is (not decoded)
         name = "refused: NUL, 76,000 lists" if nul else "100 items, 76,000 lists in links"
-        found.append((name, _items_body(ids, 1, filler=[[]] * 760, nul=nul)))
+        found.append((name, ITEM, _items_body(ids, 1, filler=[[]] * 760, nul=nul)))
     for kilobytes in (256, 1024, 4000):  # metadata grows the same 100 variants
         updates = job_updates(rng, ids)
         filler = "x" * (kilobytes * 1024 // 100 // 4)
         for _, changes in updates:
             changes["custom_metadata"] = {f"k{n}": filler for n in range(4)}
-        found.append((f"100 variants, {kilobytes} KB", bulk_body(updates)))
+        found.append((f"100 variants, {kilobytes} KB", VARIANT, bulk_body(updates)))
     for count in (1_000, 4_096, 24_000, 50_000, 1_000_000):  # refused: lists for a document
-        found.append((f"hostile: {count:,} empty lists", orjson.dumps([[]] * count)))
+        found.append((f"hostile: {count:,} empty lists", VARIANT, orjson.dumps([[]] * count)))
     for count in (2_500, 24_000):  # refused: too many entries, each one a valid variant's
         entries = [{"type": "catalog-variant", "id": PREFIX + ids[n % 1000]} for n in range(count)]
-        found.append((f"hostile: {count:,} variants", _document(VARIANT, "update", entries)))
+        body = _document(VARIANT, "update", entries)
+        found.append((f"hostile: {count:,} variants", VARIANT, body))
     return found
 
 
@@ -125,8 +127,7 @@ def _stalls(decode: Callable[[], object], threaded: bool, runs: int = 21) -> flo
 
 def main() -> None:
     rows = []
-    for name, body in _bodies():
-        res = ITEM if "items" in name or "NUL" in name else VARIANT
+    for name, res, body in _bodies():
 
         def decode(body: bytes = body, res: Resource = res) -> object:
             return bodies.decode_job(res, "update", body)

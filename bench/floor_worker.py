@@ -96,13 +96,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     jobs = [(account, payload_json(bytes(payload))) for account, payload in jobs]
     for account, payload in jobs[: args.warmup]:
-        apply(account, bytes(payload))
+        apply(account, payload)
     timings = []
     cpu = time.process_time()
     started = time.perf_counter()
     for account, payload in jobs:
         before = time.perf_counter()
-        apply(account, bytes(payload))
+        apply(account, payload)
         timings.append(time.perf_counter() - before)
     seconds = time.perf_counter() - started
     cpu = time.process_time() - cpu

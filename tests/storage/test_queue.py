@@ -1048,7 +1048,16 @@ def test_a_batch_that_keeps_failing_is_marked_failed_and_the_queue_moves_on(
 
 def fill_jobs(conn: Any, accounts: int = 500, total: int = 20_000) -> None:
     """``total`` jobs across ``accounts`` accounts: 1 % queued, 1 % processing (a live lease),
-    the rest complete; then the planner's statistics."""
+    the rest complete; then the planner's statistics. Temporary tables number them
+    (``numbers``: the accounts, ``jobs_numbers``: the jobs)."""
+    numbers = (
+        "CREATE TEMPORARY TABLE {name} AS SELECT g AS n FROM generate_series(1, {count}) AS g"
+        if conn.dialect.name == "postgresql"
+        else "CREATE TEMPORARY TABLE {name} AS WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL "
+        "SELECT n + 1 FROM g WHERE n < {count}) SELECT n FROM g"
+    )
+    conn.execute(text(numbers.format(name="numbers", count=accounts)))
+    conn.execute(text(numbers.format(name="jobs_numbers", count=total)))
     conn.execute(
         text(
             "INSERT INTO accounts (name, created_at, cursor_key) "
@@ -1073,19 +1082,6 @@ SELECT 'job-' || n,
     conn.execute(text("ANALYZE"))
 
 
-def fill_numbered_jobs(conn: Any) -> None:
-    """``fill_jobs`` of 20 000 jobs of 500 accounts (temporary tables number them)."""
-    numbers = (
-        "CREATE TEMPORARY TABLE {name} AS SELECT g AS n FROM generate_series(1, {count}) AS g"
-        if conn.dialect.name == "postgresql"
-        else "CREATE TEMPORARY TABLE {name} AS WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL "
-        "SELECT n + 1 FROM g WHERE n < {count}) SELECT n FROM g"
-    )
-    conn.execute(text(numbers.format(name="numbers", count=500)))
-    conn.execute(text(numbers.format(name="jobs_numbers", count=20_000)))
-    fill_jobs(conn)
-
-
 def plan_of(conn: Any, statement: str, params: dict[str, object]) -> list[str]:
     """The plan's lines: PostgreSQL's ``EXPLAIN``, SQLite's ``EXPLAIN QUERY PLAN``."""
     explain = "EXPLAIN " if conn.dialect.name == "postgresql" else "EXPLAIN QUERY PLAN "
@@ -1099,7 +1095,7 @@ def test_the_idle_wake_up_reads_two_small_indexes(database_url: str) -> None:
     plan reads two partial indexes, never the whole table; and the answer is the earliest of
     both, counting only processing jobs' leases and queued jobs' times still to come."""
     with sql(database_url) as conn:
-        fill_numbered_jobs(conn)
+        fill_jobs(conn)
         statement, constants = _NEXT_LAPSE.sql(conn.dialect.name)
         plan = plan_of(conn, statement, {**constants, "now": 10**6})
         shown = "\n".join(plan)
@@ -1138,7 +1134,7 @@ def test_the_claim_reads_the_queue_through_its_indexes(database_url: str) -> Non
     500 accounts, 1 % of them open) its plan must not read the whole ``jobs`` table."""
     with sql(database_url) as conn:
         postgres = conn.dialect.name == "postgresql"
-        fill_numbered_jobs(conn)
+        fill_jobs(conn)
         statement, constants = _CLAIM_NEXT.sql(conn.dialect.name)
         params = {**constants, "owner": "w", "now": 10**15, "expires": 10**15 + 30}
 

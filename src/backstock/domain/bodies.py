@@ -355,7 +355,7 @@ def decode_job(res: Resource, action: Action, body: bytes) -> JobRequest:
     items = given if isinstance(given, list) else given.data
     rows: list[tuple[ExternalId, Any, Links]] = []
     valid = True
-    related = action != "delete" and bool(_relations(res, action))
+    related = bool(_relations(res, action))  # none for a delete
     for item in items:
         external = item.attributes.external_id if action == "create" else _external(item.id)
         found = _links(res, action, item) if related else _NO_RELATIONS
