@@ -312,6 +312,40 @@ def test_a_worker_that_lost_its_lease_cannot_commit(services: Services) -> None:
     assert {r.update_count for r in variant_rows(services).values()} == {1}
 
 
+def test_a_claim_applies_jobs_together_but_on_postgresql_changes_rows_again_under_a_batch(
+    services: Services, engine: str
+) -> None:
+    """A claim applies the queued jobs in its transaction while they hold fewer than about
+    ``CLAIM_ITEMS`` items: one commit for several jobs. On PostgreSQL it changes rows it has
+    changed already fewer than a batch's worth of times: every version of a row a transaction
+    writes stays until it commits, and jobs updating the same rows, applied together, grew the
+    table by a copy of each row a job. A job past that is claimed, and its batch applied in a
+    transaction of its own, as the worker runs a job it holds."""
+    batch = services.settings.worker_batch_size
+    who = principal(services)
+    externals = seed(services, who, batch)
+    full = [spawn(services, who, [(e, {"price": float(n)}) for e in externals]) for n in range(3)]
+    small = [spawn(services, who, [(externals[0], {"sku": f"s{n}"})]) for n in range(4)]
+    claims: list[list[tuple[str, bool]]] = []
+    while claimed := call(services, lambda: services.jobs.claim_many("w")):
+        claims.append([(job.id, done) for job, done in claimed])
+        job, done = claimed[-1]
+        if not done:
+            drain_job(services, job)
+    if engine == "sqlite":
+        assert claims == [[(job_id, True) for job_id in full + small]]
+    else:
+        assert claims == [
+            [(full[0], True), (full[1], False)],  # the second would change every row again
+            [(full[2], True)] + [(job_id, True) for job_id in small],  # 4 rows again: under
+        ]
+    assert {job_row(services, job_id).status for job_id in full + small} == {"complete"}
+    found = variant_rows(services)
+    assert (found[externals[0]].update_count, found[externals[0]].sku) == (7, "s3")
+    assert {found[e].update_count for e in externals[1:]} == {3}
+    assert {found[e].price for e in externals} == {2.0}
+
+
 @pytest.mark.postgres
 def test_a_batch_takes_three_round_trips_on_postgresql(pg_url: str) -> None:
     """A write unit runs in pipeline mode: its BEGIN goes with its first query, and the job's

@@ -31,14 +31,17 @@ async def apply_batch(
     batch_size: int,
     retention_us: int,
     forced: Mapping[str, str] | None = None,
+    entries: list[PayloadItem] | None = None,
 ) -> bool:
     """Apply the batch at ``job.next_index`` and count it (the caller holds the job); each
     item's outcome is written with its change. Whether the job is complete. ``forced``: the
-    external ids a test fault fails, with their error codes (they are not applied)."""
+    external ids a test fault fails, with their error codes (they are not applied).
+    ``entries``: the batch's, when the caller has them already (``batch_entries``)."""
     kind = domain.kind(job.kind)
     start = job.next_index
     end = min(start + batch_size, job.total_count)
-    entries = load_payload(job.payload)[start:end]
+    if entries is None:
+        entries = batch_entries(job, batch_size)
     if forced:
         outcomes = await _apply_except(conn, kind, job.account_id, entries, forced, now)
     else:
@@ -48,6 +51,11 @@ async def apply_batch(
     errors = item_errors(kind.resource, job.shape, start, entries, outcomes)  # type: ignore[arg-type]
     completed = len(entries) - len(errors)
     return await queue.record_progress(conn, job, end, completed, errors, now, retention_us)
+
+
+def batch_entries(job: ClaimedJob, batch_size: int) -> list[PayloadItem]:
+    """The entries of the batch at ``job.next_index``."""
+    return load_payload(job.payload)[job.next_index : job.next_index + batch_size]
 
 
 async def _apply_except(
@@ -89,7 +97,7 @@ async def fail_batch(
     base = entries_pointer(kind.resource.plural, job.shape)  # type: ignore[arg-type]
     errors = [
         domain.internal_error(kind.resource, entry[0], f"{base}/{index}")
-        for index, entry in enumerate(load_payload(job.payload)[start:end], start)
+        for index, entry in enumerate(batch_entries(job, batch_size), start)
     ]
     return await queue.record_progress(conn, job, end, 0, errors, now, retention_us)
 
@@ -106,6 +114,27 @@ async def _polls(
     conn: Conn, asks: list[queue.Ask]
 ) -> list[tuple[KeyRecord | None, JobRecord | None]]:
     return await queue.polls(conn, asks, now_us())
+
+
+class _Changed:
+    """PostgreSQL: the rows a claim's transaction has changed (by resource and external id),
+    and how many changes fell on rows it had changed already."""
+
+    def __init__(self) -> None:
+        self.rows: set[tuple[str, str]] = set()
+        self.again = 0
+
+    def admits(self, job: ClaimedJob, entries: list[PayloadItem], limit: int) -> bool:
+        """Whether ``entries`` may be applied in the transaction: its changes of rows it has
+        changed already stay under ``limit``. If so, they are counted."""
+        resource = domain.kind(job.kind).resource.table
+        rows = {(resource, entry[0]) for entry in entries}
+        again = self.again + len(rows & self.rows)
+        if again >= limit:
+            return False
+        self.rows |= rows
+        self.again = again
+        return True
 
 
 class JobStore:
@@ -181,12 +210,23 @@ class JobStore:
         """Claim the next job and, with ``first_batch``, apply its first batch in the same
         transaction (one commit for a job of one batch); while the jobs claimed are complete
         and hold fewer than ``items`` items, claim and apply the next in it too. Each job, and
-        whether it is complete (only the last may not be)."""
+        whether it is complete (only the last may not be).
+
+        On PostgreSQL a transaction changes rows it has changed already fewer than
+        ``batch_size`` times: a job that would take it there is claimed, and its batches left
+        to transactions of their own (``run_batch``). Every version of a row a transaction
+        writes stays until it commits (MVCC), so jobs updating the same rows, applied
+        together, left no room on the rows' pages for updates in place and grew the table by
+        a copy of each row a job, with an entry in each of its indexes (bench/README.md, "Jobs
+        per transaction"). SQLite updates a row in place: there, jobs go together up to
+        ``items``."""
+        postgres = not self.db.is_sqlite
 
         async def unit(conn: Conn) -> list[tuple[ClaimedJob, bool]]:
             now = now_us()
             claimed: list[tuple[ClaimedJob, bool]] = []
             held = 0
+            changed = _Changed()
             while held < items:
                 job = await queue.claim_next_job(conn, owner, now, lease_us)
                 if job is None:
@@ -194,9 +234,15 @@ class JobStore:
                 # The clock read again: the job may have been accepted (its created_at read)
                 # after ``now``, and committed just before the claim saw it.
                 applied_at = max(now, now_us())
-                done = first_batch and await apply_batch(
-                    conn, job, applied_at, batch_size, retention_us
-                )
+                done = False
+                if first_batch:
+                    entries = batch_entries(job, batch_size)
+                    if postgres and not changed.admits(job, entries, batch_size):
+                        claimed.append((job, False))  # its batches in transactions of their own
+                        break
+                    done = await apply_batch(
+                        conn, job, applied_at, batch_size, retention_us, entries=entries
+                    )
                 claimed.append((job, done))
                 held += job.total_count
                 if not done:
