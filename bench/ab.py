@@ -3,15 +3,17 @@ update (``--op post``, ~89 KB), to Backstock on PostgreSQL and on SQLite, and, w
 SRC``, to the ``src`` folder of another checkout on each, in the same run.
 
     .venv/bin/python -m bench.ab [--op get|post] [--old /tmp/old/src] [--db sqlite|postgresql|both]
-                                 [--worker] [--backlog N] [--rounds 3] [--seconds 8]
+                                 [--worker] [--backlog N [--same-rows]] [--rounds 3]
+                                 [--seconds 8]
 
 Each server is one ``backstock serve`` (its API processes one per core, as a plain ``serve``
 starts them with rate limits off), with no worker unless ``--worker`` (then its worker process
 applies what it accepts), on a 1,000-variant catalog with one queued job (and ``--backlog N``
-more), set up as ``make bench-peers`` sets up its Backstock (rate limits and the per-account
-caps off). Rounds alternate the servers' order, so drift hits all alike; each round prints
-req/s, p99, CPU per request (the server's, PostgreSQL's) and the jobs applied a second, and
-the end the medians and the ratios round by round. A worktree for ``--old``:
+more, each of 100 variants picked at random, or with ``--same-rows`` the same 100, as the
+peers' spawn rounds queue them), set up as ``make bench-peers`` sets up its Backstock (rate
+limits and the per-account caps off). Rounds alternate the servers' order, so drift hits all
+alike; each round prints req/s, p99, CPU per request (the server's, PostgreSQL's) and the jobs
+applied a second, and the end the medians and the ratios round by round. A worktree for ``--old``:
 ``git worktree add --detach /tmp/old <commit>``; its databases are migrated down to its own
 last migration when this checkout has later ones.
 """
@@ -67,12 +69,17 @@ def schema_of(db: dbs.Scratch, src: Path) -> None:
         command.downgrade(config, theirs)
 
 
-def target(db: dbs.Scratch, op: str, workdir: Path, backlog: int) -> tuple[str, Path]:
+def target(
+    db: dbs.Scratch, op: str, workdir: Path, backlog: int, same_rows: bool
+) -> tuple[str, Path]:
     """The path to load and the wrk script: GET the job, or POST the 100-variant update; then
-    ``backlog`` more jobs queued (a worker busy during the rounds, as in bench-peers)."""
+    ``backlog`` more jobs queued (a worker busy during the rounds, as in bench-peers), each
+    updating 100 variants at random or, with ``same_rows``, the same 100."""
     db.variant_ids = dbs.seed_catalog(db, 1000)
     if backlog:
-        dbs.queue_jobs(db, dbs.job_bodies(db, backlog, seed=98), at_once=100)
+        same = [update_body(db.variant_ids[:100])] * backlog
+        bodies = same if same_rows else dbs.job_bodies(db, backlog, seed=98)
+        dbs.queue_jobs(db, bodies, at_once=100)
     if op == "get":
         job = dbs.queue_jobs(db, dbs.job_bodies(db, 1, seed=99))[0]
         script = workdir / f"{db.label}.lua"
@@ -91,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
     parser.add_argument("--worker", action="store_true", help="each server applies its jobs")
     parser.add_argument("--backlog", type=int, default=0, help="jobs queued before the start")
+    parser.add_argument("--same-rows", action="store_true",
+                        help="the backlog's jobs all update the same 100 variants")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--connections", type=int, default=64)
@@ -106,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             for suffix, src in trees:  # a database each: one server's rows never slow another
                 label = f"ab_{kind}{suffix.replace('-', '_')}"
                 db = stack.enter_context(dbs.scratch(kind, label, workdir, args.pg))
-                path, script = target(db, args.op, workdir, args.backlog)
+                path, script = target(db, args.op, workdir, args.backlog, args.same_rows)
                 if src is not None:
                     schema_of(db, Path(src))
                 servers.append((server(kind + suffix, db, workdir, src, args.worker), path, script))
