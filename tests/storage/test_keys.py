@@ -23,7 +23,15 @@ def test_keys_asked_together_are_each_answered_as_alone(
     revoked = from_authorization(f"Klaviyo-API-Key {make_key(services)}")
     call(services, lambda: services.accounts.revoke_key(revoked.key_id))
     store = services.accounts.store
-    asks = [good.key_id, "nosuchkey", theirs.key_id, revoked.key_id, good.key_id, "no\x00key"]
+    asks = [
+        good.key_id,
+        "nosuchkey",
+        theirs.key_id,
+        revoked.key_id,
+        good.key_id,
+        "no\x00key",
+        'k"\\\u00e9\x01',
+    ]
 
     async def together() -> list[KeyRecord | None]:
         return await asyncio.gather(*(store.find_key(key_id) for key_id in asks))
@@ -57,4 +65,5 @@ def test_keys_asked_together_are_each_answered_as_alone(
         (revoked.key_id, "acme", True),
         (good.key_id, "acme", False),  # the same key twice
         None,  # an id PostgreSQL could not take as a parameter fails no other ask
+        None,  # one with what JSON escapes (the asks go as one JSON parameter)
     ]

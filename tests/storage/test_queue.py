@@ -928,6 +928,7 @@ def test_polls_asked_together_are_each_answered_as_alone(services: Services) -> 
         (unknown, update_kind, mine, None, None),
         (theirs_key, update_kind, theirs, theirs_key.key_id, theirs),
         (good, update_kind, mine, good.key_id, mine),  # the same ask twice
+        (good, update_kind, 'a"b\\c\u00e9\u2028\x01', good.key_id, None),  # JSON's specials
     ]
 
     async def together() -> list[Any]:

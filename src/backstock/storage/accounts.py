@@ -14,7 +14,7 @@ from backstock.domain.ids import AccountId
 from backstock.domain.keys import AccountRecord, KeyRecord
 from backstock.storage.database import Database
 from backstock.storage.schema import accounts, api_keys
-from backstock.storage.sql import Conn, Statement, asked, asks_table
+from backstock.storage.sql import Conn, Statement, asked, asks_json, asks_table
 
 _INSERT_ACCOUNT = Statement(
     "insert_account",
@@ -42,7 +42,7 @@ _FIND_KEY = Statement(
     "find_key", select(*KEY_COLUMNS).select_from(KEYS).where(api_keys.c.id == bindparam("key"))
 )
 # Keys read together (``Database.read_together``), on PostgreSQL: the asked ids as a table.
-_ASKED_KEYS = asks_table("asked", {"key": "keys"})
+_ASKED_KEYS = asks_table("asked", ("key",))
 _FIND_KEYS = Statement(
     "find_keys",
     "SELECT NULL",  # never run: SQLite reads each key alone
@@ -107,7 +107,9 @@ async def find_keys(conn: Conn, key_ids: list[str]) -> list[KeyRecord | None]:
     if len(key_ids) == 1 or not conn.postgres:
         return [await find_key(conn, key_id) for key_id in key_ids]
     found: list[KeyRecord | None] = [None] * len(key_ids)
-    for row in await conn.all(_FIND_KEYS, {"keys": [asked(key_id) for key_id in key_ids]}):
+    for row in await conn.all(
+        _FIND_KEYS, {"asks": asks_json(("key",), [(asked(key_id),) for key_id in key_ids])}
+    ):
         found[row[0] - 1] = key_record(row[1:])
     return found
 

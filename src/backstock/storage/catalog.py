@@ -23,8 +23,6 @@ from sqlalchemy import (
     Select,
     any_,
     bindparam,
-    cast,
-    column,
     delete,
     false,
     func,
@@ -33,7 +31,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSON
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from backstock.domain.bodies import PayloadItem
@@ -46,7 +43,7 @@ from backstock.domain.resources import ITEM, Attribute, Relation, Resource, reso
 from backstock.storage import pages
 from backstock.storage.database import Database
 from backstock.storage.schema import JSON_KINDS, TABLES, item_categories
-from backstock.storage.sql import Conn, Row, Statement, composed
+from backstock.storage.sql import Conn, Row, Statement, composed, rows_json, rows_table
 
 _ENCODE = msgspec.json.Encoder().encode
 
@@ -117,11 +114,13 @@ class _Shape:
         }
         if self.parent is not None:
             values[self.parent_column] = bindparam("parent")
-        # PostgreSQL: the batch's rows at once, from ``rows`` (see ``_given``)
+        # PostgreSQL: the batch's rows at once, from ``rows`` (see ``rows_table``)
         per_row = {"external_id": "external"} | {a.name: f"v_{a.name}" for a in self.attributes}
         if self.parent is not None:
             per_row[self.parent_column] = "parent"
-        given = _given({param: table.c[name].type for name, param in per_row.items()})
+        given = rows_table(
+            "given", "rows", {param: table.c[name].type for name, param in per_row.items()}
+        )
         from_rows = {name: given.c[param] for name, param in per_row.items()}
         from_rows |= {name: values[name] for name in ("account_id", "created", "updated")}
         self.insert = Statement(
@@ -141,7 +140,7 @@ class _Shape:
     @lru_cache(maxsize=256)  # noqa: B019 - one per shape, for the life of the process
     def update(self, columns: tuple[str, ...]) -> Statement:
         """``UPDATE … SET`` these columns of a run of resources. SQLite: of one, run once per
-        resource (``executemany``). PostgreSQL: of them all at once, from ``rows`` (``_given``;
+        resource (``executemany``). PostgreSQL: of them all at once, from ``rows`` (``rows_table``;
         no external id twice), returning the external id of each found."""
         table = self.table
         values: dict[str, Any] = {name: bindparam(f"v_{name}") for name in columns}
@@ -149,7 +148,9 @@ class _Shape:
         values["update_count"] = table.c.update_count + literal_column("1")
         one = update(table).where(self.mine, table.c.external_id == bindparam("external"))
         per_row = {"external": table.c.external_id.type}
-        given = _given(per_row | {f"v_{name}": table.c[name].type for name in columns})
+        given = rows_table(
+            "given", "rows", per_row | {f"v_{name}": table.c[name].type for name in columns}
+        )
         every = (
             update(table)
             .where(self.mine, table.c.external_id == given.c.external)
@@ -195,25 +196,12 @@ class _Shape:
         return values
 
 
-def _given(columns: dict[str, Any]) -> Any:
-    """PostgreSQL: the parameter ``rows``, a JSON array of one object per resource, as a table
-    of these columns (name: type), for a statement that writes a batch's resources at once.
-    One statement and one result, where one statement per resource, each with its own result,
-    took 44 % of the worker's CPU; JSON, where arrays are dumped by psycopg in Python."""
-    fields = [column(name, type_) for name, type_ in columns.items()]
-    return (
-        func.json_to_recordset(cast(bindparam("rows"), JSON))
-        .table_valued(*fields)
-        .render_derived("given", with_types=True)
-    )
-
-
 async def _written(
     conn: Conn, statement: Statement, account: AccountId, now: int, rows: list[dict[str, Any]]
 ) -> set[str]:
-    """PostgreSQL: run a statement over a batch's ``rows`` at once (``_given``); the external
+    """PostgreSQL: run a statement over a batch's ``rows`` at once (``rows_table``); the external
     ids of the resources it wrote."""
-    params = {"account": account, "now": now, "rows": _ENCODE(rows).decode()}
+    params = {"account": account, "now": now, "rows": rows_json(rows)}
     return {row[0] for row in await conn.all(statement, params)}
 
 

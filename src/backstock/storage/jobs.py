@@ -42,7 +42,7 @@ from backstock.domain.pagination import Page, PageRequest
 from backstock.storage import pages
 from backstock.storage.accounts import KEY_COLUMNS, KEY_WIDTH, KEYS, key_record
 from backstock.storage.schema import accounts, api_keys, jobs
-from backstock.storage.sql import Conn, Statement, asked, asks_table, composed
+from backstock.storage.sql import Conn, Statement, asked, asks_json, asks_table, composed
 
 NOTIFY_CHANNEL = "backstock_jobs"  # also spelled out in _ACCEPT's PostgreSQL form
 EVENTS_CHANNEL = "backstock_job_events"  # a job's progress: its id, after each batch
@@ -198,9 +198,10 @@ _POLL = Statement(
 )
 
 
-# Polls read together (``Database.read_together``), on PostgreSQL: the asks as one table of
-# arrays, each row numbered, and the same joins as ``_POLL`` for each.
-_ASKS = asks_table("asks", {"key": "keys", "secret_hash": "hashes", "id": "ids", "kind": "kinds"})
+# Polls read together (``Database.read_together``), on PostgreSQL: the asks as one table, each
+# row numbered, and the same joins as ``_POLL`` for each.
+_ASKED = ("key", "secret_hash", "id", "kind")
+_ASKS = asks_table("asks", _ASKED)
 _POLLS = Statement(
     "polls",
     "SELECT NULL",  # never run: SQLite polls one at a time
@@ -256,13 +257,10 @@ async def polls(
     """``poll`` for each ask, in order; on PostgreSQL, several in one statement."""
     if len(asks) == 1 or not conn.postgres:
         return [await poll(conn, key, kind, job_id, now) for key, kind, job_id in asks]
-    params = {
-        "keys": [asked(key.key_id) for key, _, _ in asks],
-        "hashes": [key.secret_hash for key, _, _ in asks],
-        "ids": [asked(job_id) for _, _, job_id in asks],
-        "kinds": [kind for _, kind, _ in asks],
-        "now": now,
-    }
+    values = [
+        (asked(key.key_id), key.secret_hash, asked(job_id), kind) for key, kind, job_id in asks
+    ]
+    params = {"asks": asks_json(_ASKED, values), "now": now}
     found: list[tuple[KeyRecord | None, JobRecord | None]] = [(None, None)] * len(asks)
     for row in await conn.all(_POLLS, params):
         job = row[1 + KEY_WIDTH :]
