@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import backstock
 from backstock.bootstrap import build_services
@@ -28,19 +29,30 @@ from backstock.storage import jobs as jobs_store
 from bench import dbs
 
 SIZES = (1, 4, 16, 32)
-FOUND = {"found": None, "none": "01M91FG84H571EBJKSNR4H15RC"}
-"""Each ask finds the job (a row of ~8 KB: its 100 variants' linkage), or asks an unknown id."""
+FOUND = ("found", "kept", "none")
+"""Each ask finds the job (a row of ~8 KB, its 100 variants' linkage, all but ~500 bytes), or
+finds it with its linkage kept by earlier polls (``storage/jobs.py`` ``Linkages``), or asks an
+unknown id."""
+UNKNOWN = "01M91FG84H571EBJKSNR4H15RC"
+
+
+def linkages(kept: bool) -> tuple[Any, ...]:
+    """``polls``' last argument: a ``Linkages`` that keeps or one that keeps nothing (none
+    before session 14's code)."""
+    if not hasattr(jobs_store, "Linkages"):
+        return ()
+    return (jobs_store.Linkages() if kept else jobs_store.Linkages(budget=0),)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.polls")
     parser.add_argument("--reads", type=int, default=2000)
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="asks a statement")
-    parser.add_argument("--only", choices=tuple(FOUND), help="asks that find the job, or none")
+    parser.add_argument("--only", choices=tuple(FOUND), help="one kind of ask only")
     parser.add_argument("--pg", default=dbs.DEFAULT_PG, help="PostgreSQL admin URL [env BENCH_PG]")
     args = parser.parse_args(argv)
     sizes = [int(size) for size in args.sizes.split(",")]
-    shown = {args.only: FOUND[args.only]} if args.only else FOUND
+    shown = [args.only] if args.only else list(FOUND)
     print(f"backstock from {Path(backstock.__file__).parent}")
     with dbs.scratch("postgresql", "polls", Path(tempfile.mkdtemp()), args.pg) as db:
         db.variant_ids = dbs.seed_catalog(db, 100)
@@ -50,13 +62,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         store = services.jobs.store
 
         async def run() -> None:
-            for size, (found, asked) in itertools.product(sizes, shown.items()):
-                asks = [(key, dbs.UPDATE_JOB.type, asked or job)] * size
+            for size, found in itertools.product(sizes, shown):
+                asks = [(key, dbs.UPDATE_JOB.type, UNKNOWN if found == "none" else job)] * size
+                extra = linkages(kept=found == "kept")
+                if found == "kept" and not extra:
+                    continue  # nothing is kept before session 14
+
+                def read(conn: Any, asks: Any = asks, extra: Any = extra) -> Any:
+                    return jobs_store.polls(conn, asks, now_us(), *extra)
+
                 best: tuple[float, float] | None = None
                 for _ in range(3):
                     cpu, wall = time.process_time(), time.perf_counter()
                     for _ in range(args.reads):
-                        await store.db.read(lambda conn: jobs_store.polls(conn, asks, now_us()))  # noqa: B023
+                        await store.db.read(read)
                     reads = max(args.reads, 1)
                     took = ((time.process_time() - cpu) / reads,
                             (time.perf_counter() - wall) / reads)  # fmt: skip

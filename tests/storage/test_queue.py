@@ -939,7 +939,7 @@ def test_polls_asked_together_are_each_answered_as_alone(services: Services) -> 
     async def in_one_statement() -> list[Any]:  # on PostgreSQL; SQLite reads each alone
         polls = [(key, kind, job_id) for key, kind, job_id, _, _ in asks]
         return await services.jobs.store.db.read(
-            lambda conn: jobs_store.polls(conn, polls, now_us())
+            lambda conn: jobs_store.polls(conn, polls, now_us(), jobs_store.Linkages())
         )
 
     answers = call(services, together)
@@ -947,8 +947,57 @@ def test_polls_asked_together_are_each_answered_as_alone(services: Services) -> 
     assert [(k and k.id, j and j.id) for k, j in answers] == [a[3:] for a in asks]
     assert answers == alone
     assert call(services, in_one_statement) == alone
+    assert call(services, together) == alone  # the linkages kept by the first: the same jobs
     assert answers[4][0] is not None and answers[4][0].secret_hash == good.secret_hash
     assert answers[5][0] is not None and answers[5][0].revoked_at is not None
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("engine", ["postgresql"], indirect=True)
+def test_polls_read_together_ask_only_for_the_linkage_not_kept(services: Services) -> None:
+    """A job's linkage never changes: polls read together keep it (``Linkages``, per
+    ``JobStore``) and ask PostgreSQL for it only for jobs not kept, through a valid key only.
+    Shown with a kept value PostgreSQL does not hold: what comes back is the kept one."""
+    who = principal(services)
+    externals = seed(services, who, 3)
+    first = spawn(services, who, [(e, {"price": 1.0}) for e in externals])
+    second = spawn(services, who, [(externals[0], {"price": 2.0})])
+    key = from_authorization(f"Klaviyo-API-Key {make_key(services)}")
+    wrong = ApiKey(key.key_id, key.secret + "x")
+    kind = VARIANT_UPDATE.type
+    linkages = jobs_store.Linkages()
+    linkages.keep(first, "[kept]")
+
+    def together(asks: list[tuple[ApiKey, str]]) -> list[Any]:
+        polls = [(k, kind, job_id) for k, job_id in asks]
+        return call(
+            services,
+            lambda: services.jobs.store.db.read(
+                lambda conn: jobs_store.polls(conn, polls, now_us(), linkages)
+            ),
+        )
+
+    found = together([(key, first), (key, second), (wrong, first)])
+    assert [job and job.id for _, job in found] == [first, second, None]
+    assert found[0][1].linkage == "[kept]"  # not asked for
+    stored = orjson.loads(found[1][1].linkage)  # asked for, and kept from now on
+    assert stored == [{"type": "catalog-variant", "id": cid(externals[0])}]
+    assert linkages.get(second) == found[1][1].linkage
+    again = together([(key, second), (key, first)])
+    assert [job.linkage for _, job in again] == [found[1][1].linkage, "[kept]"]
+
+
+def test_linkages_keep_the_latest_within_their_budget() -> None:
+    linkages = jobs_store.Linkages(budget=10)
+    linkages.keep("a", "1234")
+    linkages.keep("b", "5678")
+    linkages.keep("a", "xxxx")  # kept already: a job's linkage never changes
+    assert (linkages.get("a"), linkages.get("b")) == ("1234", "5678")
+    linkages.keep("c", "90")  # 10 characters: all fit
+    linkages.keep("d", "12345")  # past the budget: the oldest go first
+    assert [linkages.get(job) for job in "abcd"] == [None, None, "90", "12345"]
+    linkages.keep("e", "x" * 11)  # larger than the budget: not kept, nothing dropped
+    assert [linkages.get(job) for job in "cde"] == ["90", "12345", None]
 
 
 # ---- the worker ----------------------------------------------------------------------------------

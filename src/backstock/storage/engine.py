@@ -110,12 +110,6 @@ class _Simulated(Exception):
         self.errors = errors
 
 
-async def _polls(
-    conn: Conn, asks: list[queue.Ask]
-) -> list[tuple[KeyRecord | None, JobRecord | None]]:
-    return await queue.polls(conn, asks, now_us())
-
-
 class _Changed:
     """PostgreSQL: the rows a claim's transaction has changed (by resource and external id),
     and how many changes fell on rows it had changed already."""
@@ -142,6 +136,7 @@ class JobStore:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._linkages = queue.Linkages()  # of the jobs polled lately (``queue.polls``)
 
     async def accept(self, new: NewJob, max_open: int, max_bytes: int) -> JobRecord:
         # One statement on PostgreSQL, its own transaction; an idempotent spawn looks for its
@@ -175,7 +170,12 @@ class JobStore:
     async def poll(
         self, key: ApiKey, kind: str, job_id: str
     ) -> tuple[KeyRecord | None, JobRecord | None]:
-        return await self.db.read_together(_polls, (key, kind, job_id))
+        return await self.db.read_together(self._polls, (key, kind, job_id))
+
+    async def _polls(
+        self, conn: Conn, asks: list[queue.Ask]
+    ) -> list[tuple[KeyRecord | None, JobRecord | None]]:
+        return await queue.polls(conn, asks, now_us(), self._linkages)
 
     async def list_jobs(
         self, account: AccountId, kind: str, status: str | None, page: PageRequest

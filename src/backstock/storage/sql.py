@@ -19,6 +19,7 @@ from psycopg.pq import ExecStatus
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     ClauseElement,
     Text,
     TextClause,
@@ -127,14 +128,15 @@ def rows_json(values: Sequence[Mapping[str, Any]]) -> str:
     return _ENCODE(values).decode()
 
 
-def asks_table(name: str, columns: Sequence[str]) -> TableValuedAlias:
+def asks_table(name: str, columns: Sequence[str], flags: Sequence[str] = ()) -> TableValuedAlias:
     """The asks of a read together (``Database.read_together``), on PostgreSQL: the parameter
-    ``asks`` (``asks_json``) as a table of these text columns, its rows numbered from 1 in
-    ``n``."""
-    return rows_table(name, "asks", {"n": BigInteger} | dict.fromkeys(columns, Text))
+    ``asks`` (``asks_json``) as a table of these text columns (and boolean ``flags``), its rows
+    numbered from 1 in ``n``."""
+    types = {"n": BigInteger} | dict.fromkeys(columns, Text) | dict.fromkeys(flags, Boolean)
+    return rows_table(name, "asks", types)
 
 
-def asks_json(columns: Sequence[str], values: Iterable[Sequence[str]]) -> str:
+def asks_json(columns: Sequence[str], values: Iterable[Sequence[Any]]) -> str:
     """The ``asks`` parameter of an ``asks_table``: each ask's values, in ``columns``' order."""
     return rows_json(
         [{"n": n, **dict(zip(columns, ask, strict=True))} for n, ask in enumerate(values, 1)]
