@@ -7,8 +7,9 @@ updates in place, HOT, and its pages).
 The jobs are accepted through Backstock's service, as the API accepts them, on a 1,000-variant
 catalog; each updates 100 variants picked at random, or with ``--same-rows`` the same 100 (as
 ``make bench-peers`` spawns them). The database is vacuumed and its statistics reset before the
-worker starts. Another checkout's code: ``PYTHONPATH=/tmp/old/src .venv/bin/python -m
-bench.drain`` (its first line says which ``backstock`` ran).
+worker starts; the time counts from the worker's start (its start-up included). Another
+checkout's code: ``PYTHONPATH=/tmp/old/src .venv/bin/python -m bench.drain`` (its first line
+says which ``backstock`` ran).
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.drain")
     parser.add_argument("--jobs", type=int, default=1500)
     parser.add_argument("--same-rows", action="store_true", help="every job the same 100 variants")
+    parser.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds to wait for the drain"
+    )
     parser.add_argument("--pg", default=dbs.DEFAULT_PG, help="PostgreSQL admin URL [env BENCH_PG]")
     args = parser.parse_args(argv)
     print(f"backstock from {Path(backstock.__file__).parent}")
@@ -58,6 +62,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                                       stderr=subprocess.STDOUT)  # fmt: skip
             try:
                 while conn.execute(left).fetchone()[0]:  # type: ignore[index]
+                    if worker.poll() is not None:
+                        raise SystemExit(f"the worker exited ({worker.returncode}) with jobs left")
+                    if time.monotonic() - started > args.timeout:
+                        raise SystemExit(f"jobs still left after {args.timeout} s")
                     time.sleep(0.05)
                 took = time.monotonic() - started
                 backends = [pid for pid in backend_pids(args.pg, name) if pid not in before]

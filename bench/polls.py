@@ -32,7 +32,8 @@ SIZES = (1, 4, 16, 32)
 FOUND = ("found", "kept", "none")
 """Each ask finds the job (a row of ~8 KB, its 100 variants' linkage, all but ~500 bytes), or
 finds it with its linkage kept by earlier polls (``storage/jobs.py`` ``Linkages``), or asks an
-unknown id."""
+unknown id. One ask alone is read by the one-poll statement, which keeps nothing: its "kept"
+is "found"."""
 UNKNOWN = "01M91FG84H571EBJKSNR4H15RC"
 
 

@@ -319,8 +319,9 @@ def test_a_claim_applies_jobs_together_but_on_postgresql_changes_rows_again_unde
     ``CLAIM_ITEMS`` items: one commit for several jobs. On PostgreSQL it changes rows it has
     changed already fewer than a batch's worth of times: every version of a row a transaction
     writes stays until it commits, and jobs updating the same rows, applied together, grew the
-    table by a copy of each row a job. A job past that is claimed, and its batch applied in a
-    transaction of its own, as the worker runs a job it holds."""
+    table by a copy of each row a job. A job past that is claimed, nothing of it applied, and
+    its batch applied in a transaction of its own, as the worker runs a job it holds. Rows are
+    an account's: another's of the same ids are other rows."""
     batch = services.settings.worker_batch_size
     who = principal(services)
     externals = seed(services, who, batch)
@@ -331,6 +332,8 @@ def test_a_claim_applies_jobs_together_but_on_postgresql_changes_rows_again_unde
         claims.append([(job.id, done) for job, done in claimed])
         job, done = claimed[-1]
         if not done:
+            row = job_row(services, job.id)  # claimed, and nothing of it applied
+            assert (row.status, row.next_index, row.completed_count) == ("processing", 0, 0)
             drain_job(services, job)
     if engine == "sqlite":
         assert claims == [[(job_id, True) for job_id in full + small]]
@@ -344,6 +347,14 @@ def test_a_claim_applies_jobs_together_but_on_postgresql_changes_rows_again_unde
     assert (found[externals[0]].update_count, found[externals[0]].sku) == (7, "s3")
     assert {found[e].update_count for e in externals[1:]} == {3}
     assert {found[e].price for e in externals} == {2.0}
+    other = principal(services, "other")
+    seed(services, other, batch)  # the same external ids, the other account's rows
+    both = {spawn(services, account, [(e, {"price": 9.0}) for e in externals])
+            for account in (who, other)}  # fmt: skip
+    claimed = call(services, lambda: services.jobs.claim_many("w"))
+    assert {(job.id, done) for job, done in claimed} == {(job_id, True) for job_id in both}
+    with rows(services) as conn:
+        assert set(conn.execute(select(accounts_table.c.open_jobs))) == {(0,)}  # slots freed
 
 
 @pytest.mark.postgres
@@ -988,16 +999,18 @@ def test_polls_read_together_ask_only_for_the_linkage_not_kept(services: Service
 
 
 def test_linkages_keep_the_latest_within_their_budget() -> None:
-    linkages = jobs_store.Linkages(budget=10)
+    """Each job kept counts its linkage's characters and ``ENTRY`` more."""
+    entry = jobs_store.Linkages.ENTRY
+    linkages = jobs_store.Linkages(budget=3 * entry + 10)
     linkages.keep("a", "1234")
     linkages.keep("b", "5678")
     linkages.keep("a", "xxxx")  # kept already: a job's linkage never changes
     assert (linkages.get("a"), linkages.get("b")) == ("1234", "5678")
-    linkages.keep("c", "90")  # 10 characters: all fit
-    linkages.keep("d", "12345")  # past the budget: the oldest go first
-    assert [linkages.get(job) for job in "abcd"] == [None, None, "90", "12345"]
-    linkages.keep("e", "x" * 11)  # larger than the budget: not kept, nothing dropped
-    assert [linkages.get(job) for job in "cde"] == ["90", "12345", None]
+    linkages.keep("c", "90")  # three jobs and 10 characters: all fit
+    linkages.keep("d", "1")  # past the budget: the oldest go first, as many as it takes
+    assert [linkages.get(job) for job in "abcd"] == [None, "5678", "90", "1"]
+    linkages.keep("e", "x" * (2 * entry + 11))  # larger than the budget: not kept, none dropped
+    assert [linkages.get(job) for job in "bcde"] == ["5678", "90", "1", None]
 
 
 # ---- the worker ----------------------------------------------------------------------------------

@@ -326,8 +326,9 @@ class Jobs:
     ) -> list[tuple[ClaimedJob, bool]]:
         """Claim jobs and apply them in one transaction, up to about ``items`` items (jobs of
         one batch each; the last may be unfinished): one commit for several small jobs, so a
-        worker keeps pace when commits are slow (a busy SQLite writer). On PostgreSQL about one
-        batch (``JobStore.claim`` says why). Each job, and whether it is complete."""
+        worker keeps pace when commits are slow (a busy SQLite writer). On PostgreSQL a job
+        whose rows the transaction changed already may be claimed without its first batch
+        (``JobStore.claim`` says when and why). Each job, and whether it is complete."""
         if self.faults is not None:  # each batch as the account's rules say: none in the claim
             first_batch, items = False, 1
         claimed = await self.store.claim(

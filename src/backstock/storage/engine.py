@@ -111,18 +111,18 @@ class _Simulated(Exception):
 
 
 class _Changed:
-    """PostgreSQL: the rows a claim's transaction has changed (by resource and external id),
-    and how many changes fell on rows it had changed already."""
+    """PostgreSQL: the rows a claim's transaction has changed (by account, resource and
+    external id), and how many changes fell on rows it had changed already."""
 
     def __init__(self) -> None:
-        self.rows: set[tuple[str, str]] = set()
+        self.rows: set[tuple[int, str, str]] = set()
         self.again = 0
 
     def admits(self, job: ClaimedJob, entries: list[PayloadItem], limit: int) -> bool:
         """Whether ``entries`` may be applied in the transaction: its changes of rows it has
         changed already stay under ``limit``. If so, they are counted."""
-        resource = domain.kind(job.kind).resource.table
-        rows = {(resource, entry[0]) for entry in entries}
+        account, resource = job.account_id, domain.kind(job.kind).resource.table
+        rows = {(account, resource, entry[0]) for entry in entries}
         again = self.again + len(rows & self.rows)
         if again >= limit:
             return False

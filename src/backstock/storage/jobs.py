@@ -23,6 +23,7 @@ streams in other processes. ``storage.engine`` applies the batches.
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -228,20 +229,25 @@ _POLLS = Statement(
 Ask = tuple[ApiKey, str, str]
 """A poll's key, the kind of job and its id."""
 
-LINKAGES_KEPT = 8 * 1024 * 1024
-"""The characters of linkage a ``Linkages`` keeps: some thousand 100-resource jobs'."""
+LINKAGES_KEPT = 16 * 1024 * 1024
+"""About the bytes a ``Linkages`` keeps: some thousand 100-resource jobs'."""
 
 
 class Linkages:
     """The linkage of the jobs polled lately, by job id, oldest out first past ``budget``
-    characters. A job's linkage never changes: polls read together ask PostgreSQL for it only
-    when it is not kept here. A 100-variant job's is ~8 KB of its ~8.5 KB row, which
-    PostgreSQL sends and psycopg reads in 8 KB parts, each a wake-up of the event loop."""
+    (characters, and ``ENTRY`` for each job kept). A job's linkage never changes: polls read
+    together ask PostgreSQL for it only when it is not kept here. A 100-variant job's is ~8 KB
+    of its ~8.5 KB row, which PostgreSQL sends and psycopg reads in 8 KB parts, each a wake-up
+    of the event loop."""
+
+    ENTRY = 200
+    """What a job kept costs besides its linkage's characters: its id, the strings' headers,
+    the dictionary's slot."""
 
     __slots__ = ("_budget", "_kept", "_size")
 
     def __init__(self, budget: int = LINKAGES_KEPT) -> None:
-        self._kept: dict[str, str] = {}
+        self._kept: OrderedDict[str, str] = OrderedDict()
         self._size = 0
         self._budget = budget
 
@@ -249,12 +255,14 @@ class Linkages:
         return self._kept.get(job_id)
 
     def keep(self, job_id: str, linkage: str) -> None:
-        if job_id in self._kept or len(linkage) > self._budget:
+        size = len(linkage) + self.ENTRY
+        if job_id in self._kept or size > self._budget:
             return
         self._kept[job_id] = linkage
-        self._size += len(linkage)
+        self._size += size
         while self._size > self._budget:
-            self._size -= len(self._kept.pop(next(iter(self._kept))))
+            _, dropped = self._kept.popitem(last=False)
+            self._size -= len(dropped) + self.ENTRY
 
 
 def _job(row: Any) -> JobRecord:

@@ -129,11 +129,15 @@ class Worker:
             if not claimed:
                 await self._retrying(self._idle)
                 continue
-            share = (time.perf_counter() - started) / len(claimed)  # one transaction for all
-            for job, done in claimed:
+            # One transaction for all; a job claimed without its first batch (the poison
+            # path's, or on PostgreSQL one whose rows the transaction had changed) has no batch
+            # to measure yet.
+            applied = [(job, done) for job, done in claimed if job.applied_now + job.failed_now]
+            share = (time.perf_counter() - started) / max(len(applied), 1)
+            for job, done in applied:
                 _measured(job, share, done)
             job, done = claimed[-1]
-            if not done:  # claimed, first batch applied, more to do
+            if not done:  # claimed, more to do (from its first batch or its next)
                 await self._run_job(job)
 
     async def _run_job(self, job: ClaimedJob) -> None:
