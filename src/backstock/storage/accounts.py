@@ -108,7 +108,7 @@ async def find_keys(conn: Conn, key_ids: list[str]) -> list[KeyRecord | None]:
         return [await find_key(conn, key_id) for key_id in key_ids]
     found: list[KeyRecord | None] = [None] * len(key_ids)
     for row in await conn.all(
-        _FIND_KEYS, {"asks": asks_json(("key",), [(asked(key_id),) for key_id in key_ids])}
+        _FIND_KEYS, {"asks": asks_json(_ASKED_KEYS, [(asked(key_id),) for key_id in key_ids])}
     ):
         found[row[0] - 1] = key_record(row[1:])
     return found

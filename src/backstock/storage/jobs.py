@@ -201,8 +201,7 @@ _POLL = Statement(
 
 # Polls read together (``Database.read_together``), on PostgreSQL: the asks as one table, each
 # row numbered, and the same joins as ``_POLL`` for each; a job's linkage only if not ``kept``.
-_ASKED = ("key", "secret_hash", "id", "kind", "kept")
-_ASKS = asks_table("asks", _ASKED[:-1], _ASKED[-1:])
+_ASKS = asks_table("asks", ("key", "secret_hash", "id", "kind"), flags=("kept",))
 _LINKAGE = _JOB_COLUMNS.index("linkage")
 _POLLED = tuple(
     case((_ASKS.c.kept, null()), else_=column).label("linkage")
@@ -306,7 +305,7 @@ async def polls(
         (asked(key.key_id), key.secret_hash, asked(job_id), kind, job_id in kept)
         for key, kind, job_id in asks
     ]
-    params = {"asks": asks_json(_ASKED, values), "now": now}
+    params = {"asks": asks_json(_ASKS, values), "now": now}
     found: list[tuple[KeyRecord | None, JobRecord | None]] = [(None, None)] * len(asks)
     for row in await conn.all(_POLLS, params):
         job = row[1 + KEY_WIDTH :]
