@@ -3,7 +3,7 @@ on the same catalog, with ``executemany`` in transactions of 100 and nothing els
 no existence check, no progress row).
 
 It reads the payloads of the jobs already queued in Backstock's tables before the clock starts
-(and decompresses them: Backstock keeps them zstd-compressed on SQLite), then per job: decode
+(and decompresses them: Backstock keeps them zstd-compressed), then per job: decode
 the payload (orjson), build the parameter rows, BEGIN, one ``executemany`` per run of updates
 that set the same attributes, COMMIT.
 

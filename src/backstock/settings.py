@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     max_jobs_in_progress: int = Field(default=500, ge=1)
     max_queued_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
     """Per account: the bytes the requests of its queued and processing jobs may hold, as the
-    database keeps them (compressed on SQLite; a job's request is dropped once it completes,
+    database keeps them (zstd-compressed; a job's request is dropped once it completes,
     but its failed items); beyond it a new job is refused with 429."""
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_body_bytes_in_flight: int = Field(default=64 * 1024 * 1024, ge=1024)

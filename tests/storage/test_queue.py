@@ -23,7 +23,7 @@ import pytest
 from sqlalchemy import func, select, text, update
 
 from backstock.bootstrap import build_services, build_worker
-from backstock.domain.bodies import decode_job, load_payload
+from backstock.domain.bodies import compress_payload, decode_job, load_payload
 from backstock.domain.clock import now_us
 from backstock.domain.errors import TooManyJobs
 from backstock.domain.jobs import KINDS, ClaimedJob, JobKind
@@ -668,11 +668,11 @@ def test_applying_batches_leaves_the_account_row_free_for_its_spawns(
     assert tuple(account) == (0, 0)  # the slot freed at the end, in the same transaction
 
 
-def test_payloads_are_kept_compressed_on_sqlite_and_one_kept_plain_still_applies(
-    services: Services, engine: str
+def test_payloads_are_kept_compressed_and_one_kept_plain_still_applies(
+    services: Services,
 ) -> None:
-    """SQLite keeps a payload zstd-compressed (PostgreSQL compresses it itself, lz4); a payload
-    an older version stored as plain JSON is still read and applied."""
+    """Both databases keep a payload zstd-compressed; a payload an older version stored as
+    plain JSON (PostgreSQL's, before session 15) is still read and applied."""
     who = principal(services)
     externals = seed(services, who, 30)
     first = spawn(services, who, [(e, {"description": "the same words " * 20}) for e in externals])
@@ -685,11 +685,8 @@ def test_payloads_are_kept_compressed_on_sqlite_and_one_kept_plain_still_applies
 
     plain = msgspec.json.encode(load_payload(stored(first)))
     assert plain.startswith(b'[["I-0",')
-    if engine == "sqlite":
-        assert stored(first)[:4] == b"\x28\xb5\x2f\xfd"  # a zstd frame
-        assert len(stored(first)) * 10 < len(plain)
-    else:
-        assert stored(first) == plain
+    assert stored(first)[:4] == b"\x28\xb5\x2f\xfd"  # a zstd frame
+    assert len(stored(first)) * 10 < len(plain)
     with rows(services) as conn:  # as a version before compression stored it
         pk = conn.execute(select(jobs.c.pk).where(jobs.c.id == second)).scalar_one()
         older = msgspec.json.encode(load_payload(stored(second)))
@@ -1291,19 +1288,17 @@ def test_claims_go_round_the_accounts_with_queued_work(services: Services) -> No
     assert order[3:] == a_jobs[1:]  # and A's own jobs keep their order
 
 
-def test_the_queued_bytes_quota_refuses_then_frees(
-    services_for: Callable[..., Services], engine: str
-) -> None:
+def test_the_queued_bytes_quota_refuses_then_frees(services_for: Callable[..., Services]) -> None:
     """Queued payloads and the failed items finished jobs keep for a retry count against the
     quota; expiry (and a retry, which moves them) gives them back."""
     from backstock.domain.errors import QuotaExceeded
 
     rng = random.Random(13)  # titles that do not compress away
     updates = [(f"V{n}", {"title": rng.randbytes(40).hex()}) for n in range(30)]  # all fail
-    # The bytes the payload takes as the database keeps it (compressed on SQLite): the quota
-    # holds two such jobs, not three.
+    # The bytes the payload takes as the database keeps it (compressed): the quota holds two
+    # such jobs, not three.
     body = orjson.dumps(bulk_body(updates))
-    size = len(jobs_store.store_payload(engine, decode_job(VARIANT, "update", body).payload))
+    size = len(compress_payload(decode_job(VARIANT, "update", body).payload))
     services = services_for(max_queued_bytes=size * 5 // 2, job_retention_days=0.3 / 86400)
     who = principal(services)
 

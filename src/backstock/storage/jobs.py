@@ -532,7 +532,7 @@ async def record_progress(
     account's slot at the end of the transaction (``free_slots``)."""
     done = end >= job.total_count
     every_error = [*job.errors, *errors]
-    retained = _failed_items(conn, job.payload, every_error) if done else None
+    retained = _failed_items(job.payload, every_error) if done else None
     params = {
         "job": job.pk, "end": end, "completed": completed, "failed": len(errors),
         "errors": orjson.dumps(every_error).decode(),
@@ -585,22 +585,14 @@ async def free_slots(conn: Conn, ended: Sequence[ClaimedJob]) -> None:
         await conn.later(_FREE_SLOTS, {"account": account, "ended": len(done), "freed": freed})
 
 
-def _failed_items(conn: Conn, payload: bytes, errors: list[dict[str, Any]]) -> bytes | None:
-    """The payload of a job's failed items, in order (None: none failed), as this database
-    keeps a payload (``store_payload``)."""
+def _failed_items(payload: bytes, errors: list[dict[str, Any]]) -> bytes | None:
+    """The payload of a job's failed items, in order (None: none failed), kept as a job's
+    payload is (``compress_payload``)."""
     failed = domain.failed_indexes(errors)
     if not failed:
         return None
     entries = load_payload(payload)
-    return store_payload(conn.dialect, msgspec.json.encode([entries[index] for index in failed]))
-
-
-def store_payload(dialect: str, payload: bytes) -> bytes:
-    """A payload as this database keeps it. SQLite: compressed (``compress_payload``), which
-    made a SQLite process accept 1.05-1.55x the 100-variant jobs a second (bench/README.md).
-    PostgreSQL compresses it itself (lz4, migration 0002), on its own core; compressing it
-    here too gained nothing there. Quotas count the bytes as kept."""
-    return payload if dialect == "postgresql" else compress_payload(payload)
+    return compress_payload(msgspec.json.encode([entries[index] for index in failed]))
 
 
 _RELEASE = Statement(
