@@ -803,34 +803,61 @@ def test_postgres_one_statement_writes_share_commits_and_a_failure_is_its_own(
 
 
 @pytest.mark.postgres
-def test_postgres_a_group_of_writes_waits_on_the_database_once_per_statement_and_commit(
+def test_postgres_a_group_of_writes_waits_on_the_database_once_per_round_of_statements(
     pg_url: str,
 ) -> None:
-    """A group runs in pipeline mode: its BEGIN goes with the first statement, so a group of
-    30 waits 31 times (33 with psycopg's ``transaction()``), all in one transaction."""
+    """A group runs in pipeline mode, its writes side by side: their first statements go in
+    arrival order and their results come back together, then the second statements of those
+    that have one, then the commit. 30 writes, a third of them with a second statement and a
+    fifth raising a Python error after it: 3 waits (31 one after the other, 33 with psycopg's
+    ``transaction()``), one transaction, each write its own outcome, the ids in arrival
+    order, and the rows of a write that raised kept, as autocommit would keep them."""
     proxy = CuttableProxy(("127.0.0.1", 5432))
     db = Database(
         Settings(database_url=pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}"))
     )
 
-    async def unit(conn: Conn) -> int:
-        row = await conn.one(GROUPED_INSERT, {"name": f"g{random.random()}"})
-        assert row is not None
-        return int(row[1])
+    def unit(n: int) -> Any:
+        async def write(conn: Conn) -> tuple[int, ...]:
+            row = await conn.one(GROUPED_INSERT, {"name": f"w{n}-a"})
+            assert row is not None
+            if n % 3 == 0:  # a second statement, once the first's result is in
+                second = await conn.one(GROUPED_INSERT, {"name": f"w{n}-b"})
+                assert second is not None and second[0] > row[0]
+                row = (*row, second[0])
+            if n % 5 == 0:
+                raise LookupError(f"w{n}")
+            return tuple(row)
 
-    async def writes() -> tuple[int, list[int]]:
+        return write
+
+    async def writes() -> tuple[int, list[Any]]:
         try:
-            await db.write(unit, single=True)  # the connection opened, alone
+            await db.write(unit(101), single=True)  # the connection opened, alone
             before = proxy.round_trips
-            txids = await asyncio.gather(*(db.write(unit, single=True) for _ in range(30)))
-            return proxy.round_trips - before, txids
+            outcomes = await asyncio.gather(
+                *(db.write(unit(n), single=True) for n in range(30)), return_exceptions=True
+            )
+            return proxy.round_trips - before, outcomes
         finally:
             await db.close_loop()
 
     try:
-        waits, txids = asyncio.run(writes())
+        waits, outcomes = asyncio.run(writes())
     finally:
         db.close()
         proxy.close()
-    assert len(set(txids)) == 1  # the 30 arrived before the group formed: one transaction
-    assert waits == 31
+    assert [str(o) for o in outcomes if isinstance(o, LookupError)] == [
+        f"w{n}" for n in range(0, 30, 5)
+    ]
+    done = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert len(done) == 24
+    assert len({o[1] for o in done}) == 1  # the 30 arrived before the group formed: one transaction
+    firsts = [o[0] for o in done]
+    assert firsts == sorted(firsts)  # sent in arrival order
+    assert waits == 3
+    with sql(pg_url) as conn:
+        stored = conn.execute(sa_text("SELECT name FROM accounts WHERE name LIKE 'w%'")).scalars()
+        names = set(stored)
+    expected = {f"w{n}-a" for n in range(30)} | {f"w{n}-b" for n in range(0, 30, 3)} | {"w101-a"}
+    assert names == expected

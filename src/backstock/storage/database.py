@@ -647,19 +647,33 @@ class _Group:
 
     async def _together(self, group: list[tuple[Unit[Any], asyncio.Future[Any]]]) -> bool:
         """Run the group in one transaction, in pipeline mode (``_transaction``: its ``BEGIN``
-        goes with the first statement). False, with nothing committed, if a statement failed
-        (each write then runs alone); if the commit itself failed, every write of the group
-        gets that failure (its outcome is unknown, as a lone statement's would be)."""
+        goes with the first statement), its writes side by side (``_SharedSync``: their
+        statements sent in arrival order, their results read in one round trip). False, with
+        nothing committed, if a statement failed (each write then runs alone); if the commit
+        itself failed, every write of the group gets that failure (its outcome is unknown, as
+        a lone statement's would be)."""
         ran: list[Any] = []
 
         async def each(conn: Conn) -> list[Any]:
-            for unit, _ in group:
+            shared = _SharedSync(conn.pipeline, len(group))
+            side_by_side = Conn("postgresql", conn.driver, shared)
+
+            async def run(unit: Unit[Any]) -> Any:
                 try:
-                    ran.append(await unit(conn))
-                except psycopg.Error:
-                    raise
+                    return await unit(side_by_side)
+                except psycopg.Error as exc:
+                    return _Failed(exc)
                 except Exception as exc:  # noqa: BLE001 - raised after its statement
-                    ran.append(exc)
+                    return exc
+                finally:
+                    shared.leave()
+
+            # Tasks start in order and each sends its statement before it first waits.
+            outcomes = await asyncio.gather(*(run(unit) for unit, _ in group))
+            for outcome in outcomes:
+                if isinstance(outcome, _Failed):
+                    raise outcome.error
+            ran.extend(outcomes)
             return ran
 
         try:
@@ -673,6 +687,55 @@ class _Group:
         for (_, future), outcome in zip(group, outcomes, strict=True):
             _resolve(future, outcome)
         return True
+
+
+class _Failed:
+    """A group's write whose statement failed (the group then runs each alone)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: psycopg.Error) -> None:
+        self.error = error
+
+
+class _SharedSync:
+    """A pipeline shared by the writes of a group, each in a task of its own: a write that
+    needs its result (``Conn.all``, ``Conn.run``) waits until every write still running waits
+    too, then one sync reads the results of all. Sequentially, each statement's result would
+    be a round trip of its own."""
+
+    def __init__(self, pipeline: Any, running: int) -> None:
+        self._pipeline = pipeline
+        self._running = running
+        self._waiting: list[asyncio.Future[None]] = []
+        self._syncing: asyncio.Task[None] | None = None  # referenced: the loop's is weak
+
+    async def sync(self) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append(future)
+        self._maybe_sync()
+        await future
+
+    def leave(self) -> None:
+        self._running -= 1
+        self._maybe_sync()
+
+    def _maybe_sync(self) -> None:
+        if self._waiting and len(self._waiting) == self._running:
+            waiting, self._waiting = self._waiting, []
+            self._syncing = asyncio.get_running_loop().create_task(self._sync(waiting))
+
+    async def _sync(self, waiting: list[asyncio.Future[None]]) -> None:
+        try:
+            await self._pipeline.sync()
+        except BaseException as exc:  # noqa: BLE001 - each waiting write gets it
+            for future in waiting:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for future in waiting:
+            if not future.done():
+                future.set_result(None)
 
 
 class _Batcher:
