@@ -138,18 +138,22 @@ class Peer(Server):
                 raise RuntimeError(f"{self.label} did not answer in {timeout} s:\n{self.tail()}")
             time.sleep(0.1)
 
-    def pause(self, attempts: int = 5000) -> None:
+    def pause(self, attempts: int = 2000, settle: float = 0.02) -> None:
         """Stop the server's processes (SIGSTOP). A Backstock on PostgreSQL is stopped only
         between its transactions: a transaction held open by a stopped process holds back what
         PostgreSQL may prune and vacuum in every database of the cluster (each backend's
         snapshot starts at the oldest transaction still running), so the other Backstock's
-        rounds would pile up dead row versions it could not remove."""
+        rounds would pile up dead row versions it could not remove. What a process sent just
+        before it stopped may not have reached its backend yet (a ``BEGIN`` and a statement,
+        in pipeline mode): the check waits ``settle`` seconds first, else it could pass before
+        that transaction starts and leave it open for the other server's whole round."""
         if self.db_url is None or not self.db_url.startswith("postgresql"):
             self._signal(signal.SIGSTOP)
         else:
             with psycopg.connect(self.db_url, autocommit=True) as conn:
                 for _ in range(attempts):
                     self._signal(signal.SIGSTOP)
+                    time.sleep(settle)
                     if not open_transactions(conn):
                         break
                     self._signal(signal.SIGCONT)
