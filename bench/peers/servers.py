@@ -145,17 +145,17 @@ class Peer(Server):
         snapshot starts at the oldest transaction still running), so the other Backstock's
         rounds would pile up dead row versions it could not remove. What a process sent just
         before it stopped may not have reached its backend yet (a ``BEGIN`` and a statement,
-        in pipeline mode): the check waits ``settle`` seconds first, else it could pass before
-        that transaction starts and leave it open for the other server's whole round."""
+        in pipeline mode): the check waits ``settle`` seconds first, and checks again after
+        four times as long, else it could pass before that transaction starts and leave it
+        open for the other server's whole round."""
         if self.db_url is None or not self.db_url.startswith("postgresql"):
             self._signal(signal.SIGSTOP)
         else:
             with psycopg.connect(self.db_url, autocommit=True) as conn:
                 for _ in range(attempts):
                     self._signal(signal.SIGSTOP)
-                    time.sleep(settle)
-                    if not open_transactions(conn):
-                        break
+                    if all(_quiet_after(conn, wait) for wait in (settle, settle * 4)):
+                        break  # the second look: a busy machine may run a backend late
                     self._signal(signal.SIGCONT)
                     time.sleep(0.002)
                 else:  # stopped as it is, and said: the next rounds' PostgreSQL figures suffer
@@ -176,6 +176,11 @@ class Peer(Server):
         if self.process is not None and self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signum)
+
+
+def _quiet_after(conn: psycopg.Connection[Any], seconds: float) -> bool:
+    time.sleep(seconds)
+    return not open_transactions(conn)
 
 
 def open_transactions(conn: psycopg.Connection[Any]) -> int:
