@@ -802,6 +802,60 @@ def test_postgres_one_statement_writes_share_commits_and_a_failure_is_its_own(
     assert len(stored) == 29
 
 
+FAILING = Statement("fails", "SELECT 1 / 0")
+
+
+@pytest.mark.postgres
+def test_postgres_a_failed_group_leaves_no_statement_that_psycopg_alone_thinks_prepared(
+    pg_url: str,
+) -> None:
+    """psycopg prepares a statement on its sixth run, and counts it prepared once its Parse is
+    sent. In a group the Parse may follow a statement that fails, and PostgreSQL skips it: the
+    connection, back in the pool, must not then run that statement by a name PostgreSQL does
+    not know (each write of the failed group runs again alone, on the same connection)."""
+    db = Database(Settings(database_url=pg_url))
+
+    def grouped(name: str) -> Any:
+        async def unit(conn: Conn) -> int:
+            row = await conn.one(GROUPED_INSERT, {"name": name})
+            assert row is not None
+            return int(row[0])
+
+        return unit
+
+    async def failing(conn: Conn) -> None:
+        await conn.one(FAILING)
+
+    async def raising(conn: Conn) -> None:
+        await conn.one(GROUPED_INSERT, {"name": "rolled back"})
+        raise LookupError
+
+    async def writes() -> tuple[list[Any], list[int]]:
+        try:
+            # psycopg forgets its prepared statements on a connection's first ROLLBACK only
+            with pytest.raises(LookupError):
+                await db.write(raising)
+            for n in range(4):  # with the one above, five runs: the next one prepares it
+                await db.write(grouped(f"p{n}"), single=True)
+            group = await asyncio.gather(
+                db.write(failing, single=True),
+                db.write(grouped("p5"), single=True),
+                return_exceptions=True,
+            )
+            after = [await db.write(grouped(f"q{n}"), single=True) for n in range(3)]
+            return group, after
+        finally:
+            await db.close_loop()
+
+    try:
+        group, after = asyncio.run(writes())
+    finally:
+        db.close()
+    assert isinstance(group[0], psycopg.errors.DivisionByZero)
+    assert isinstance(group[1], int), group[1]
+    assert len(after) == 3
+
+
 @pytest.mark.postgres
 def test_postgres_a_group_of_writes_waits_on_the_database_once_per_round_of_statements(
     pg_url: str,

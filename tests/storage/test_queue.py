@@ -23,7 +23,7 @@ import pytest
 from sqlalchemy import func, select, text, update
 
 from backstock.bootstrap import build_services, build_worker
-from backstock.domain.bodies import compress_payload, decode_job, load_payload
+from backstock.domain.bodies import decode_job, load_payload
 from backstock.domain.clock import now_us
 from backstock.domain.errors import TooManyJobs
 from backstock.domain.jobs import KINDS, ClaimedJob, JobKind
@@ -1298,7 +1298,7 @@ def test_the_queued_bytes_quota_refuses_then_frees(services_for: Callable[..., S
     # The bytes the payload takes as the database keeps it (compressed): the quota holds two
     # such jobs, not three.
     body = orjson.dumps(bulk_body(updates))
-    size = len(compress_payload(decode_job(VARIANT, "update", body).payload))
+    size = len(decode_job(VARIANT, "update", body).payload)
     services = services_for(max_queued_bytes=size * 5 // 2, job_retention_days=0.3 / 86400)
     who = principal(services)
 

@@ -546,9 +546,16 @@ async def _transaction(driver: psycopg.AsyncConnection[Any], unit: Unit[T]) -> T
         # A Python error (a 409, a 429), or a statement's: the transaction is still open,
         # perhaps aborted. A failed COMMIT has ended it already. (Cancelled: the pool drops
         # the connection, which is not idle.)
-        if driver.info.transaction_status != TransactionStatus.IDLE and not driver.broken:
+        status = driver.info.transaction_status
+        if status != TransactionStatus.IDLE and not driver.broken:
             with contextlib.suppress(psycopg.Error):  # then not idle: the pool drops it
-                await driver.execute(b"ROLLBACK")
+                if status == TransactionStatus.INERROR:
+                    # A statement failed, and PostgreSQL skipped what was sent after it, a
+                    # Parse among them perhaps, which psycopg counts as prepared once sent:
+                    # its rollback() forgets them all (and deallocates them).
+                    await driver.rollback()
+                else:
+                    await driver.execute(b"ROLLBACK")
         raise
     return outcome
 

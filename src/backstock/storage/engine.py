@@ -6,17 +6,10 @@ see them (every method one read or one write)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any
 
 from backstock.domain import jobs as domain
-from backstock.domain.bodies import (
-    PayloadItem,
-    Shape,
-    compress_payload,
-    entries_pointer,
-    load_payload,
-)
+from backstock.domain.bodies import PayloadItem, Shape, entries_pointer, load_payload
 from backstock.domain.catalog import Outcome, Refusal
 from backstock.domain.clock import now_us
 from backstock.domain.ids import AccountId
@@ -145,11 +138,10 @@ class JobStore:
         self._linkages = queue.Linkages()  # of the jobs polled lately (``queue.polls``)
 
     async def accept(self, new: NewJob, max_open: int, max_bytes: int) -> JobRecord:
-        # One statement on PostgreSQL, its own transaction; an idempotent spawn looks for its
-        # key first, in a transaction. The payload is kept compressed (on the event loop, in
-        # 0.05-0.1 ms): bench/README.md, "Payloads kept compressed".
+        # One statement on PostgreSQL, committed with the others pending (``Database.write``,
+        # ``single``); an idempotent spawn looks for its key first, in a transaction. The
+        # payload comes compressed (``bodies.decode_job``), as the database keeps it.
         single = new.idempotency_key is None
-        new = replace(new, payload=compress_payload(new.payload))
         return await self.db.write(
             lambda conn: queue.accept(conn, new, max_open, max_bytes), single=single
         )
