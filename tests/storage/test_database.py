@@ -71,9 +71,9 @@ def names(db: Database) -> list[str]:
         return [row[0] for row in conn.execute("SELECT name FROM accounts ORDER BY id")]
 
 
-def insert(name: str) -> Any:
+def insert(name: str, statement: Statement = INSERT) -> Any:
     async def unit(conn: Conn) -> int:
-        row = await conn.one(INSERT, {"name": name})
+        row = await conn.one(statement, {"name": name})
         assert row is not None
         return int(row[0])
 
@@ -816,12 +816,7 @@ def test_postgres_a_failed_group_leaves_no_statement_that_psycopg_alone_thinks_p
     db = Database(Settings(database_url=pg_url))
 
     def grouped(name: str) -> Any:
-        async def unit(conn: Conn) -> int:
-            row = await conn.one(GROUPED_INSERT, {"name": name})
-            assert row is not None
-            return int(row[0])
-
-        return unit
+        return insert(name, GROUPED_INSERT)
 
     async def failing(conn: Conn) -> None:
         await conn.one(FAILING)
