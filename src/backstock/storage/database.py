@@ -619,7 +619,9 @@ class _Group:
 
     A statement's effects are what they would be alone (each statement is its own unit: a
     Python error raised after it, like a 429, leaves them as autocommit would). If a statement
-    fails, the group is rolled back and each of its writes runs again alone."""
+    fails, the group is rolled back and each of its writes runs again alone. A grouped write
+    reads each statement's result (``Conn.one``, ``all``, ``run``): a ``later`` write's
+    failure would show only at the ``COMMIT``, as the whole group's."""
 
     def __init__(self, pool: _Pool) -> None:
         self._pool = pool
