@@ -677,7 +677,9 @@ class _Group:
                 finally:
                     shared.leave()
 
-            # Tasks start in order and each sends its statement before it first waits.
+            # Tasks start in order, and each queues its first statement under the connection's
+            # lock (first come, first served) before it awaits anything else: the statements
+            # go in arrival order.
             outcomes = await asyncio.gather(*(run(unit) for unit, _ in group))
             for outcome in outcomes:
                 if isinstance(outcome, _Failed):
