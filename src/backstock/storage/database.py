@@ -670,9 +670,7 @@ class _Group:
             async def run(unit: Unit[Any]) -> Any:
                 try:
                     return await unit(side_by_side)
-                except psycopg.Error as exc:
-                    return _Failed(exc)
-                except Exception as exc:  # noqa: BLE001 - raised after its statement
+                except Exception as exc:  # noqa: BLE001 - a statement's, or raised after it
                     return exc
                 finally:
                     shared.leave()
@@ -682,8 +680,8 @@ class _Group:
             # go in arrival order.
             outcomes = await asyncio.gather(*(run(unit) for unit, _ in group))
             for outcome in outcomes:
-                if isinstance(outcome, _Failed):
-                    raise outcome.error
+                if isinstance(outcome, psycopg.Error):  # a statement failed: the group did
+                    raise outcome
             ran.extend(outcomes)
             return ran
 
@@ -698,15 +696,6 @@ class _Group:
         for (_, future), outcome in zip(group, outcomes, strict=True):
             _resolve(future, outcome)
         return True
-
-
-class _Failed:
-    """A group's write whose statement failed (the group then runs each alone)."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: psycopg.Error) -> None:
-        self.error = error
 
 
 class _SharedSync:
