@@ -458,33 +458,36 @@ async def update_many(
     twice, share one statement (``_Shape.update``).
 
     PostgreSQL: the UPDATE returns the external id of each resource it found, so nothing can
-    slip between a check and the write. SQLite: one query finds them first (one writer at a
-    time: none can vanish before the writes)."""
+    slip between a check and the write. SQLite: the statements count the rows they changed,
+    and only when some entry changed none does a query find which are missing (one writer at
+    a time: none can appear or vanish meanwhile, and a missing one's update changed nothing).
+    """
     found = shape(res.type)
     related = await _related_keys(conn, res, account, [links for _, _, links in entries])
-    present = None if conn.postgres else await keys(conn, res, account, _firsts(entries))
     outcomes: list[Outcome] = []
     run: list[dict[str, Any]] = []
     run_columns: tuple[str, ...] = ()
-    pending: list[int] = []  # PostgreSQL: the entries of ``run``, whose outcome it tells
+    pending: list[int] = []  # the entries of ``run``
     in_run: set[str] = set()  # their external ids (PostgreSQL updates them all at once)
+    written: list[int] = []  # SQLite: the entries sent
+    changed = 0  # SQLite: the rows they changed
 
     async def flush() -> None:
+        nonlocal changed
         statement = found.update(run_columns)
         if conn.postgres:
             hits = await _written(conn, statement, account, now, run)
             for index in pending:
                 outcomes[index] = None if entries[index][0] in hits else MISSING
         else:
-            await conn.many(statement, run)
+            changed += await conn.many(statement, run)
+            written.extend(pending)
         run.clear()
         pending.clear()
         in_run.clear()
 
     for external, attributes, links in entries:
         refusal = _related_refusal(res, links, related)
-        if refusal is None and present is not None and external not in present:
-            refusal = MISSING
         outcomes.append(refusal)
         if refusal is not None:
             continue
@@ -500,6 +503,11 @@ async def update_many(
         pending.append(len(outcomes) - 1)
     if run:
         await flush()
+    if changed < len(written):
+        present = await keys(conn, res, account, [entries[index][0] for index in written])
+        for index in written:
+            if entries[index][0] not in present:
+                outcomes[index] = MISSING
     applied = [e for e, o in zip(entries, outcomes, strict=True) if o is None]
     await _link(conn, res, account, applied, related, replace=True)
     return outcomes

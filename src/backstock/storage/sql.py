@@ -216,16 +216,17 @@ class Conn:
         else:
             await self.driver.execute(sql, bound)
 
-    async def many(self, statement: Statement, rows: Sequence[Params]) -> None:
-        """Run a write once per row (statements without constants: see ``Statement``)."""
+    async def many(self, statement: Statement, rows: Sequence[Params]) -> int:
+        """Run a write once per row (statements without constants: see ``Statement``); the
+        number of rows changed in all."""
         if not rows:
-            return
+            return 0
         sql, _ = statement.sql(self.dialect)
         if self.dialect == "sqlite":
-            self.driver.executemany(sql, rows)
-            return
+            return int(self.driver.executemany(sql, rows).rowcount)
         async with self.driver.cursor() as cursor:
             await cursor.executemany(sql, rows)
+            return int(cursor.rowcount)
 
 
 def run_to_completion(coroutine: Coroutine[Any, Any, T]) -> T:
