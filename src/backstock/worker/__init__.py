@@ -198,16 +198,18 @@ class Worker:
 
     async def _deliver_forever(self) -> None:
         """Send due webhook deliveries; sleep until the next is due, a job ends in this
-        process, or ``idle_check_seconds`` pass (a job another process ended)."""
+        process, or ``idle_check_seconds`` pass (a job another process ended). Whether one is
+        due is read first: taking them is a write, and every job's end wakes this loop, with
+        deliveries queued or not (an account without a webhook queues none)."""
         webhooks = self.services.webhooks
         signal = self.services.signal
         ended = signal.attach(DELIVERIES)
         try:
             while not self.stopping:
-                sent = await self._retrying(lambda: webhooks.deliver_due(delivery.post))
-                if sent:
-                    continue
                 wait = await self._retrying(webhooks.seconds_to_next)
+                if wait is not None and wait <= 0:
+                    await self._retrying(lambda: webhooks.deliver_due(delivery.post))
+                    continue
                 wait = min(
                     wait if wait is not None else 1e9, self.services.settings.idle_check_seconds
                 )
