@@ -50,6 +50,7 @@ from tests.support import (
     call,
     category_body,
     cid,
+    free_port,
     item_body,
     job_body,
     make_key,
@@ -1052,6 +1053,49 @@ def test_postgres_listen_notify_wakes_a_worker_in_another_process(pg_url: str) -
     finally:
         api_side.close()
         worker_side.close()
+
+
+def test_a_job_that_ends_without_a_webhook_costs_the_delivery_loop_no_write(
+    services_for: Callable[..., Services], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every job's end wakes the worker's webhook loop. It reads whether a delivery is due,
+    and takes one (a write transaction) only then: not for the jobs of an account without a
+    webhook, and at once for the first job after the account gets one."""
+    services = services_for(idle_check_seconds=30)  # no idle check inside the test
+    who = principal(services)
+    externals = seed(services, who, 4)
+    store = services.webhooks.store
+    calls = {"next_due": 0, "take_due": 0}
+
+    def counted(name: str) -> None:
+        real = getattr(store, name)
+
+        async def wrapper(*args: Any) -> Any:
+            calls[name] += 1
+            return await real(*args)
+
+        monkeypatch.setattr(store, name, wrapper)
+
+    counted("next_due")
+    counted("take_due")
+    worker = Worker(services)
+    worker.start()
+    try:
+        wait_until(lambda: calls["next_due"] >= 1, 5, "the delivery loop did not start")
+        looked = calls["next_due"]
+        ended = [spawn(services, who, [(e, {"price": 1.0})]) for e in externals[:3]]
+        wait_until(lambda: all(job_row(services, j).status == "complete" for j in ended), 5, "")
+        wait_until(lambda: calls["next_due"] > looked, 5, "a job's end did not wake the loop")
+        assert calls["take_due"] == 0
+
+        hook = f"http://127.0.0.1:{free_port()}/hook"  # nobody listens: the try fails, is kept
+        call(services, lambda: services.webhooks.set("acme", hook))
+        job = spawn(services, who, [(externals[3], {"price": 2.0})])
+        wait_until(lambda: calls["take_due"] >= 1, 5, "the due delivery was not taken")
+    finally:
+        worker.shutdown()
+    [delivery] = call(services, lambda: services.webhooks.deliveries("acme"))
+    assert (delivery.job_id, delivery.attempts) == (job, 1)
 
 
 def test_worker_shutdown_hands_its_job_back_where_it_stopped(
