@@ -1082,11 +1082,11 @@ def test_a_job_that_ends_without_a_webhook_costs_the_delivery_loop_no_write(
     worker.start()
     try:
         wait_until(lambda: calls["next_due"] >= 1, 5, "the delivery loop did not start")
-        looked = calls["next_due"]
+        looked, took = calls["next_due"], calls["take_due"]
         ended = [spawn(services, who, [(e, {"price": 1.0})]) for e in externals[:3]]
         wait_until(lambda: all(job_row(services, j).status == "complete" for j in ended), 5, "")
         wait_until(lambda: calls["next_due"] > looked, 5, "a job's end did not wake the loop")
-        assert calls["take_due"] == 0
+        assert calls["take_due"] == took == 0
 
         hook = f"http://127.0.0.1:{free_port()}/hook"  # nobody listens: the try fails, is kept
         call(services, lambda: services.webhooks.set("acme", hook))
@@ -1094,6 +1094,9 @@ def test_a_job_that_ends_without_a_webhook_costs_the_delivery_loop_no_write(
         wait_until(lambda: calls["take_due"] >= 1, 5, "the due delivery was not taken")
     finally:
         worker.shutdown()
+    # Taken once: no job ended without a webhook took, nor did the read before this take
+    # (the failed try is next due after its backoff, past the test's end).
+    assert calls["take_due"] == 1
     [delivery] = call(services, lambda: services.webhooks.deliveries("acme"))
     assert (delivery.job_id, delivery.attempts) == (job, 1)
 

@@ -217,8 +217,9 @@ class Conn:
             await self.driver.execute(sql, bound)
 
     async def many(self, statement: Statement, rows: Sequence[Params]) -> int:
-        """Run a write once per row (statements without constants: see ``Statement``); the
-        number of rows changed in all."""
+        """Run a write once per row (statements without constants: see ``Statement``). On
+        SQLite, the number of rows changed in all; on PostgreSQL -1: in a write unit's pipeline
+        the results are read later (a count there is a statement's ``RETURNING``)."""
         if not rows:
             return 0
         sql, _ = statement.sql(self.dialect)
@@ -226,7 +227,7 @@ class Conn:
             return int(self.driver.executemany(sql, rows).rowcount)
         async with self.driver.cursor() as cursor:
             await cursor.executemany(sql, rows)
-            return int(cursor.rowcount)
+        return -1
 
 
 def run_to_completion(coroutine: Coroutine[Any, Any, T]) -> T:

@@ -208,7 +208,9 @@ class Worker:
             while not self.stopping:
                 wait = await self._retrying(webhooks.seconds_to_next)
                 if wait is not None and wait <= 0:
-                    await self._retrying(lambda: webhooks.deliver_due(delivery.post))
+                    sent = await self._retrying(lambda: webhooks.deliver_due(delivery.post))
+                    if sent == 0:  # another worker is taking them (SKIP LOCKED): not a spin
+                        await self._until(ended, 0.05)
                     continue
                 wait = min(
                     wait if wait is not None else 1e9, self.services.settings.idle_check_seconds
