@@ -1011,6 +1011,38 @@ def test_linkages_keep_the_latest_within_their_budget() -> None:
     assert [linkages.get(job) for job in "bcde"] == ["5678", "90", "1", None]
 
 
+def test_an_update_looks_its_resources_up_only_when_one_is_missing(
+    services_for: Callable[..., Services], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite counts the rows an update batch changed and asks which resources exist only when
+    the count falls short; PostgreSQL's ``RETURNING`` says it. So neither looks them up for a
+    batch whose resources all exist, and the outcomes are the same either way."""
+    services = services_for()
+    who = principal(services)
+    externals = seed(services, who, 3)
+    looked: list[list[str]] = []
+    real = catalog_store.keys
+
+    async def counting(conn: Any, res: Resource, account: Any, found: Any, **kw: Any) -> Any:
+        looked.append(list(found))
+        return await real(conn, res, account, looked[-1], **kw)
+
+    monkeypatch.setattr(catalog_store, "keys", counting)
+    whole = spawn(services, who, [(e, {"price": 3.0}) for e in externals])
+    drain(services)
+    assert job_row(services, whole).completed_count == 3
+    assert looked == []
+
+    named = [(externals[0], {"price": 4.0}), ("GONE", {"price": 5.0}), (externals[0], {"sku": "s"})]
+    partly = spawn(services, who, named)
+    drain(services)
+    row = job_row(services, partly)
+    assert (row.completed_count, row.failed_count) == (2, 1)
+    postgres = services.settings.database_url.startswith("postgresql")
+    assert looked == ([] if postgres else [[externals[0], "GONE", externals[0]]])
+    assert variant_rows(services)[externals[0]].sku == "s"
+
+
 # ---- the worker ----------------------------------------------------------------------------------
 
 
