@@ -467,10 +467,9 @@ async def update_many(
     outcomes: list[Outcome] = []
     run: list[dict[str, Any]] = []
     run_columns: tuple[str, ...] = ()
-    pending: list[int] = []  # the entries of ``run``
+    pending: list[int] = []  # PostgreSQL: the entries of ``run``, whose outcome it tells
     in_run: set[str] = set()  # their external ids (PostgreSQL updates them all at once)
-    written: list[int] = []  # SQLite: the entries sent
-    changed = 0  # SQLite: the rows they changed
+    changed = 0  # SQLite: the rows the statements changed
 
     async def flush() -> None:
         nonlocal changed
@@ -481,7 +480,6 @@ async def update_many(
                 outcomes[index] = None if entries[index][0] in hits else MISSING
         else:
             changed += await conn.many(statement, run)
-            written.extend(pending)
         run.clear()
         pending.clear()
         in_run.clear()
@@ -503,11 +501,13 @@ async def update_many(
         pending.append(len(outcomes) - 1)
     if run:
         await flush()
-    if changed < len(written):
-        present = await keys(conn, res, account, [entries[index][0] for index in written])
-        for index in written:
-            if entries[index][0] not in present:
-                outcomes[index] = MISSING
+    if not conn.postgres:  # every entry not refused was written, and a missing one changed none
+        written = [index for index, outcome in enumerate(outcomes) if outcome is None]
+        if changed < len(written):
+            present = await keys(conn, res, account, [entries[index][0] for index in written])
+            for index in written:
+                if entries[index][0] not in present:
+                    outcomes[index] = MISSING
     applied = [e for e, o in zip(entries, outcomes, strict=True) if o is None]
     await _link(conn, res, account, applied, related, replace=True)
     return outcomes
