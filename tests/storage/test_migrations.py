@@ -3,7 +3,8 @@ carries a 0001 database's data across: item categories become links, open jobs k
 payload (in the new format) and run, finished jobs stay readable. 0003 moves the fair queue's
 turns out of the account rows, and back on downgrade. On PostgreSQL, 0004 compresses a job's
 linkage and errors with lz4 and 0005 fills the catalog tables' pages to 70 %, and back. 0006 indexes
-the worker's idle wake-up, and drops the indexes on downgrade."""
+the worker's idle wake-up, and drops the indexes on downgrade. 0007 moves the open jobs and bytes
+out of the account rows into account_slots, and back."""
 
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ from backstock.settings import Settings
 from backstock.storage import migrate
 from backstock.storage.database import sqlalchemy_url
 from backstock.storage.schema import (
+    account_slots,
     account_turns,
-    accounts,
     catalog_categories,
     catalog_items,
     catalog_variants,
@@ -221,7 +222,7 @@ def test_0002_carries_the_data_of_a_0001_database(empty_url: str) -> None:
     assert error["source"] == {"pointer": "/data/attributes/variants/data/1"}
     with sql(empty_url) as conn:
         variant = conn.execute(select(catalog_variants)).one()
-        open_jobs = conn.execute(select(accounts.c.open_jobs)).scalar_one()
+        open_jobs = conn.execute(select(account_slots.c.open_jobs)).scalar_one()
         left = conn.execute(select(job_payloads.c.payload)).scalars().all()
     assert (variant.price, variant.sku, variant.update_count) == (5.0, "NEW", 1)
     assert variant.inventory_quantity == 10  # untouched by the update
@@ -362,5 +363,48 @@ def test_0006_adds_the_wake_up_indexes_and_removes_them_on_downgrade(empty_url: 
     assert all("lease_expires_at" not in columns for columns, _ in made.values()), made
     command.downgrade(migrate.alembic_config(empty_url), "0005")
     assert not {"ix_jobs_leases", "ix_jobs_held"} & set(indexes())
+    migrate.upgrade(empty_url)
+    migrate.check(empty_url)
+
+
+# ---- 0007 moves the open jobs and bytes out of the account rows --------------------------------
+
+
+def test_0007_moves_each_accounts_open_jobs_and_bytes_to_account_slots_and_back(
+    empty_url: str,
+) -> None:
+    config = migrate.alembic_config(empty_url)
+    command.upgrade(config, "0006")
+    held = {"busy": (3, 12_345), "idle": (0, 0)}
+    with sql(empty_url) as conn:
+        for name, (open_jobs, open_bytes) in held.items():
+            conn.execute(
+                text(
+                    "INSERT INTO accounts (name, created_at, open_jobs, open_bytes, cursor_key) "
+                    "VALUES (:name, 1, :open_jobs, :open_bytes, :key)"
+                ),
+                {"name": name, "open_jobs": open_jobs, "open_bytes": open_bytes, "key": b"k" * 16},
+            )
+        ids = dict(conn.execute(text("SELECT name, id FROM accounts")).all())
+    migrate.upgrade(empty_url)
+    migrate.check(empty_url)
+    with sql(empty_url) as conn:
+        slots = conn.execute(
+            select(
+                account_slots.c.account_id, account_slots.c.open_jobs, account_slots.c.open_bytes
+            )
+        ).all()
+        columns = {c["name"] for c in inspect(conn).get_columns("accounts")}
+    # every account has its row, idle ones too (an acceptance only updates it)
+    assert {s.account_id: (s.open_jobs, s.open_bytes) for s in slots} == {
+        ids[name]: counters for name, counters in held.items()
+    }
+    assert not {"open_jobs", "open_bytes"} & columns
+
+    command.downgrade(config, "0006")
+    with sql(empty_url) as conn:
+        back = conn.execute(text("SELECT name, open_jobs, open_bytes FROM accounts")).all()
+        assert "account_slots" not in inspect(conn).get_table_names()
+    assert {name: (jobs, size) for name, jobs, size in back} == held
     migrate.upgrade(empty_url)
     migrate.check(empty_url)

@@ -34,8 +34,8 @@ from backstock.settings import Settings
 from backstock.storage import catalog as catalog_store
 from backstock.storage import jobs as jobs_store
 from backstock.storage.jobs import _CLAIM_NEXT, _NEXT_LAPSE
-from backstock.storage.schema import accounts as accounts_table
 from backstock.storage.schema import (
+    account_slots,
     catalog_categories,
     catalog_items,
     catalog_variants,
@@ -224,7 +224,7 @@ def test_batches_commit_progress_and_complete(services: Services) -> None:
     assert row.status == "complete" and row.lease_owner is None
     assert row.expires_at > row.completed_at
     with rows(services) as conn:
-        assert conn.execute(select(accounts_table.c.open_jobs)).scalar() == 0
+        assert conn.execute(select(account_slots.c.open_jobs)).scalar() == 0
     assert payload_count(services) == 0  # dropped with the last batch
     prices = {e: r.price for e, r in variant_rows(services).items()}
     assert prices == {e: float(n) for n, e in enumerate(externals)}
@@ -355,7 +355,7 @@ def test_a_claim_applies_jobs_together_but_on_postgresql_changes_rows_again_unde
     claimed = call(services, lambda: services.jobs.claim_many("w"))
     assert {(job.id, done) for job, done in claimed} == {(job_id, True) for job_id in both}
     with rows(services) as conn:
-        assert set(conn.execute(select(accounts_table.c.open_jobs))) == {(0,)}  # slots freed
+        assert set(conn.execute(select(account_slots.c.open_jobs))) == {(0,)}  # slots freed
 
 
 @pytest.mark.postgres
@@ -398,7 +398,7 @@ def test_a_batch_takes_three_round_trips_on_postgresql(pg_url: str) -> None:
     row = job_row_at(pg_url, job_id)
     assert (row.status, row.completed_count, row.next_index) == ("complete", 25, 25)
     with sql(pg_url) as conn:
-        assert conn.execute(select(accounts_table.c.open_jobs)).scalar() == 0
+        assert conn.execute(select(account_slots.c.open_jobs)).scalar() == 0
         prices = dict(
             conn.execute(select(catalog_variants.c.external_id, catalog_variants.c.price)).all()
         )
@@ -623,10 +623,10 @@ def test_jobs_of_every_kind_keep_acceptance_order_under_concurrent_workers(
 @pytest.mark.parametrize(
     "engine", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
 )
-def test_applying_batches_leaves_the_account_row_free_for_its_spawns(
+def test_applying_batches_leaves_the_accounts_slots_free_for_its_spawns(
     services: Services, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every acceptance updates its account's row (its open jobs and bytes). While a worker's
+    """Every acceptance updates its account's slots row (its open jobs and bytes). While a worker's
     transaction claims a job and applies batches, that row must stay unlocked, or on
     PostgreSQL the account's spawns wait for every batch (they did: 26-148 spawns/s while the
     worker ran). Checked from inside the real claim and batch transactions, after each apply:
@@ -646,7 +646,8 @@ def test_applying_batches_leaves_the_account_row_free_for_its_spawns(
         with psycopg.connect(postgres_url(database_url), autocommit=True) as other:
             other.execute("SET lock_timeout = '2s'")
             other.execute(
-                "UPDATE accounts SET open_jobs = open_jobs WHERE id = %s", (who.account_id,)
+                "UPDATE account_slots SET open_jobs = open_jobs WHERE account_id = %s",
+                (who.account_id,),
             )
         checked.append("free")
 
@@ -662,8 +663,8 @@ def test_applying_batches_leaves_the_account_row_free_for_its_spawns(
     assert checked == ["free"] * 3
     with rows(services) as conn:
         account = conn.execute(
-            select(accounts_table.c.open_jobs, accounts_table.c.open_bytes).where(
-                accounts_table.c.id == who.account_id
+            select(account_slots.c.open_jobs, account_slots.c.open_bytes).where(
+                account_slots.c.account_id == who.account_id
             )
         ).one()
     assert tuple(account) == (0, 0)  # the slot freed at the end, in the same transaction
@@ -774,7 +775,7 @@ def test_one_job_of_each_kind_applies_with_per_item_outcomes(services: Services)
         categories = {r.external_id: r for r in conn.execute(select(catalog_categories))}
         link_rows = conn.execute(select(item_categories.c.item_pk, item_categories.c.category_pk))
         links = {tuple(link) for link in link_rows}
-        open_jobs = conn.execute(select(accounts_table.c.open_jobs)).scalar()
+        open_jobs = conn.execute(select(account_slots.c.open_jobs)).scalar()
     assert set(items) == {"I-KEEP", "I-UPD", "I-NEW"}
     assert (items["I-UPD"].title, items["I-UPD"].update_count) == ("new", 1)
     assert items["I-KEEP"].title == "Item I-KEEP"  # the conflicting create changed nothing
@@ -801,11 +802,11 @@ def test_open_job_cap_is_enforced_in_the_database(services_for: Callable[..., Se
         spawn(services, who, [(externals[0], {"price": 3.0})])
     with rows(services) as conn:
         assert len(conn.execute(select(jobs.c.pk)).all()) == 2
-        assert conn.execute(select(accounts_table.c.open_jobs)).scalar() == 2
+        assert conn.execute(select(account_slots.c.open_jobs)).scalar() == 2
     assert payload_count(services) == 2  # the refused job left nothing behind
     drain(services)
     with rows(services) as conn:
-        assert conn.execute(select(accounts_table.c.open_jobs)).scalar() == 0
+        assert conn.execute(select(account_slots.c.open_jobs)).scalar() == 0
     spawn(services, who, [(externals[0], {"price": 4.0})])  # slots free again once complete
 
 
@@ -825,7 +826,7 @@ def test_the_default_cap_of_500_holds_under_concurrent_acceptance(services: Serv
     assert len(refused) == 10 and all(isinstance(o, TooManyJobs) for o in refused)
     with rows(services) as conn:
         assert conn.execute(select(func.count()).select_from(jobs)).scalar() == 500
-        assert conn.execute(select(accounts_table.c.open_jobs)).scalar() == 500
+        assert conn.execute(select(account_slots.c.open_jobs)).scalar() == 500
     assert payload_count(services) == 500
 
 
@@ -1238,6 +1239,7 @@ def fill_jobs(conn: Any, accounts: int = 500, total: int = 20_000) -> None:
         ),
         {"key": b"\x00"},
     )
+    conn.execute(text("INSERT INTO account_slots (account_id) SELECT id FROM accounts"))
     conn.execute(
         text(
             """
@@ -1319,9 +1321,9 @@ def test_the_claim_reads_the_queue_through_its_indexes(database_url: str) -> Non
             # A burst of jobs the statistics have not seen yet (one account loading its
             # catalog into a queue that was empty when last analyzed).
             conn.execute(text("DELETE FROM jobs"))
-            conn.execute(text("UPDATE accounts SET open_jobs = 1"))  # as last analyzed
+            conn.execute(text("UPDATE account_slots SET open_jobs = 1"))  # as last analyzed
             conn.execute(text("ANALYZE"))
-            conn.execute(text("UPDATE accounts SET open_jobs = 0"))
+            conn.execute(text("UPDATE account_slots SET open_jobs = 0"))
             conn.execute(
                 text(
                     "INSERT INTO jobs (id, account_id, kind, status, shape, total_count, "
@@ -1332,7 +1334,8 @@ def test_the_claim_reads_the_queue_through_its_indexes(database_url: str) -> Non
             )
             conn.execute(
                 text(
-                    "UPDATE accounts SET open_jobs = 20000 WHERE id = (SELECT min(account_id) FROM jobs)"
+                    "UPDATE account_slots SET open_jobs = 20000 "
+                    "WHERE account_id = (SELECT min(account_id) FROM jobs)"
                 )
             )
             burst = "\n".join(planned())
@@ -1348,7 +1351,7 @@ def test_the_claim_reads_the_queue_through_its_indexes(database_url: str) -> Non
         # The only scan is of the accounts (those with open jobs); jobs are searched: each
         # head in the open jobs' index, the chosen one by its key.
         scans = [line for line in plan if line.startswith("SCAN")]
-        assert all(line.split()[1] in ("a", "accounts") for line in scans), text_plan
+        assert all(line.split()[1] in ("a", "account_slots") for line in scans), text_plan
         assert any("SEARCH e USING" in line and "ix_jobs_open" in line for line in plan), text_plan
 
 
@@ -1383,7 +1386,7 @@ def test_the_queued_bytes_quota_refuses_then_frees(services_for: Callable[..., S
 
     def counted() -> tuple[int, int]:
         with sql(services.settings.database_url) as conn:
-            open_bytes = conn.execute(select(accounts_table.c.open_bytes)).scalar()
+            open_bytes = conn.execute(select(account_slots.c.open_bytes)).scalar()
             held = conn.execute(select(func.sum(func.length(job_payloads.c.payload)))).scalar()
         return int(open_bytes), int(held or 0)
 

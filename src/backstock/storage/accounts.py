@@ -21,9 +21,15 @@ _INSERT_ACCOUNT = Statement(
     "INSERT INTO accounts (name, created_at, cursor_key) VALUES (:name, :now, :cursor_key) "
     "ON CONFLICT (name) DO NOTHING RETURNING id",
 )
+# Its open jobs and bytes (schema.account_slots), none yet.
+_INSERT_SLOTS = Statement(
+    "insert_account_slots", "INSERT INTO account_slots (account_id) VALUES (:account)"
+)
 _FIND_ACCOUNT = Statement("find_account", "SELECT id FROM accounts WHERE name = :name")
 _LIST_ACCOUNTS = Statement(
-    "list_accounts", "SELECT id, name, created_at, open_jobs FROM accounts ORDER BY id"
+    "list_accounts",
+    """SELECT a.id, a.name, a.created_at, s.open_jobs
+         FROM accounts AS a JOIN account_slots AS s ON s.account_id = a.id ORDER BY a.id""",
 )
 _INSERT_KEY = Statement(
     "insert_key",
@@ -68,6 +74,7 @@ async def insert_account(conn: Conn, name: str, now: int) -> AccountId:
     row = await conn.one(_INSERT_ACCOUNT, params)
     if row is None:
         raise Conflict(f"An account named '{name}' already exists")
+    await conn.run(_INSERT_SLOTS, {"account": row[0]})
     return AccountId(row[0])
 
 

@@ -57,10 +57,13 @@ _JOB_COLUMNS = (
 
 _TAKE_SLOT = Statement(
     "take_slot",
-    """UPDATE accounts SET open_jobs = open_jobs + 1, open_bytes = open_bytes + :size
-        WHERE id = :account AND open_jobs < :max_open AND open_bytes + :size <= :max_bytes""",
+    """UPDATE account_slots SET open_jobs = open_jobs + 1, open_bytes = open_bytes + :size
+        WHERE account_id = :account AND open_jobs < :max_open
+          AND open_bytes + :size <= :max_bytes""",
 )
-_OPEN = Statement("open_of", "SELECT open_jobs, open_bytes FROM accounts WHERE id = :account")
+_OPEN = Statement(
+    "open_of", "SELECT open_jobs, open_bytes FROM account_slots WHERE account_id = :account"
+)
 _INSERT_JOB = Statement(
     "insert_job",
     """INSERT INTO jobs (id, account_id, kind, status, shape, total_count, linkage, errors,
@@ -73,19 +76,20 @@ _INSERT_PAYLOAD = Statement(
     "insert_payload", "INSERT INTO job_payloads (job_pk, payload) VALUES (:pk, :payload)"
 )
 # PostgreSQL: the same steps in one statement, its own transaction. The slot is taken (the
-# account row stays locked to the end, which also orders one account's jobs), the job and its
-# payload inserted only if it was, and the NOTIFY delivered at commit to every LISTENing worker.
+# account's slots row stays locked to the end, which also orders one account's jobs), the job
+# and its payload inserted only if it was, and the NOTIFY delivered at commit to every
+# LISTENing worker.
 _ACCEPT_POSTGRES = Statement(
     "accept_job",
     """
 WITH slot AS (
-    UPDATE accounts SET open_jobs = open_jobs + 1, open_bytes = open_bytes + :size
-     WHERE id = :account AND open_jobs < :max_open AND open_bytes + :size <= :max_bytes
- RETURNING id),
+    UPDATE account_slots SET open_jobs = open_jobs + 1, open_bytes = open_bytes + :size
+     WHERE account_id = :account AND open_jobs < :max_open AND open_bytes + :size <= :max_bytes
+ RETURNING account_id),
 job AS (
     INSERT INTO jobs (id, account_id, kind, status, shape, total_count, linkage, errors,
                       created_at, idempotency_key, request_hash, retry_of, not_before)
-    SELECT :id, slot.id, :kind, 'queued', :shape, :total, :linkage, '[]', :now,
+    SELECT :id, slot.account_id, :kind, 'queued', :shape, :total, :linkage, '[]', :now,
            :idempotency_key, :request_hash, :retry_of, CAST(:not_before AS BIGINT)
       FROM slot
  RETURNING pk),
@@ -373,11 +377,11 @@ _CLAIMABLE = f"""{_claimable("j.")}
 # jobs, kept for days, in the index of all its jobs); fair queues: the account whose job was
 # claimed least recently goes first.
 _PICK_SQLITE = f"""
-       SELECT j.pk FROM accounts AS a
+       SELECT j.pk FROM account_slots AS a
          JOIN jobs AS j ON j.pk = (SELECT min(e.pk) FROM jobs AS e INDEXED BY ix_jobs_open
-                                    WHERE e.account_id = a.id
+                                    WHERE e.account_id = a.account_id
                                       AND e.status IN ('queued', 'processing'))
-         LEFT JOIN account_turns AS t ON t.account_id = a.id
+         LEFT JOIN account_turns AS t ON t.account_id = a.account_id
         WHERE a.open_jobs > 0 AND {_CLAIMABLE}
         ORDER BY COALESCE(t.last_claim, 0), j.pk
         LIMIT 1"""  # noqa: S608 - constant pieces
@@ -393,12 +397,12 @@ _PICK_POSTGRES = f"""
 _HEADS_POSTGRES = """
 heads AS MATERIALIZED (
     SELECT (SELECT min(e.pk) FROM jobs AS e
-             WHERE e.account_id = a.id AND e.status IN ('queued', 'processing')) AS pk,
+             WHERE e.account_id = a.account_id AND e.status IN ('queued', 'processing')) AS pk,
            COALESCE(t.last_claim, 0) AS turn
-      FROM accounts AS a LEFT JOIN account_turns AS t ON t.account_id = a.id
+      FROM account_slots AS a LEFT JOIN account_turns AS t ON t.account_id = a.account_id
      WHERE a.open_jobs > 0)"""
-# The account's turn: its row in account_turns (never the account's own row, which every
-# acceptance of the account updates).
+# The account's turn: its row in account_turns (never its slots, which every acceptance of
+# the account updates).
 _SERVED_SQL = """INSERT INTO account_turns (account_id, last_claim) {rows}
 ON CONFLICT (account_id) DO UPDATE SET last_claim = excluded.last_claim"""
 _CLAIM_NEXT = Statement(
@@ -481,11 +485,11 @@ _ENQUEUE_DELIVERY = Statement(
 _NOTIFY_EVENT = Statement("notify_job_event", "SELECT pg_notify('backstock_job_events', :job_id)")
 _FREE_SLOT = Statement(
     "free_slot",
-    """UPDATE accounts
+    """UPDATE account_slots
           SET open_jobs = open_jobs - 1,
               open_bytes = open_bytes + :kept - COALESCE(
                   (SELECT LENGTH(payload) FROM job_payloads WHERE job_pk = :job), 0)
-        WHERE id = :account""",
+        WHERE account_id = :account""",
 )
 _KEEP_PAYLOAD = Statement(
     "keep_failed_items", "UPDATE job_payloads SET payload = :retained WHERE job_pk = :job"
@@ -567,16 +571,16 @@ async def record_progress(
 
 _FREE_SLOTS = Statement(
     "free_slots",
-    """UPDATE accounts SET open_jobs = open_jobs - :ended, open_bytes = open_bytes - :freed
-        WHERE id = :account""",
+    """UPDATE account_slots SET open_jobs = open_jobs - :ended, open_bytes = open_bytes - :freed
+        WHERE account_id = :account""",
 )
 
 
 async def free_slots(conn: Conn, ended: Sequence[ClaimedJob]) -> None:
     """The worker's last statements in a transaction: the accounts of the jobs that ``ended``
     in it get their slots back, with their payloads' bytes but those kept for a retry. Last,
-    because the account row is what every acceptance of the account updates: taken here, its
-    lock is held for the commit only, not while the batches apply (on PostgreSQL, the
+    because the account's slots row is what every acceptance of the account updates: taken
+    here, its lock is held for the commit only, not while the batches apply (on PostgreSQL, the
     account's spawns would wait for them). Accounts in id order, as any two transactions of
     the worker lock them."""
     for account in sorted({job.account_id for job in ended}):
@@ -610,12 +614,12 @@ async def release_job(conn: Conn, job: ClaimedJob) -> None:
 # An expired job's kept failed items leave its account's quota with it.
 _RELEASE_EXPIRED_BYTES = Statement(
     "release_expired_bytes",
-    """UPDATE accounts
+    """UPDATE account_slots
           SET open_bytes = open_bytes - COALESCE(
               (SELECT SUM(LENGTH(p.payload)) FROM job_payloads AS p
                  JOIN jobs AS j ON j.pk = p.job_pk
-                WHERE j.account_id = accounts.id AND j.expires_at < :now), 0)
-        WHERE id IN (SELECT j.account_id FROM jobs AS j JOIN job_payloads AS p
+                WHERE j.account_id = account_slots.account_id AND j.expires_at < :now), 0)
+        WHERE account_id IN (SELECT j.account_id FROM jobs AS j JOIN job_payloads AS p
                         ON p.job_pk = j.pk WHERE j.expires_at < :now)""",
 )
 _DELETE_EXPIRED_PAYLOADS = Statement(
@@ -692,9 +696,9 @@ _RETRY_OF = Statement(
 _KEPT = Statement("kept_items", "SELECT payload FROM job_payloads WHERE job_pk = :job")
 _RELEASE_KEPT = Statement(
     "release_kept",
-    """UPDATE accounts SET open_bytes = open_bytes - COALESCE(
+    """UPDATE account_slots SET open_bytes = open_bytes - COALESCE(
               (SELECT LENGTH(payload) FROM job_payloads WHERE job_pk = :job), 0)
-        WHERE id = :account""",
+        WHERE account_id = :account""",
 )
 
 

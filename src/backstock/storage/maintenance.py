@@ -11,9 +11,9 @@ from __future__ import annotations
 from backstock.storage.database import Database
 from backstock.storage.sql import Conn, Statement
 
-KEPT = frozenset({"accounts", "api_keys", "webhooks"})
-"""Tables a reset leaves alone: who may call (accounts, keys) and where they are told (their
-webhook, set by an operator like a key)."""
+KEPT = frozenset({"accounts", "account_slots", "api_keys", "webhooks"})
+"""Tables a reset does not empty: who may call (accounts, keys) and where they are told (their
+webhook, set by an operator like a key); each account's slots row stays, set back to zero."""
 
 # Children before their parents (foreign keys are enforced on SQLite too).
 _EMPTY = (
@@ -30,7 +30,7 @@ EMPTIED = tuple(statement.name.removeprefix("empty_") for statement in _EMPTY)
 
 # No job is open any more: every account's slots and queued bytes are free, and the fair
 # queue's memory of whom it served last starts over.
-_FREE_SLOTS = Statement("free_every_slot", "UPDATE accounts SET open_jobs = 0, open_bytes = 0")
+_FREE_SLOTS = Statement("free_every_slot", "UPDATE account_slots SET open_jobs = 0, open_bytes = 0")
 
 
 async def reset(conn: Conn) -> int:

@@ -48,19 +48,28 @@ accounts = Table(
     Column("id", Serial, primary_key=True, autoincrement=True),
     Column("name", String(200), nullable=False, unique=True),
     Column("created_at", BigInteger, nullable=False),
-    # Jobs queued or processing, and the bytes of their payloads; the caps on them are checked
-    # and moved in the same transaction as the job's insert and completion, so they hold across
-    # every API process.
-    Column("open_jobs", Integer, nullable=False, server_default=text("0")),
-    Column("open_bytes", BigInteger, nullable=False, server_default=text("0")),
     # The key its page cursors are enciphered with (domain.pagination).
     Column("cursor_key", LargeBinary, nullable=False),
 )
 
+# An account's jobs queued or processing, and the bytes of their payloads (and of failed items
+# kept for a retry); the caps on them are checked and moved in the same transaction as the
+# job's insert and completion, so they hold across every API process. A row of their own, made
+# with the account: every acceptance and every job's end update it, and on PostgreSQL each
+# update leaves a dead version behind; in the account's own row, which every key lookup and
+# every poll joins, those versions slowed the reads (bench/README.md, session 17).
+account_slots = Table(
+    "account_slots",
+    metadata,
+    Column("account_id", ForeignKey("accounts.id"), primary_key=True),
+    Column("open_jobs", Integer, nullable=False, server_default=text("0")),
+    Column("open_bytes", BigInteger, nullable=False, server_default=text("0")),
+)
+
 # When a worker last claimed a job of an account (no row: never): claims go to the account
 # served least recently (fair queues: one account's backlog does not hold up the others). A
-# table of the workers' own: every acceptance updates the account's row, and a claim updating
-# it too would hold that row locked while the claimed batches apply.
+# table of the workers' own: every acceptance updates the account's slots, and a claim updating
+# them too would hold that row locked while the claimed batches apply.
 account_turns = Table(
     "account_turns",
     metadata,

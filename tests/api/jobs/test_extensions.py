@@ -15,7 +15,7 @@ from backstock.domain.errors import Throttled
 from backstock.domain.jobs import KINDS, JobKind
 from backstock.domain.webhooks import verify
 from backstock.services.container import Services
-from backstock.storage.schema import accounts, webhook_deliveries
+from backstock.storage.schema import account_slots, accounts, webhook_deliveries
 from tests.support import (
     JOBS,
     Api,
@@ -172,7 +172,9 @@ def test_a_dry_run_takes_no_queue_slot(api: Api, services: Services) -> None:
     name = account_name(services, api.key)
     with sql(services.settings.database_url) as conn:
         held = conn.execute(
-            select(accounts.c.open_jobs, accounts.c.open_bytes).where(accounts.c.name == name)
+            select(account_slots.c.open_jobs, account_slots.c.open_bytes)
+            .join(accounts, accounts.c.id == account_slots.c.account_id)
+            .where(accounts.c.name == name)
         ).one()
     assert tuple(held) == (0, 0)
     assert listed_ids(api) == []
@@ -268,7 +270,11 @@ def test_a_retry_is_exactly_the_failed_items_once(worker_api: Api, worker_client
     services = worker_client.app.services
     name = account_name(services, worker_api.key)
     with sql(services.settings.database_url) as conn:
-        held = conn.execute(select(accounts.c.open_bytes).where(accounts.c.name == name)).one()
+        held = conn.execute(
+            select(account_slots.c.open_bytes)
+            .join(accounts, accounts.c.id == account_slots.c.account_id)
+            .where(accounts.c.name == name)
+        ).one()
     assert held == (0,)
 
 
