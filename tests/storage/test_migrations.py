@@ -4,7 +4,7 @@ payload (in the new format) and run, finished jobs stay readable. 0003 moves the
 turns out of the account rows, and back on downgrade. On PostgreSQL, 0004 compresses a job's
 linkage and errors with lz4 and 0005 fills the catalog tables' pages to 70 %, and back. 0006 indexes
 the worker's idle wake-up, and drops the indexes on downgrade. 0007 moves the open jobs and bytes
-out of the account rows into account_slots, and back."""
+out of the account rows into account_slots, and back; 0008 drops ix_jobs_queue, and back."""
 
 from __future__ import annotations
 
@@ -406,5 +406,23 @@ def test_0007_moves_each_accounts_open_jobs_and_bytes_to_account_slots_and_back(
         back = conn.execute(text("SELECT name, open_jobs, open_bytes FROM accounts")).all()
         assert "account_slots" not in inspect(conn).get_table_names()
     assert {name: (jobs, size) for name, jobs, size in back} == held
+    migrate.upgrade(empty_url)
+    migrate.check(empty_url)
+
+
+# ---- 0008 drops the second index of open jobs ----------------------------------------------------
+
+
+def test_0008_drops_ix_jobs_queue_and_makes_it_again_on_downgrade(empty_url: str) -> None:
+    migrate.upgrade(empty_url)
+
+    def index_names() -> set[str]:
+        with sql(empty_url) as conn:
+            return {str(index["name"]) for index in inspect(conn).get_indexes("jobs")}
+
+    assert "ix_jobs_queue" not in index_names()
+    assert "ix_jobs_open" in index_names()  # each account's head is found there
+    command.downgrade(migrate.alembic_config(empty_url), "0007")
+    assert "ix_jobs_queue" in index_names()
     migrate.upgrade(empty_url)
     migrate.check(empty_url)

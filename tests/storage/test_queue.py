@@ -1304,9 +1304,25 @@ def test_the_idle_wake_up_reads_two_small_indexes(database_url: str) -> None:
         assert answer(6000) == 7000  # held no longer (its time has come): the lease
 
 
+def unbounded_scans(plan: list[str], table: str) -> list[str]:
+    """PostgreSQL plan nodes that read ``table`` (or one of its indexes) with no ``Index Cond``
+    that compares (``pk IS NOT NULL`` bounds nothing): all of it, or all of an index, each
+    time they run."""
+    found = []
+    for at, line in enumerate(plan):
+        if "Scan" in line and f" on {table} " in line:
+            rest = plan[at + 1 :]
+            end = next((n for n, later in enumerate(rest) if "->" in later), len(rest))
+            if not any("Index Cond:" in later and " = " in later for later in rest[:end]):
+                found.append(line.strip())
+    return found
+
+
 def test_the_claim_reads_the_queue_through_its_indexes(database_url: str) -> None:
     """The claim runs for every job and on every idle wake-up: on a table of 20 000 jobs (of
-    500 accounts, 1 % of them open) its plan must not read the whole ``jobs`` table."""
+    500 accounts, 1 % of them open) its plan must not read the whole ``jobs`` table, nor the
+    whole index of open jobs; nor with a burst of 20 000 jobs the statistics have not seen (the
+    planner once read every open job to find the head among them: 3.7 ms a claim at 11,000)."""
     with sql(database_url) as conn:
         postgres = conn.dialect.name == "postgresql"
         fill_jobs(conn)
@@ -1317,36 +1333,40 @@ def test_the_claim_reads_the_queue_through_its_indexes(database_url: str) -> Non
             return plan_of(conn, statement, params)
 
         plan = planned()
+        bursts = []
         if postgres:
-            # A burst of jobs the statistics have not seen yet (one account loading its
-            # catalog into a queue that was empty when last analyzed).
-            conn.execute(text("DELETE FROM jobs"))
-            conn.execute(text("UPDATE account_slots SET open_jobs = 1"))  # as last analyzed
-            conn.execute(text("ANALYZE"))
-            conn.execute(text("UPDATE account_slots SET open_jobs = 0"))
-            conn.execute(
-                text(
-                    "INSERT INTO jobs (id, account_id, kind, status, shape, total_count, "
-                    "linkage, errors, created_at) SELECT 'burst-' || n, "
-                    "(SELECT min(id) FROM accounts), 'catalog-variant-bulk-update-job', "
-                    "'queued', 'data', 1, '[]', '[]', n FROM jobs_numbers"
+            # A burst of jobs the statistics have not seen yet: one account loading its
+            # catalog into a queue that was empty when last analyzed, with the finished jobs
+            # kept (as they are, for days), then with none.
+            for emptied in ("status IN ('queued', 'processing')", "true"):
+                conn.execute(text(f"DELETE FROM jobs WHERE {emptied}"))
+                conn.execute(text("UPDATE account_slots SET open_jobs = 1"))  # as last analyzed
+                conn.execute(text("ANALYZE"))
+                conn.execute(text("UPDATE account_slots SET open_jobs = 0"))
+                conn.execute(
+                    text(
+                        "INSERT INTO jobs (id, account_id, kind, status, shape, total_count, "
+                        "linkage, errors, created_at) SELECT 'burst-' || n, "
+                        "(SELECT min(id) FROM accounts), 'catalog-variant-bulk-update-job', "
+                        "'queued', 'data', 1, '[]', '[]', n FROM jobs_numbers"
+                    )
                 )
-            )
-            conn.execute(
-                text(
-                    "UPDATE account_slots SET open_jobs = 20000 "
-                    "WHERE account_id = (SELECT min(account_id) FROM jobs)"
+                conn.execute(
+                    text(
+                        "UPDATE account_slots SET open_jobs = 20000 "
+                        "WHERE account_id = (SELECT min(account_id) FROM jobs)"
+                    )
                 )
-            )
-            burst = "\n".join(planned())
+                bursts.append("\n".join(planned()))
     text_plan = "\n".join(plan)
     if postgres:
         # jobs are only looked up: each account's head in a partial index of the open jobs,
         # the chosen one by its key; never a scan of the table, nor a join of job with job
-        for shown in (text_plan, burst):
+        for shown in (text_plan, *bursts):
             assert "Seq Scan on jobs" not in shown, shown
             assert "Anti Join" not in shown, shown
             assert "ix_jobs_open" in shown, shown
+            assert unbounded_scans(shown.splitlines(), "jobs") == [], shown
     else:
         # The only scan is of the accounts (those with open jobs); jobs are searched: each
         # head in the open jobs' index, the chosen one by its key.

@@ -212,7 +212,6 @@ jobs = Table(
         sqlite_where=text(_OPEN),
         postgresql_where=text(_OPEN),
     ),
-    Index("ix_jobs_queue", "pk", sqlite_where=text(_OPEN), postgresql_where=text(_OPEN)),
     Index("ix_jobs_expires_at", "expires_at"),
     # The worker's idle wake-up (``next_lease_expiry``): the processing jobs, a few rows, and
     # the earliest held job's time. Keyed on pk, not on the lease: a lease is renewed every
