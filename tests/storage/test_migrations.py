@@ -4,7 +4,8 @@ payload (in the new format) and run, finished jobs stay readable. 0003 moves the
 turns out of the account rows, and back on downgrade. On PostgreSQL, 0004 compresses a job's
 linkage and errors with lz4 and 0005 fills the catalog tables' pages to 70 %, and back. 0006 indexes
 the worker's idle wake-up, and drops the indexes on downgrade. 0007 moves the open jobs and bytes
-out of the account rows into account_slots, and back; 0008 drops ix_jobs_queue, and back."""
+out of the account rows into account_slots, and back; 0008 drops ix_jobs_queue, and back; 0009
+conditions the wake-up's indexes through COALESCE, and back."""
 
 from __future__ import annotations
 
@@ -424,5 +425,32 @@ def test_0008_drops_ix_jobs_queue_and_makes_it_again_on_downgrade(empty_url: str
     assert "ix_jobs_open" in index_names()  # each account's head is found there
     command.downgrade(migrate.alembic_config(empty_url), "0007")
     assert "ix_jobs_queue" in index_names()
+    migrate.upgrade(empty_url)
+    migrate.check(empty_url)
+
+
+# ---- 0009 conditions the wake-up's indexes through COALESCE ------------------------------------
+
+
+def test_0009_conditions_the_wake_up_indexes_through_coalesce_and_back(empty_url: str) -> None:
+    migrate.upgrade(empty_url)
+
+    def conditions() -> dict[str, str]:
+        with sql(empty_url) as conn:
+            dialect = conn.dialect.name
+            found = inspect(conn).get_indexes("jobs")
+        return {
+            str(index["name"]): str(index.get("dialect_options", {}).get(f"{dialect}_where", ""))
+            for index in found
+            if index["name"] in ("ix_jobs_leases", "ix_jobs_held")
+        }
+
+    made = conditions()
+    assert set(made) == {"ix_jobs_leases", "ix_jobs_held"}
+    assert all("coalesce" in where.lower() for where in made.values()), made
+    command.downgrade(migrate.alembic_config(empty_url), "0008")
+    back = conditions()
+    assert set(back) == {"ix_jobs_leases", "ix_jobs_held"}
+    assert not any("coalesce" in where.lower() for where in back.values()), back
     migrate.upgrade(empty_url)
     migrate.check(empty_url)

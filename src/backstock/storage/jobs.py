@@ -737,14 +737,20 @@ async def retry_job(
 
 # Each branch reads a partial index of a few rows (``ix_jobs_leases``: the processing jobs;
 # ``ix_jobs_held``: the held jobs' times, the first entry past :now). Until migration 0006
-# both scanned the whole table, finished jobs included, after every wake-up.
+# both scanned the whole table, finished jobs included, after every wake-up. The status is
+# tested through COALESCE, as those indexes' conditions are (migration 0009), so that
+# PostgreSQL's planner cannot read the open jobs' index instead: with statistics taken when
+# the queue was emptier it did, all of it (1.8 ms a wake-up at 11,000 queued jobs), and idle
+# workers wake at every acceptance.
 _NEXT_LAPSE = Statement(
     "next_lease_expiry",
     """SELECT min(at) FROM (
-           SELECT min(lease_expires_at) AS at FROM jobs WHERE status = 'processing'
+           SELECT min(lease_expires_at) AS at FROM jobs
+            WHERE COALESCE(status, '') = 'processing'
            UNION ALL
            SELECT min(not_before) FROM jobs
-            WHERE status = 'queued' AND not_before IS NOT NULL AND not_before > :now
+            WHERE COALESCE(status, '') = 'queued' AND not_before IS NOT NULL
+              AND not_before > :now
        ) AS wakes""",
 )
 

@@ -151,8 +151,11 @@ TABLES: Final = MappingProxyType(
 )
 
 _OPEN = "status IN ('queued', 'processing')"
-_PROCESSING = "status = 'processing'"
-_HELD = "status = 'queued' AND not_before IS NOT NULL"
+# The wake-up's indexes test the status through COALESCE (never NULL: the same test), as its
+# query does: PostgreSQL's planner then cannot answer that query from the open jobs' index
+# (storage/jobs.py ``_NEXT_LAPSE``; migration 0009).
+_PROCESSING = "COALESCE(status, '') = 'processing'"
+_HELD = "COALESCE(status, '') = 'queued' AND not_before IS NOT NULL"
 
 jobs = Table(
     "jobs",
