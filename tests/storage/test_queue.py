@@ -1328,6 +1328,7 @@ def test_the_idle_wake_up_reads_its_indexes_after_a_burst(database_url: str) -> 
     )
     with psycopg.connect(postgres_url(database_url), autocommit=True) as conn:
         conn.execute("INSERT INTO accounts (name, created_at, cursor_key) VALUES ('a', 0, '')")
+        conn.execute("INSERT INTO account_slots (account_id) SELECT id FROM accounts")
         conn.execute(job.format(status="complete", count=2000))
         conn.execute("ANALYZE")
         conn.execute(job.format(status="queued", count=11_000))

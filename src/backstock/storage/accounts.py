@@ -28,8 +28,9 @@ _INSERT_SLOTS = Statement(
 _FIND_ACCOUNT = Statement("find_account", "SELECT id FROM accounts WHERE name = :name")
 _LIST_ACCOUNTS = Statement(
     "list_accounts",
-    """SELECT a.id, a.name, a.created_at, s.open_jobs
-         FROM accounts AS a JOIN account_slots AS s ON s.account_id = a.id ORDER BY a.id""",
+    """SELECT a.id, a.name, a.created_at, COALESCE(s.open_jobs, 0)
+         FROM accounts AS a LEFT JOIN account_slots AS s ON s.account_id = a.id
+        ORDER BY a.id""",
 )
 _INSERT_KEY = Statement(
     "insert_key",
