@@ -151,11 +151,12 @@ TABLES: Final = MappingProxyType(
 )
 
 _OPEN = "status IN ('queued', 'processing')"
-# The wake-up's indexes test the status through COALESCE (never NULL: the same test), as its
-# query does: PostgreSQL's planner then cannot answer that query from the open jobs' index
-# (storage/jobs.py ``_NEXT_LAPSE``; migration 0009).
-_PROCESSING = "COALESCE(status, '') = 'processing'"
-_HELD = "COALESCE(status, '') = 'queued' AND not_before IS NOT NULL"
+# The wake-up's indexes test the status through COALESCE (never NULL: the same test), and its
+# query (storage/jobs.py ``_NEXT_LAPSE``) is written with these very conditions, so that it
+# always matches them: PostgreSQL's planner then cannot answer it from the open jobs' index
+# (migration 0009).
+PROCESSING = "COALESCE(status, '') = 'processing'"
+HELD = "COALESCE(status, '') = 'queued' AND not_before IS NOT NULL"
 
 jobs = Table(
     "jobs",
@@ -222,14 +223,14 @@ jobs = Table(
     Index(
         "ix_jobs_leases",
         "pk",
-        sqlite_where=text(_PROCESSING),
-        postgresql_where=text(_PROCESSING),
+        sqlite_where=text(PROCESSING),
+        postgresql_where=text(PROCESSING),
     ),
     Index(
         "ix_jobs_held",
         "not_before",
-        sqlite_where=text(_HELD),
-        postgresql_where=text(_HELD),
+        sqlite_where=text(HELD),
+        postgresql_where=text(HELD),
     ),
 )
 
